@@ -1,0 +1,37 @@
+# kubelab: `make install`, `make test`, `make bench`. Idempotent, for a fresh Debian/Ubuntu as root.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := iproute2 iptables
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: install apt venv protos test bench clean
+
+install: apt venv protos
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+
+protos: venv
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	find . -name '*_pb2*.py*' -not -path './$(VENV)/*' -delete
+	rm -rf $(VENV)
