@@ -1,0 +1,75 @@
+"""The `kubelab` command: kubectl-like verbs for users and the daemons' entry points.
+
+Each command lives in its own module with `register(subparsers, parents)`; only the module of
+the command being run is imported, so `kubelab get pods` does not load the scheduler.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+
+# command -> (module, one-line help); the order is the order of `kubelab --help`
+COMMANDS: dict[str, tuple[str, str]] = {
+    "get": ("kubelab.cli.get", "Display one or many resources"),
+    "describe": ("kubelab.cli.describe", "Show details of a specific resource"),
+    "create": ("kubelab.cli.create", "Create a resource from a file or a namespace"),
+    "apply": ("kubelab.cli.apply", "Apply a configuration to a resource by file name or stdin"),
+    "run": ("kubelab.cli.run", "Run a particular image on the cluster"),
+    "delete": ("kubelab.cli.delete", "Delete resources by names"),
+    "control-plane": ("master.controlplane", "Run etcd, API server, scheduler and controller manager"),
+    "apiserver": ("master.apiserver.cmd", "Run the API server"),
+    "scheduler": ("master.scheduler.cmd", "Run the scheduler"),
+    "controller-manager": ("master.controllers.cmd", "Run the controller manager"),
+    "hollow-nodes": ("worker.hollow.cmd", "Run simulated nodes (like kwok) for scale tests"),
+}
+
+
+def common_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", "--kubeconfig", dest="config", default=None,
+                   help="client config (default: $KUBELAB_CONFIG, then ~/.kubelab/config)")
+    p.add_argument("-v", "--v", dest="verbosity", type=int, default=0, help="log level (0-9)")
+    return p
+
+
+def usage() -> str:
+    lines = ["kubelab: a Kubernetes-shaped cluster for learning how Kubernetes works.", "",
+             "Usage: kubelab COMMAND [options]", "", "Commands:"]
+    lines += [f"  {name:<20}{summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", 'Use "kubelab COMMAND --help" for more information about a command.']
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    if cmd is None or cmd not in COMMANDS:
+        if cmd is not None:
+            print(f'error: unknown command "{cmd}" for "kubelab"\n', file=sys.stderr)
+        print(usage(), file=sys.stderr if cmd else sys.stdout)
+        return 1 if cmd else (0 if argv else 1)
+    module = importlib.import_module(COMMANDS[cmd][0])
+    parser = argparse.ArgumentParser(prog="kubelab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    module.register(sub, [common_parser()])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbosity >= 4 else
+                        logging.INFO if args.verbosity >= 2 or getattr(args, "daemon", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s")
+    try:
+        result = args.func(args)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

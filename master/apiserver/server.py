@@ -1,0 +1,151 @@
+"""The API server process (`kubelab apiserver`): etcd client, one watch cache and one store
+per kind, the generic API service, grpc health and reflection, served with mutual TLS only.
+
+It also owns two housekeeping loops that Kubernetes' API server owns: creating the four
+default namespaces on start, and compacting etcd's history every few minutes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kubelab.api import kinds
+from kubelab.api.v1 import api_pb2, objects_pb2 as v1
+from kubelab.client.config import server_credentials
+from kubelab.errors import AlreadyExists
+from kubelab.etcd.client import EtcdClient
+
+from .registry import PROTECTED_NAMESPACES
+from .service import SERVICE, ApiService, generic_handler
+from .store import Store
+from .watchcache import WatchCache
+
+log = logging.getLogger("apiserver")
+
+
+@dataclass
+class Options:
+    etcd_servers: str
+    listen: str = "127.0.0.1:6443"
+    pki_dir: Path | None = None  # ca.crt, apiserver.crt, apiserver.key; None: plaintext (unit tests only)
+    cache_capacity: int = 10000
+    bookmark_interval: float = 30.0
+    compaction_interval: float = 300.0
+
+
+class APIServer:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.etcd = EtcdClient(opts.etcd_servers)
+        self.caches: dict[str, WatchCache] = {}
+        self.stores: dict[str, Store] = {}
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        for kind in kinds.KINDS:
+            if not kind.stored:
+                continue
+            cache = WatchCache(kind, self.etcd, f"/registry/{kind.resource}/",
+                               capacity=self.opts.cache_capacity,
+                               bookmark_interval=self.opts.bookmark_interval)
+            self.caches[kind.resource] = cache
+        ns_store = Store(kinds.BY_RESOURCE["namespaces"], self.etcd, self.caches["namespaces"])
+        for kind in kinds.KINDS:
+            if kind.stored:
+                self.stores[kind.resource] = (ns_store if kind.resource == "namespaces" else
+                                              Store(kind, self.etcd, self.caches[kind.resource], ns_store))
+        await self._wait_for_etcd()
+        await asyncio.gather(*(c.start() for c in self.caches.values()))
+        await self._default_namespaces()
+
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+        ])
+        self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores)),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if self.opts.pki_dir is not None:
+            d = Path(self.opts.pki_dir)
+            creds = server_credentials((d / "ca.crt").read_bytes(), (d / "apiserver.crt").read_bytes(),
+                                       (d / "apiserver.key").read_bytes())
+            self.port = self.server.add_secure_port(self.opts.listen, creds)
+        else:
+            self.port = self.server.add_insecure_port(self.opts.listen)
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {self.opts.listen}")
+        await self.server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._compactor(), name="compactor"))
+        log.info("serving on %s (port %d)", self.opts.listen, self.port)
+
+    async def _wait_for_etcd(self, timeout: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            try:
+                await self.etcd.status()
+                return
+            except Exception as e:  # noqa: BLE001
+                if loop.time() > end:
+                    raise RuntimeError(f"etcd at {self.opts.etcd_servers} did not answer: {e}") from None
+                log.info("waiting for etcd at %s", self.opts.etcd_servers)
+                await asyncio.sleep(0.5)
+
+    async def _default_namespaces(self) -> None:
+        for name in PROTECTED_NAMESPACES:
+            ns = v1.Namespace()
+            ns.metadata.name = name
+            try:
+                await self.stores["namespaces"].create("", ns)
+            except AlreadyExists:
+                pass
+
+    async def _compactor(self) -> None:
+        """Compact etcd to the revision seen one interval ago, as the Kubernetes API server does."""
+        last = 0
+        while True:
+            await asyncio.sleep(self.opts.compaction_interval)
+            try:
+                _, rev = await self.etcd.get(b"compact_rev_key")
+                if last:
+                    await self.etcd.compact(last)
+                    log.info("compacted etcd to revision %d", last)
+                last = rev
+            except Exception as e:  # noqa: BLE001 - compaction is best effort
+                log.warning("compaction failed: %s", e)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for c in self.caches.values():
+            await c.stop()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.etcd.close()
+
+
+async def serve(opts: Options) -> None:
+    srv = APIServer(opts)
+    await srv.start()
+    try:
+        await srv.server.wait_for_termination()
+    finally:
+        await srv.stop()
+
+
+__all__ = ["APIServer", "Options", "serve", "api_pb2"]

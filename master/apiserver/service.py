@@ -1,0 +1,155 @@
+"""The gRPC face of the API server: the seven generic verbs for every kind.
+
+Each handler decodes the request, calls the kind's Store and answers with the stored bytes
+(never decoded and re-encoded on reads). Watch streams take already-encoded events from the
+watch cache, so its response serializer is the identity. Every error leaves as a gRPC status
+with the Kubernetes reason in trailing metadata; no input can crash the process.
+"""
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+from kubelab.api import kinds
+from kubelab.api.v1 import api_pb2
+from kubelab.errors import ApiError, BadRequest, NotFound, ServiceUnavailable
+from kubelab.etcd.client import EtcdError
+from kubelab.selectors import FieldSelector, LabelSelector
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+SERVICE = "kubelab.api.v1.API"
+
+
+class ApiService:
+    def __init__(self, stores: dict[str, Store]):
+        self.stores = stores
+
+    def store(self, resource: str) -> Store:
+        s = self.stores.get(resource)
+        if s is None:
+            raise NotFound(f'the server could not find the requested resource "{resource}"')
+        return s
+
+    def decode(self, store: Store, a: any_pb2.Any):
+        if a.type_url != store.kind.type_url:
+            raise BadRequest(f"{store.kind.resource}: object of type {a.type_url or 'nothing'!r} "
+                             f"where {store.kind.kind} was expected")
+        try:
+            return store.kind.message.FromString(a.value)
+        except DecodeError as e:
+            raise BadRequest(f"{store.kind.resource}: cannot decode object: {e}") from None
+
+    @staticmethod
+    def answer(store: Store, raw: bytes) -> api_pb2.ObjectResponse:
+        return api_pb2.ObjectResponse(object=any_pb2.Any(type_url=store.kind.type_url, value=raw))
+
+    async def Create(self, req: api_pb2.CreateRequest, ctx):
+        if req.resource == "bindings":
+            pods, b = self.store("pods"), kinds.BY_RESOURCE["bindings"]
+            if req.object.type_url != b.type_url:
+                raise BadRequest("bindings: a Binding object was expected")
+            binding = b.message.FromString(req.object.value)
+            from .registry import STRATEGIES
+            STRATEGIES["bindings"].validate(binding)
+            return self.answer(pods, await pods.bind(req.namespace or binding.metadata.namespace or "default",
+                                                     binding))
+        store = self.store(req.resource)
+        return self.answer(store, await store.create(req.namespace, self.decode(store, req.object)))
+
+    async def Get(self, req: api_pb2.GetRequest, ctx):
+        store = self.store(req.resource)
+        return self.answer(store, await store.get(req.namespace or "default", req.name))
+
+    async def List(self, req: api_pb2.ListRequest, ctx):
+        store = self.store(req.resource)
+        items, rv, cont, remaining = await store.list(
+            req.namespace, req.labelSelector, req.fieldSelector, limit=req.limit,
+            continue_token=req.continue_token, resource_version=req.resourceVersion)
+        url = store.kind.type_url
+        resp = api_pb2.ListResponse(items=[any_pb2.Any(type_url=url, value=r) for r in items],
+                                    resourceVersion=str(rv), continue_token=cont)
+        if remaining is not None:
+            resp.remainingItemCount = remaining
+        return resp
+
+    async def _update(self, req: api_pb2.UpdateRequest, status: bool):
+        store = self.store(req.resource)
+        obj = self.decode(store, req.object)
+        return self.answer(store, await store.update(req.namespace, obj, status=status))
+
+    async def Update(self, req, ctx):
+        return await self._update(req, False)
+
+    async def UpdateStatus(self, req, ctx):
+        return await self._update(req, True)
+
+    async def Delete(self, req: api_pb2.DeleteRequest, ctx):
+        store = self.store(req.resource)
+        grace = req.gracePeriodSeconds if req.HasField("gracePeriodSeconds") else None
+        raw = await store.delete(req.namespace or "default", req.name, grace=grace,
+                                 uid=req.preconditionUid, resource_version=req.preconditionResourceVersion)
+        return self.answer(store, raw)
+
+    async def Watch(self, req: api_pb2.WatchRequest, ctx):
+        try:
+            store = self.store(req.resource)
+            if store.cache is None:
+                raise BadRequest(f"{req.resource} cannot be watched")
+            labels = LabelSelector.parse(req.labelSelector)
+            fields = FieldSelector.parse(req.fieldSelector, store.kind.field_selectors, store.kind.kind)
+            ns = req.namespace if store.kind.namespaced else ""
+            w = await store.cache.watch(ns, labels, fields, req.resourceVersion, req.allowWatchBookmarks)
+        except ApiError as e:
+            await abort(ctx, e)
+            return
+        try:
+            while True:
+                data = await w.queue.get()
+                if data is None:
+                    return  # closed by the cache (too slow, or reset): the client rewatches
+                yield data
+        finally:
+            store.cache.unwatch(w)
+
+
+async def abort(ctx, e: ApiError):
+    await ctx.abort(e.code, e.message, trailing_metadata=(("reason", e.reason),))
+
+
+def _wrap(fn):
+    async def handler(req, ctx):
+        try:
+            return await fn(req, ctx)
+        except ApiError as e:
+            await abort(ctx, e)
+        except EtcdError as e:
+            await abort(ctx, ServiceUnavailable(f"etcd: {e}"))
+        except Exception as e:  # noqa: BLE001 - a bug answers one request, never kills the server
+            if isinstance(e, grpc.aio.AbortError):
+                raise
+            log.exception("internal error in %s", fn.__name__)
+            await abort(ctx, ApiError(f"Internal error occurred: {type(e).__name__}: {e}"))
+    return handler
+
+
+def generic_handler(svc: ApiService) -> grpc.GenericRpcHandler:
+    unary = {
+        "Create": api_pb2.CreateRequest, "Get": api_pb2.GetRequest, "List": api_pb2.ListRequest,
+        "Update": api_pb2.UpdateRequest, "UpdateStatus": api_pb2.UpdateRequest,
+        "Delete": api_pb2.DeleteRequest,
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _wrap(getattr(svc, name)), request_deserializer=req.FromString,
+            response_serializer=lambda m: m.SerializeToString())
+        for name, req in unary.items()
+    }
+    handlers["Watch"] = grpc.unary_stream_rpc_method_handler(
+        svc.Watch, request_deserializer=api_pb2.WatchRequest.FromString,
+        response_serializer=lambda b: b)  # events arrive encoded once from the watch cache
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -1,0 +1,241 @@
+"""Validation of objects before any write, as the API server's registry strategies call it.
+
+Each check appends a FieldError; the registry raises one Invalid error naming the object and
+every failing field, worded as Kubernetes words it:
+`pods "web" is invalid: spec.containers[0].image: Required value`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kubelab import quantity
+from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.errors import Invalid
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+             "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', "
+             "regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+SUBDOMAIN_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+                 "'-' or '.', and must start and end with an alphanumeric character (e.g. "
+                 "'example.com', regex used for validation is "
+                 "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+@dataclass
+class FieldError:
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+def required(path: str) -> FieldError:
+    return FieldError(path, "Required value")
+
+
+def invalid(path: str, value, why: str) -> FieldError:
+    shown = f'"{value}"' if isinstance(value, str) else str(value)
+    return FieldError(path, f"Invalid value: {shown}: {why}")
+
+
+def unsupported(path: str, value: str, allowed: tuple[str, ...]) -> FieldError:
+    opts = ", ".join(f'"{a}"' for a in allowed)
+    return FieldError(path, f'Unsupported value: "{value}": supported values: {opts}')
+
+
+def raise_if(errs: list[FieldError], resource: str, name: str) -> None:
+    if errs:
+        raise Invalid(f'{resource} "{name}" is invalid: ' + ", ".join(str(e) for e in errs))
+
+
+def check_dns_label(value: str, path: str, errs: list, max_len: int = 63) -> None:
+    if not value:
+        errs.append(required(path))
+    elif len(value) > max_len:
+        errs.append(invalid(path, value, f"must be no more than {max_len} characters"))
+    elif not DNS1123_LABEL.match(value):
+        errs.append(invalid(path, value, LABEL_MSG))
+
+
+def check_dns_subdomain(value: str, path: str, errs: list) -> None:
+    if not value:
+        errs.append(required(path))
+    elif len(value) > 253:
+        errs.append(invalid(path, value, "must be no more than 253 characters"))
+    elif not DNS1123_SUBDOMAIN.match(value):
+        errs.append(invalid(path, value, SUBDOMAIN_MSG))
+
+
+def check_qualified_name(key: str, path: str, errs: list) -> None:
+    prefix, _, name = key.rpartition("/")
+    if prefix:
+        check_dns_subdomain(prefix, path, errs)
+    if not name or len(name) > 63 or not LABEL_NAME.match(name):
+        errs.append(invalid(path, key, "name part must consist of alphanumeric characters, '-', '_' "
+                            "or '.', and must start and end with an alphanumeric character, "
+                            "at most 63 characters"))
+
+
+def check_labels(labels, path: str, errs: list) -> None:
+    for k, v in labels.items():
+        check_qualified_name(k, path, errs)
+        if len(v) > 63 or not LABEL_VALUE.match(v):
+            errs.append(invalid(f"{path}", v, "a valid label must be an empty string or consist of "
+                                "alphanumeric characters, '-', '_' or '.', and must start and end "
+                                "with an alphanumeric character, at most 63 characters"))
+
+
+def check_meta(meta: v1.ObjectMeta, errs: list, *, name_check=check_dns_subdomain) -> None:
+    name_check(meta.name, "metadata.name", errs)
+    check_labels(meta.labels, "metadata.labels", errs)
+    for k in meta.annotations:
+        check_qualified_name(k, "metadata.annotations", errs)
+    if sum(len(k) + len(v) for k, v in meta.annotations.items()) > 256 * 1024:
+        errs.append(FieldError("metadata.annotations", "Too long: must have at most 262144 bytes"))
+
+
+def check_quantities(res: v1.ResourceRequirements, path: str, errs: list) -> None:
+    for field in ("requests", "limits"):
+        for name, q in getattr(res, field).items():
+            p = f"{path}.{field}[{name}]"
+            try:
+                if quantity.parse(q) < 0:
+                    errs.append(invalid(p, q, "must be greater than or equal to 0"))
+            except quantity.QuantityError as e:
+                errs.append(invalid(p, q, str(e)))
+    for name, q in res.requests.items():
+        lim = res.limits.get(name)
+        try:
+            if lim is not None and quantity.parse(q) > quantity.parse(lim):
+                errs.append(invalid(f"{path}.requests", q, f"must be less than or equal to {name} limit of {lim}"))
+        except quantity.QuantityError:
+            pass
+
+
+def check_probe(p: v1.Probe, path: str, errs: list) -> None:
+    handlers = [h for h in ("exec", "httpGet", "tcpSocket") if p.HasField(h)]
+    if len(handlers) != 1:
+        errs.append(required(f"{path}") if not handlers else
+                    FieldError(path, "Forbidden: may not specify more than 1 handler type"))
+    if p.HasField("exec") and not p.exec.command:
+        errs.append(required(f"{path}.exec.command"))
+    for h in ("httpGet", "tcpSocket"):
+        if p.HasField(h):
+            port = getattr(p, h).port
+            kind = port.WhichOneof("kind")
+            if kind == "number_value":
+                if not 0 < port.number_value < 65536 or port.number_value != int(port.number_value):
+                    errs.append(invalid(f"{path}.{h}.port", int(port.number_value),
+                                        "must be between 1 and 65535, inclusive"))
+            elif kind != "string_value" or not port.string_value:
+                errs.append(required(f"{path}.{h}.port"))
+    for f in ("initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"):
+        if getattr(p, f) < 0:
+            errs.append(invalid(f"{path}.{f}", getattr(p, f), "must be greater than or equal to 0"))
+
+
+def check_container(c: v1.Container, path: str, volumes: set[str], errs: list, *, init: bool) -> None:
+    check_dns_label(c.name, f"{path}.name", errs)
+    if not c.image.strip():
+        errs.append(required(f"{path}.image"))
+    if c.imagePullPolicy and c.imagePullPolicy not in PULL_POLICIES:
+        errs.append(unsupported(f"{path}.imagePullPolicy", c.imagePullPolicy, PULL_POLICIES))
+    if c.restartPolicy and (not init or c.restartPolicy != "Always"):
+        errs.append(unsupported(f"{path}.restartPolicy", c.restartPolicy, ("Always",) if init else ()))
+    for i, e in enumerate(c.env):
+        if not e.name:
+            errs.append(required(f"{path}.env[{i}].name"))
+        elif not ENV_NAME.match(e.name):
+            errs.append(invalid(f"{path}.env[{i}].name", e.name, "a valid environment variable name "
+                                "must consist of alphabetic characters, digits, '_', '-', or '.', "
+                                "and must not start with a digit"))
+    for i, p in enumerate(c.ports):
+        pp = f"{path}.ports[{i}]"
+        if not 0 < p.containerPort < 65536:
+            errs.append(invalid(f"{pp}.containerPort", p.containerPort, "must be between 1 and 65535, inclusive"))
+        if p.hostPort and not 0 < p.hostPort < 65536:
+            errs.append(invalid(f"{pp}.hostPort", p.hostPort, "must be between 1 and 65535, inclusive"))
+        if p.protocol and p.protocol not in PROTOCOLS:
+            errs.append(unsupported(f"{pp}.protocol", p.protocol, PROTOCOLS))
+    check_quantities(c.resources, f"{path}.resources", errs)
+    for i, m in enumerate(c.volumeMounts):
+        if not m.name:
+            errs.append(required(f"{path}.volumeMounts[{i}].name"))
+        elif m.name not in volumes:
+            errs.append(FieldError(f"{path}.volumeMounts[{i}].name", f'Not found: "{m.name}"'))
+        if not m.mountPath:
+            errs.append(required(f"{path}.volumeMounts[{i}].mountPath"))
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if c.HasField(probe):
+            check_probe(getattr(c, probe), f"{path}.{probe}", errs)
+
+
+def check_toleration(t: v1.Toleration, path: str, errs: list) -> None:
+    if t.operator not in ("", "Equal", "Exists"):
+        errs.append(unsupported(f"{path}.operator", t.operator, ("Equal", "Exists")))
+    if t.operator == "Exists" and t.value:
+        errs.append(invalid(f"{path}.operator", t.value, "value must be empty when `operator` is 'Exists'"))
+    if not t.key and t.operator != "Exists":
+        errs.append(invalid(f"{path}.operator", t.operator, "operator must be Exists when `key` is empty"))
+    if t.effect and t.effect not in TAINT_EFFECTS:
+        errs.append(unsupported(f"{path}.effect", t.effect, TAINT_EFFECTS))
+    if t.HasField("tolerationSeconds") and t.effect != "NoExecute":
+        errs.append(invalid(f"{path}.effect", t.effect, "effect must be 'NoExecute' when `tolerationSeconds` is set"))
+
+
+def validate_pod_spec(spec: v1.PodSpec, errs: list) -> None:
+    volumes: set[str] = set()
+    for i, vol in enumerate(spec.volumes):
+        p = f"spec.volumes[{i}]"
+        check_dns_label(vol.name, f"{p}.name", errs)
+        if vol.name in volumes:
+            errs.append(FieldError(f"{p}.name", f'Duplicate value: "{vol.name}"'))
+        volumes.add(vol.name)
+        sources = [s for s in ("emptyDir", "hostPath") if vol.HasField(s)]
+        if len(sources) != 1:
+            errs.append(required(f"{p}") if not sources else
+                        FieldError(p, "Forbidden: may not specify more than 1 volume type"))
+        if vol.HasField("hostPath") and not vol.hostPath.path.startswith("/"):
+            errs.append(invalid(f"{p}.hostPath.path", vol.hostPath.path, "must be an absolute path"))
+    if not spec.containers:
+        errs.append(required("spec.containers"))
+    names: set[str] = set()
+    for field, init in (("initContainers", True), ("containers", False)):
+        for i, c in enumerate(getattr(spec, field)):
+            check_container(c, f"spec.{field}[{i}]", volumes, errs, init=init)
+            if c.name and c.name in names:
+                errs.append(FieldError(f"spec.{field}[{i}].name", f'Duplicate value: "{c.name}"'))
+            names.add(c.name)
+    if spec.restartPolicy not in RESTART_POLICIES:
+        errs.append(unsupported("spec.restartPolicy", spec.restartPolicy, RESTART_POLICIES))
+    if spec.HasField("terminationGracePeriodSeconds") and spec.terminationGracePeriodSeconds < 0:
+        errs.append(invalid("spec.terminationGracePeriodSeconds", spec.terminationGracePeriodSeconds,
+                            "must be greater than or equal to 0"))
+    if spec.nodeName:
+        check_dns_subdomain(spec.nodeName, "spec.nodeName", errs)
+    check_labels(spec.nodeSelector, "spec.nodeSelector", errs)
+    for i, t in enumerate(spec.tolerations):
+        check_toleration(t, f"spec.tolerations[{i}]", errs)
+
+
+def validate_node_spec(spec: v1.NodeSpec, errs: list) -> None:
+    for i, t in enumerate(spec.taints):
+        if not t.key:
+            errs.append(required(f"spec.taints[{i}].key"))
+        if t.effect not in TAINT_EFFECTS:
+            errs.append(unsupported(f"spec.taints[{i}].effect", t.effect, TAINT_EFFECTS))
+    if spec.podCIDR and not re.match(r"^\d+\.\d+\.\d+\.\d+/\d+$", spec.podCIDR):
+        errs.append(invalid("spec.podCIDR", spec.podCIDR, "must be a valid CIDR"))

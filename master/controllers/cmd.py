@@ -1,0 +1,60 @@
+"""`kubelab controller-manager`: the controllers, behind leader election on the
+kube-controller-manager Lease. Now: the namespace controller; the node controllers of later
+issues join the CONTROLLERS table.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+from kubelab.client.client import Client
+from kubelab.client.leaderelection import LeaderElector
+
+from .namespace import NamespaceController
+
+CONTROLLERS = {
+    "namespace": lambda client, args: NamespaceController(client),
+}
+
+
+def register(sub, parents) -> None:
+    p = sub.add_parser("controller-manager", parents=parents, help="Run the controller manager")
+    p.add_argument("--controllers", default="*", help="comma-separated controllers to run, * for all")
+    p.add_argument("--leader-elect", default="true", choices=("true", "false"))
+    p.add_argument("--identity", default=None)
+    p.add_argument("--node-monitor-grace-period", type=float, default=50.0)
+    p.add_argument("--lease-duration", type=float, default=15.0)
+    p.add_argument("--renew-deadline", type=float, default=10.0)
+    p.add_argument("--retry-period", type=float, default=2.0)
+    p.set_defaults(func=run, daemon=True)
+
+
+async def run(args) -> int:
+    client = Client.connect(args.config)
+    identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
+    names = list(CONTROLLERS) if args.controllers == "*" else args.controllers.split(",")
+    unknown = [n for n in names if n not in CONTROLLERS]
+    if unknown:
+        print(f"error: unknown controllers: {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})")
+        return 1
+
+    async def lead():
+        controllers = [CONTROLLERS[n](client, args) for n in names]
+        await asyncio.gather(*(c.run() for c in controllers))
+
+    main = asyncio.create_task(
+        LeaderElector(client, "kube-controller-manager", identity, lease_duration=args.lease_duration,
+                      renew_deadline=args.renew_deadline, retry_period=args.retry_period).run(lead)
+        if args.leader_elect == "true" else lead())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        await main
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await client.close()
+    return 0

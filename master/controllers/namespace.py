@@ -1,0 +1,60 @@
+"""The namespace controller: when a namespace is being deleted (Terminating), delete
+everything in it, and when nothing is left remove the `kubernetes` finalizer so that the API
+server removes the namespace itself.
+"""
+from __future__ import annotations
+
+import logging
+
+from kubelab import meta
+from kubelab.api import kinds
+from kubelab.client.client import Client
+from kubelab.client.controller import Controller
+from kubelab.client.informer import Informer
+from kubelab.errors import NotFound
+
+log = logging.getLogger("namespace-controller")
+
+
+class NamespaceController(Controller):
+    name = "namespace"
+    workers = 2
+
+    def __init__(self, client: Client, *, recheck: float = 2.0):
+        super().__init__()
+        self.client, self.recheck = client, recheck
+        self.namespaces = self.watch(Informer(client.namespaces()))
+
+    async def reconcile(self, name: str) -> float | None:
+        ns = self.namespaces.get(name)
+        if ns is None or not ns.metadata.deletionTimestamp:
+            return None
+        remaining = 0
+        for kind in kinds.KINDS:
+            if not (kind.namespaced and kind.stored):
+                continue
+            rc = self.client.resource(kind, name)
+            objs = (await rc.list_all()).items
+            remaining += len(objs)
+            for obj in objs:
+                if obj.metadata.deletionTimestamp:
+                    continue
+                try:
+                    await rc.delete(obj.metadata.name)
+                except NotFound:
+                    pass
+        if remaining:
+            self._set_condition(ns, f"Some resources are remaining: {remaining} objects")
+            return self.recheck
+        try:
+            fresh = await self.client.namespaces().get(name)
+        except NotFound:
+            return None
+        del fresh.spec.finalizers[:]
+        await self.client.namespaces().update(fresh)
+        log.info("namespace %s: content deleted, finalized", name)
+        return None
+
+    def _set_condition(self, ns, message: str) -> None:
+        log.info("namespace %s: %s", ns.metadata.name, message)
+        _ = meta  # conditions are informative only; the finalizer drives deletion

@@ -1,0 +1,108 @@
+"""Filter and score plugins, in the shape of kube-scheduler's framework.
+
+A filter returns None when the pod fits the node, else the reason as kube-scheduler words it
+("Insufficient cpu", "node(s) had untolerated taint {k: v}"); the reasons of all nodes are
+counted into the FailedScheduling message. A score returns 0..100; the best sum wins.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from kubelab.api.v1 import objects_pb2 as v1
+
+from .cache import NodeInfo, PodRequest
+
+Filter = Callable[[v1.Pod, PodRequest, NodeInfo], "str | None"]
+
+
+def node_ready(pod, req, info: NodeInfo) -> str | None:
+    for c in info.node.status.conditions:
+        if c.type == "Ready":
+            return None if c.status == "True" else "node(s) were not ready"
+    return "node(s) were not ready"
+
+
+def node_unschedulable(pod, req, info: NodeInfo) -> str | None:
+    if not info.node.spec.unschedulable:
+        return None
+    taint = v1.Taint(key="node.kubernetes.io/unschedulable", effect="NoSchedule")
+    if any(tolerates(t, taint) for t in pod.spec.tolerations):
+        return None
+    return "node(s) were unschedulable"
+
+
+def tolerates(t: v1.Toleration, taint: v1.Taint) -> bool:
+    if t.effect and t.effect != taint.effect:
+        return False
+    if t.operator == "Exists":
+        return not t.key or t.key == taint.key
+    return t.key == taint.key and t.value == taint.value
+
+
+def taint_toleration(pod, req, info: NodeInfo) -> str | None:
+    for taint in info.node.spec.taints:
+        if taint.effect in ("NoSchedule", "NoExecute") and not any(tolerates(t, taint) for t in pod.spec.tolerations):
+            return f"node(s) had untolerated taint {{{taint.key}: {taint.value}}}"
+    return None
+
+
+def node_selector(pod, req, info: NodeInfo) -> str | None:
+    labels = info.node.metadata.labels
+    for k, v in pod.spec.nodeSelector.items():
+        if labels.get(k) != v:
+            return "node(s) didn't match Pod's node affinity/selector"
+    return None
+
+
+def node_name(pod, req, info: NodeInfo) -> str | None:
+    return None  # pods with spec.nodeName never reach the scheduler
+
+
+def resources_fit(pod, req: PodRequest, info: NodeInfo) -> str | list | None:
+    missing = []
+    if len(info.pods) + 1 > info.alloc_pods:
+        missing.append("Too many pods")
+    if req.cpu and info.cpu + req.cpu > info.alloc_cpu:
+        missing.append("Insufficient cpu")
+    if req.memory and info.memory + req.memory > info.alloc_memory:
+        missing.append("Insufficient memory")
+    for k, v in req.other.items():
+        if v and info.other.get(k, 0) + v > info.alloc_other.get(k, 0):
+            missing.append(f"Insufficient {k}")
+    return missing or None
+
+
+def node_ports(pod, req: PodRequest, info: NodeInfo) -> str | None:
+    for proto, ip, port in req.ports:
+        for (p2, ip2, port2) in info.ports:
+            if p2 == proto and port2 == port and (ip == ip2 or "0.0.0.0" in (ip, ip2)):
+                return "node(s) didn't have free ports for the requested pod ports"
+    return None
+
+
+FILTERS: tuple[Filter, ...] = (node_ready, node_unschedulable, taint_toleration, node_selector,
+                               node_ports, resources_fit)
+
+
+def least_allocated(pod, req: PodRequest, info: NodeInfo) -> float:
+    def free(used, alloc):
+        return 0.0 if alloc <= 0 else max(0.0, (alloc - used) / alloc)
+    return 50.0 * (free(info.score_cpu + req.score_cpu, info.alloc_cpu) +
+                   free(info.score_memory + req.score_memory, info.alloc_memory))
+
+
+def spread_scores(spread: str, infos: list[NodeInfo]) -> list[float]:
+    """Fewer pods of the same group on a node is better (selector spreading)."""
+    counts = [i.label_counts.get(spread, 0) for i in infos]
+    top = max(counts) if counts else 0
+    if top == 0:
+        return [100.0] * len(infos)
+    return [100.0 * (top - c) / top for c in counts]
+
+
+def explain(total: int, reasons: dict[str, int]) -> str:
+    """kube-scheduler's FailedScheduling message: `0/3 nodes are available: 2 Insufficient cpu.`"""
+    if total == 0:
+        return "0/0 nodes are available: no nodes available to schedule pods."
+    parts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+    return f"0/{total} nodes are available: {parts}."

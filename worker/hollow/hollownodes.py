@@ -1,0 +1,120 @@
+"""Hollow nodes (like kwok): N simulated nodes in one process, for scheduler and scale tests.
+
+Each registers its Node and keeps its Lease fresh with the same node-status code the kubelet
+uses (worker/kubelet/nodestatus.py). One pod informer serves all of them: a pod bound to one
+of our nodes is reported Running with a fake pod IP from that node's range, and a pod being
+deleted is confirmed at once (delete with grace 0), as a kubelet does after stopping it.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from kubelab import meta
+from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.client.client import Client
+from kubelab.client.controller import Controller
+from kubelab.client.informer import Informer
+from kubelab.errors import Conflict, NotFound
+
+from worker.kubelet.nodestatus import NodeConfig, NodeLease, register_node
+from worker.kubelet.podstatus import running_status
+
+log = logging.getLogger("hollow-nodes")
+
+
+class HollowNodes(Controller):
+    name = "hollow-nodes"
+    workers = 16
+
+    def __init__(self, client: Client, count: int, *, prefix: str = "hollow-node-", capacity: dict | None = None,
+                 lease_duration: int = 40, renew_interval: float = 10.0, register_concurrency: int = 32):
+        super().__init__()
+        self.client, self.count, self.prefix = client, count, prefix
+        self.capacity = capacity or {"cpu": "4", "memory": "16Gi", "pods": "110"}
+        self.lease_duration, self.renew_interval = lease_duration, renew_interval
+        self.register_concurrency = register_concurrency
+        self.names = [f"{prefix}{i}" for i in range(count)]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.leases = {n: NodeLease(client, n, duration=lease_duration) for n in self.names}
+        self.next_ip: dict[str, int] = {}
+        self.pods = self.watch(Informer(client.pods("")), self._key_if_ours)
+
+    def node_ip(self, name: str) -> str:
+        i = self.index[name]
+        return f"127.{100 + i // 65536}.{(i // 256) % 256}.{i % 256 or 1}"
+
+    def pod_ip(self, name: str) -> str:
+        """A fake address from the node's /24 of 10.244.0.0/14 (unique per node and pod)."""
+        i = self.index[name]
+        net = ipaddress.ip_network("10.244.0.0/14")
+        base = int(net.network_address) + (i % 1024) * 256
+        n = self.next_ip.get(name, 1)
+        self.next_ip[name] = n % 253 + 1
+        return str(ipaddress.ip_address(base + n + 1))
+
+    def _key_if_ours(self, pod: v1.Pod):
+        return meta.key_of(pod) if pod.spec.nodeName in self.index else None
+
+    async def register(self) -> None:
+        sem = asyncio.Semaphore(self.register_concurrency)
+
+        async def one(name):
+            async with sem:
+                cfg = NodeConfig(name, self.node_ip(name), capacity=dict(self.capacity),
+                                 labels={"type": "hollow"},
+                                 node_info={"containerRuntimeVersion": "hollow://0.1",
+                                            "osImage": "Hollow Node", "kernelVersion": "hollow"})
+                node = await register_node(self.client, cfg)
+                self.leases[name].node_uid = node.metadata.uid
+                await self.leases[name].renew()
+        await asyncio.gather(*(one(n) for n in self.names))
+        log.info("registered %d hollow nodes", self.count)
+
+    async def heartbeat(self) -> None:
+        """Renew every lease once per interval, spread over the interval."""
+        while True:
+            gap = self.renew_interval / max(1, self.count)
+            for name in self.names:
+                asyncio.create_task(self._renew(name))
+                await asyncio.sleep(gap)
+
+    async def _renew(self, name: str) -> None:
+        try:
+            await self.leases[name].renew()
+        except Exception as e:  # noqa: BLE001 - the next round retries
+            log.debug("lease %s: %s", name, e)
+
+    async def reconcile(self, key: str) -> float | None:
+        pod = self.pods.get(key)
+        if pod is None or pod.spec.nodeName not in self.index:
+            return None
+        pods = self.client.pods(pod.metadata.namespace)
+        if pod.metadata.deletionTimestamp:
+            try:
+                await pods.delete(pod.metadata.name, grace_period=0, uid=pod.metadata.uid)
+            except NotFound:
+                pass
+            return None
+        if pod.status.phase == "Running" and pod.status.podIP:
+            return None
+        node = pod.spec.nodeName
+        pod.status.CopyFrom(running_status(pod, self.pod_ip(node), self.node_ip(node), meta.now()))
+        try:
+            await pods.update_status(pod)
+        except (NotFound, Conflict):
+            pass  # the informer will bring the newer version
+        return None
+
+    async def run(self) -> None:
+        await self.register()
+        hb = asyncio.create_task(self.heartbeat())
+        try:
+            await super().run()
+        finally:
+            hb.cancel()
+            await asyncio.gather(hb, return_exceptions=True)
+
+
+__all__ = ["HollowNodes"]
