@@ -26,6 +26,7 @@ class EventRecorder:
         self.client, self.component, self.host = client, component, host
         self._seen: dict[tuple, v1.Event] = {}
         self._pending: set[asyncio.Task] = set()
+        self._locks: dict[tuple, asyncio.Lock] = {}  # one write at a time per distinct event
         self.max_pending = max_pending
 
     def event(self, obj: Message, type_: str, reason: str, message: str) -> None:
@@ -42,6 +43,14 @@ class EventRecorder:
         key = (kind.kind, ns, m.name, m.uid, type_, reason, message)
         now = meta.rfc3339()
         events = self.client.events(ns)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            await self._write(events, key, obj, kind, ns, now, type_, reason, message)
+        if not lock.locked() and len(self._locks) > 4096:
+            self._locks.pop(key, None)
+
+    async def _write(self, events, key, obj, kind, ns, now, type_, reason, message) -> None:
+        m = obj.metadata
         try:
             prev = self._seen.get(key)
             if prev is not None:
