@@ -1,0 +1,277 @@
+"""`make bench`: the control plane's speed and memory, as ratios against baselines measured in
+the same run on the same machine (raw etcd writes), plus the absolute goals of the issue.
+
+Everything runs on loopback: a real etcd, the API server and scheduler as their own
+processes (as `kubelab control-plane` runs them), hollow nodes, and this process as the client.
+Results go to stdout and bench/last-run.md (copy them into docs/benchmarks.md with the date).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from kubelab import pki
+from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.client.client import Client
+from kubelab.client.config import ClientConfig, write_config
+from kubelab.etcd.client import Compare, EtcdClient, Op
+from kubelab.etcd.server import EtcdServer, free_port
+
+KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
+VALUE = b"x" * 1500  # about the size of a small pod
+results: list[tuple[str, str, str, str]] = []  # (benchmark, figure, goal, verdict)
+
+
+def report(name: str, figure: str, goal: str, ok: bool | None) -> None:
+    verdict = "n/a" if ok is None else ("met" if ok else "MISSED")
+    results.append((name, figure, goal, verdict))
+    print(f"{name:<58} {figure:<40} goal {goal:<14} {verdict}", flush=True)
+
+
+def bench_pod(name: str, ns: str = "bench") -> v1.Pod:
+    p = v1.Pod()
+    p.metadata.name, p.metadata.namespace = name, ns
+    p.metadata.labels.update({"app": "bench", "tier": "backend", "bench": "yes"})
+    c = p.spec.containers.add(name="app", image="registry.local/bench/app:1.0")
+    c.resources.requests.update({"cpu": "10m", "memory": "16Mi"})
+    for i in range(8):
+        c.env.add(name=f"VAR_{i}", value="v" * 60)
+    c.ports.add(containerPort=8080, name="http")
+    return p
+
+
+async def bounded(n: int, concurrency: int, fn) -> float:
+    """Run fn(i) for i < n with `concurrency` workers; return seconds taken."""
+    it = iter(range(n))
+
+    async def worker():
+        for i in it:
+            await fn(i)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - t0
+
+
+class Cluster:
+    """etcd + API server process (+ scheduler, hollow nodes when asked) in a temp dir."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: list[subprocess.Popen] = []
+
+    async def start(self) -> None:
+        self.etcd = EtcdServer(self.root / "etcd", log_path=self.root / "etcd.log", quota_bytes=8 << 30)
+        await self.etcd.start()
+        pki.ensure_control_plane_pki(self.root / "pki")
+        self.address = f"127.0.0.1:{free_port()}"
+        ca, key = (self.root / "pki/ca.crt").read_bytes(), (self.root / "pki/ca.key").read_bytes()
+        cert, k = pki.issue_cert(ca, key, "kubernetes-admin", organizations=["system:masters"])
+        self.config = self.root / "admin.conf"
+        write_config(self.config, ClientConfig(self.address, ca, cert, k))
+        self.apiserver = self.spawn("apiserver", "--etcd-servers", self.etcd.endpoint, "--listen", self.address,
+                                    "--pki-dir", str(self.root / "pki"))
+        end = time.monotonic() + 60
+        while True:
+            try:
+                async with Client.connect(str(self.config), timeout=2) as c:
+                    await c.namespaces().get("default")
+                    ns = v1.Namespace()
+                    ns.metadata.name = "bench"
+                    await c.namespaces().create(ns)
+                    return
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.3)
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        log = open(self.root / f"{args[0]}.log", "ab")
+        env = dict(os.environ, KUBELAB_CONFIG=str(self.root / "admin.conf"))
+        p = subprocess.Popen(KUBELAB + list(args), stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(p)
+        return p
+
+    async def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        await self.etcd.stop()
+
+
+async def raw_etcd_rates(endpoint: str, n: int, concurrency: int) -> tuple[float, float]:
+    async with EtcdClient(endpoint) as e:
+        puts = n / await bounded(n, concurrency, lambda i: e.put(f"/bench/raw/{i}", VALUE))
+
+        async def txn(i):
+            key = f"/bench/txn/{i}"
+            await e.txn([Compare.create_revision(key, "==", 0)], [Op.put(key, VALUE)])
+        txns = n / await bounded(n, concurrency, txn)
+        await e.delete("/bench/", prefix=True)
+    return puts, txns
+
+
+async def bench_creates(cluster: Cluster, n: int, concurrency: int, raw_puts: float) -> None:
+    async with Client.connect(str(cluster.config)) as c:
+        pods = c.pods("bench")
+        rate = n / await bounded(n, concurrency, lambda i: pods.create(bench_pod(f"create-{i}")))
+    ratio = rate / raw_puts
+    report(f"1. pod create via API ÷ raw etcd put (concurrency {concurrency})",
+           f"{rate:.0f}/s ÷ {raw_puts:.0f}/s = {ratio:.2f}", "≥ 0.7", ratio >= 0.7)
+
+
+async def fill(cluster: Cluster, total: int, concurrency: int) -> None:
+    async with Client.connect(str(cluster.config)) as c:
+        have = len((await c.pods("bench").list_all()).items)
+        pods = c.pods("bench")
+        await bounded(max(0, total - have), concurrency, lambda i: pods.create(bench_pod(f"fill-{i}")))
+
+
+async def bench_list(cluster: Cluster, total: int) -> None:
+    async with Client.connect(str(cluster.config)) as c:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            got = await c.pods("bench").list_all(page_size=500)
+            times.append(time.perf_counter() - t0)
+        assert len(got.items) >= total, len(got.items)
+    best, med = min(times), statistics.median(times)
+    report(f"4. paginated LIST of {len(got.items)} pods (limit 500), full walk",
+           f"median {med:.2f}s (best {best:.2f}s)", "≤ 2 s", med <= 2.0)
+
+
+def bench_memory(cluster: Cluster, total: int) -> None:
+    rss = psutil.Process(cluster.apiserver.pid).memory_info().rss / 2**20
+    report(f"5. API server resident memory with {total} pods", f"{rss:.0f} MB", "≤ 200 MB", rss <= 200)
+
+
+async def bench_watchers(cluster: Cluster, watchers: int, events: int) -> None:
+    channels = [Client.connect(str(cluster.config)) for _ in range(max(1, watchers // 100))]
+    lat: list[float] = []
+    done = asyncio.Event()
+    expected = watchers * events
+    started = 0
+
+    async def watch(i):
+        nonlocal started
+        rc = channels[i % len(channels)].pods("bench")
+        first = True
+        async for ev in rc.watch(resource_version=rv, label_selector="app=watched", allow_bookmarks=False):
+            if first:
+                first = False
+            sent = float(ev.object.metadata.annotations["sent"])
+            lat.append(time.time() - sent)
+            if len(lat) >= expected:
+                done.set()
+
+    async with Client.connect(str(cluster.config)) as c:
+        rv = (await c.pods("bench").list(limit=1)).resource_version
+        tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
+        await asyncio.sleep(3)  # let every stream open
+        for i in range(events):
+            p = bench_pod(f"watched-{i}")
+            p.metadata.labels["app"] = "watched"
+            p.metadata.annotations["sent"] = repr(time.time())
+            await c.pods("bench").create(p)
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        except asyncio.TimeoutError:
+            pass
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for ch in channels:
+        await ch.close()
+    lat.sort()
+    p99 = lat[int(len(lat) * 0.99) - 1] * 1000 if lat else float("inf")
+    p50 = lat[len(lat) // 2] * 1000 if lat else float("inf")
+    report(f"3. {watchers} watchers, {events} events: delivery latency",
+           f"p50 {p50:.0f} ms, p99 {p99:.0f} ms ({len(lat)}/{expected} delivered)", "p99 ≤ 100 ms",
+           p99 <= 100 and len(lat) == expected)
+
+
+async def bench_scheduling(root: Path, pods: int, nodes: int, concurrency: int, raw_txn: float) -> None:
+    cluster = Cluster(root / "sched")
+    await cluster.start()
+    try:
+        cluster.spawn("hollow-nodes", "--count", str(nodes), "--pods", "110", "--cpu", "32", "--memory", "256Gi")
+        async with Client.connect(str(cluster.config)) as c:
+            end = time.monotonic() + 300
+            while len((await c.nodes().list()).items) < nodes:
+                if time.monotonic() > end:
+                    raise RuntimeError("hollow nodes did not register")
+                await asyncio.sleep(1)
+            pc = c.pods("bench")
+            await bounded(pods, concurrency, lambda i: pc.create(bench_pod(f"s-{i}")))
+            t0 = time.perf_counter()
+            cluster.spawn("scheduler", "--leader-elect", "false")
+            while True:
+                bound = len((await c.pods("bench").list(field_selector="spec.nodeName!=",
+                                                          resource_version="0")).items)
+                if bound >= pods:
+                    break
+                if time.perf_counter() - t0 > 900:
+                    break
+                await asyncio.sleep(0.5)
+            dt = time.perf_counter() - t0
+    finally:
+        await cluster.stop()
+    rate = bound / dt
+    ratio = rate / raw_txn
+    report(f"2. {pods} pods onto {nodes} hollow nodes: bound pods/s ÷ raw etcd txn",
+           f"{rate:.0f}/s ÷ {raw_txn:.0f}/s = {ratio:.2f} ({bound} bound in {dt:.1f}s)", "≥ 0.5", ratio >= 0.5)
+
+
+async def main(args) -> int:
+    print(f"kubelab bench on {platform.node()} ({os.cpu_count()} cpus, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()})", flush=True)
+    with tempfile.TemporaryDirectory(prefix="kubelab-bench-") as tmp:
+        root = Path(tmp)
+        cluster = Cluster(root / "api")
+        await cluster.start()
+        try:
+            raw_puts, raw_txn = await raw_etcd_rates(cluster.etcd.endpoint, args.raw, args.concurrency)
+            print(f"baseline: raw etcd put {raw_puts:.0f}/s, txn {raw_txn:.0f}/s at concurrency {args.concurrency}")
+            await bench_creates(cluster, args.creates, args.concurrency, raw_puts)
+            await fill(cluster, args.pods, args.concurrency)
+            await bench_list(cluster, args.pods)
+            bench_memory(cluster, args.pods)
+            await bench_watchers(cluster, args.watchers, args.events)
+        finally:
+            await cluster.stop()
+        await bench_scheduling(root, args.sched_pods, args.nodes, args.concurrency, raw_txn)
+    lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
+    Path(__file__).with_name("last-run.md").write_text(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}, {os.cpu_count()} cpus\n\n"
+        + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--raw", type=int, default=3000)
+    ap.add_argument("--creates", type=int, default=3000)
+    ap.add_argument("--pods", type=int, default=10000)
+    ap.add_argument("--watchers", type=int, default=1000)
+    ap.add_argument("--events", type=int, default=100)
+    ap.add_argument("--sched-pods", type=int, default=10000)
+    ap.add_argument("--nodes", type=int, default=1000)
+    sys.exit(asyncio.run(main(ap.parse_args())))
