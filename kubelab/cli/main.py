@@ -46,6 +46,10 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:  # `kubelab run x --image=y -- cmd args`: everything after -- is the container's
+        i = argv.index("--")
+        argv, passthrough = argv[:i], argv[i + 1:]
     cmd = next((a for a in argv if not a.startswith("-")), None)
     if cmd is None or cmd not in COMMANDS:
         if cmd is not None:
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     module.register(sub, [common_parser()])
     args = parser.parse_args(argv)
+    args.passthrough = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbosity >= 4 else
                         logging.INFO if args.verbosity >= 2 or getattr(args, "daemon", False) else logging.WARNING,
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s")

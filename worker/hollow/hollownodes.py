@@ -43,7 +43,8 @@ class HollowNodes(Controller):
 
     def node_ip(self, name: str) -> str:
         i = self.index[name]
-        return f"127.{100 + i // 65536}.{(i // 256) % 256}.{i % 256 or 1}"
+        n = i + 1  # 127.100.0.1, 127.100.0.2, ...: loopback, unique per node
+        return f"127.{100 + n // 65536}.{(n // 256) % 256}.{n % 256}"
 
     def pod_ip(self, name: str) -> str:
         """A fake address from the node's /24 of 10.244.0.0/14 (unique per node and pod)."""
