@@ -1,28 +1,43 @@
-"""The cluster's certificate authority (kubeadm's `certs` phase): a CA, the API server's
-serving certificate, and client certificates whose subject says who the client is
-(CN = user, O = groups, as Kubernetes reads them). Later, `init`/`join` reuse it for TLS
-bootstrap (CSRs signed by the CA) and discovery (the CA's public key hash).
+"""The control plane's certificate authority, like kubeadm's `certs` phase.
+
+It makes the cluster CA, the API server's serving certificate, and client certificates
+whose subject says who the client is: the API server takes the user from the CN and the
+groups from the O values, as Kubernetes does. Later `init`/`join` reuse it for TLS
+bootstrap (a node sends a CSR, the control plane signs it with `sign_csr`) and for
+discovery (`ca_cert_hash` is kubeadm's --discovery-token-ca-cert-hash).
+
+Keys are ECDSA P-256: small and fast to generate, and every TLS stack gRPC uses accepts them.
 """
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import ipaddress
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# Backdating tolerates clocks a little behind the control plane's (a joining node's, say).
+_BACKDATE = dt.timedelta(minutes=5)
 
 
 def generate_key() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def _load_key(key_pem: bytes):
+    return serialization.load_pem_private_key(key_pem, None)
 
 
 def _name(cn: str, orgs=()) -> x509.Name:
@@ -34,31 +49,48 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _key_usage(*, signer: bool, rsa_key: bool) -> x509.KeyUsage:
+    # keyEncipherment only means something for RSA key transport; EC keys only sign.
+    return x509.KeyUsage(digital_signature=True, key_encipherment=rsa_key and not signer,
+                         key_cert_sign=signer, crl_sign=signer, content_commitment=False,
+                         data_encipherment=False, key_agreement=False, encipher_only=False,
+                         decipher_only=False)
+
+
 def create_ca(common_name: str = "kubelab-ca", *, days: int = 3650) -> tuple[bytes, bytes]:
+    """A self-signed CA: (cert PEM, key PEM)."""
     key_pem = generate_key()
-    key = serialization.load_pem_private_key(key_pem, None)
+    key = _load_key(key_pem)
     name = _name(common_name)
+    now = _now()
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(minutes=5)).not_valid_after(_now() + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .not_valid_before(now - _BACKDATE).not_valid_after(now + dt.timedelta(days=days))
+            # path_length=0: this CA signs leaf certificates only, never another CA
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(signer=True, rsa_key=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def create_csr(key_pem: bytes, common_name: str, organizations=()) -> bytes:
-    key = serialization.load_pem_private_key(key_pem, None)
-    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, organizations)).sign(key, hashes.SHA256())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, organizations))
+           .sign(_load_key(key_pem), hashes.SHA256()))
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def _sans(sans) -> list:
+def _canon_san(s: str) -> str:
+    s = s.strip()
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        return s.lower()  # DNS names compare case-insensitively
+
+
+def _san_entries(sans) -> list:
     out = []
-    for s in sans:
+    for s in dict.fromkeys(_canon_san(s) for s in sans if s.strip()):
         try:
             out.append(x509.IPAddress(ipaddress.ip_address(s)))
         except ValueError:
@@ -66,27 +98,34 @@ def _sans(sans) -> list:
     return out
 
 
-def _sign(ca_cert_pem: bytes, ca_key_pem: bytes, subject: x509.Name, public_key, *, days: int, client: bool,
-          server: bool, sans=()) -> bytes:
+def _sign(ca_cert_pem: bytes, ca_key_pem: bytes, subject: x509.Name, public_key, *, days: int,
+          client: bool, server: bool, sans=()) -> bytes:
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, None)
-    usages = ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else []) + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
+    ca_key = _load_key(ca_key_pem)
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
+             ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    if not usages:
+        raise ValueError("a certificate needs client or server usage (or both)")
+    now = _now()
+    # a certificate outliving its CA would only fail later, and more confusingly
+    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
     b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject).public_key(public_key)
          .serial_number(x509.random_serial_number())
-         .not_valid_before(_now() - dt.timedelta(minutes=5)).not_valid_after(_now() + dt.timedelta(days=days))
+         .not_valid_before(now - _BACKDATE).not_valid_after(not_after)
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=False,
-                                      crl_sign=False, content_commitment=False, data_encipherment=False,
-                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+         .add_extension(_key_usage(signer=False, rsa_key=isinstance(public_key, rsa.RSAPublicKey)), critical=True)
          .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
-    if sans:
-        b = b.add_extension(x509.SubjectAlternativeName(_sans(sans)), critical=False)
+    entries = _san_entries(sans)
+    if entries:
+        b = b.add_extension(x509.SubjectAlternativeName(entries), critical=False)
     return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-def sign_csr(ca_cert_pem: bytes, ca_key_pem: bytes, csr_pem: bytes, *, days: int = 365, client: bool = True,
-             server: bool = False, sans=()) -> bytes:
+def sign_csr(ca_cert_pem: bytes, ca_key_pem: bytes, csr_pem: bytes, *, days: int = 365,
+             client: bool = True, server: bool = False, sans=()) -> bytes:
+    """Sign a CSR, keeping its subject (so its CN/O become the holder's user/groups)."""
     csr = x509.load_pem_x509_csr(csr_pem)
     if not csr.is_signature_valid:
         raise ValueError("the certificate signing request's signature is not valid")
@@ -96,71 +135,158 @@ def sign_csr(ca_cert_pem: bytes, ca_key_pem: bytes, csr_pem: bytes, *, days: int
 
 def issue_cert(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, *, organizations=(), sans=(),
                client: bool = True, server: bool = False, days: int = 365) -> tuple[bytes, bytes]:
+    """A fresh key and a certificate for it: (cert PEM, key PEM)."""
     key_pem = generate_key()
-    key = serialization.load_pem_private_key(key_pem, None)
-    cert = _sign(ca_cert_pem, ca_key_pem, _name(common_name, organizations), key.public_key(), days=days,
-                 client=client, server=server, sans=sans)
+    cert = _sign(ca_cert_pem, ca_key_pem, _name(common_name, organizations), _load_key(key_pem).public_key(),
+                 days=days, client=client, server=server, sans=sans)
     return cert, key_pem
 
 
 def ca_cert_hash(ca_cert_pem: bytes) -> str:
     """kubeadm's --discovery-token-ca-cert-hash: SHA-256 of the CA's DER SubjectPublicKeyInfo."""
     cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
-def cert_identity(cert: bytes) -> tuple[str, list[str]]:
-    """(user, groups) of a client certificate: CN and the O values."""
-    c = x509.load_pem_x509_certificate(cert) if cert.lstrip().startswith(b"-----") else x509.load_der_x509_certificate(cert)
+def _load_cert(cert: bytes | str) -> x509.Certificate:
+    if isinstance(cert, str):
+        cert = cert.encode()
+    if cert.lstrip().startswith(b"-----"):
+        return x509.load_pem_x509_certificate(cert)
+    return x509.load_der_x509_certificate(cert)
+
+
+def cert_identity(cert: bytes | str) -> tuple[str, list[str]]:
+    """(user, groups) of a client certificate, PEM or DER: its CN and its O values."""
+    c = _load_cert(cert)
     cn = [a.value for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     orgs = [a.value for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     return (cn[0] if cn else ""), orgs
 
 
-def cert_sans(cert_pem: bytes) -> set[str]:
-    c = x509.load_pem_x509_certificate(cert_pem)
+def cert_sans(cert: bytes | str) -> set[str]:
+    """The certificate's SANs as canonical strings (IPs normalised, DNS names lower case)."""
     try:
-        ext = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ext = _load_cert(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return set()
-    return {str(v) for v in ext.get_values_for_type(x509.IPAddress)} | set(ext.get_values_for_type(x509.DNSName))
+    return ({str(v) for v in ext.get_values_for_type(x509.IPAddress)}
+            | {v.lower() for v in ext.get_values_for_type(x509.DNSName)})
 
 
-@dataclass
+# --- the control plane's files -------------------------------------------------------------
+
+# Each component gets its own identity, as in Kubernetes, so authorization and audit can tell
+# the scheduler from the controller manager. file stem -> (CN, O)
+CLIENTS = {
+    "admin": ("kubernetes-admin", ("system:masters",)),
+    "scheduler": ("system:kube-scheduler", ()),
+    "controller-manager": ("system:kube-controller-manager", ()),
+}
+# The in-cluster names of the API server, as kubeadm puts them in its serving certificate.
+_APISERVER_NAMES = ("kubernetes", "kubernetes.default")
+
+
+@dataclass(frozen=True)
+class CertKey:
+    cert_path: Path
+    key_path: Path
+    cert: bytes
+    key: bytes
+
+
+@dataclass(frozen=True)
 class ControlPlanePKI:
     dir: Path
-    ca_cert: bytes
-    ca_key: bytes
-    apiserver_cert: bytes
-    apiserver_key: bytes
+    ca: CertKey
+    apiserver: CertKey           # serving cert; client usage too, for calls to kubelets
+    admin: CertKey               # kubernetes-admin, group system:masters
+    scheduler: CertKey           # system:kube-scheduler
+    controller_manager: CertKey  # system:kube-controller-manager
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # write-then-rename, so a crash never leaves a truncated key or certificate behind
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _usable(cert_path: Path, key_path: Path, ca_cert: x509.Certificate, sans=()) -> bool:
+    """Whether an existing pair can be kept: signed by this CA, unexpired, its key matches
+    (a crash between writing key and cert leaves them apart), and it covers `sans`."""
+    if not (cert_path.exists() and key_path.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca_cert)
+        key = _load_key(key_path.read_bytes())
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    spki = lambda k: k.public_bytes(serialization.Encoding.DER,  # noqa: E731
+                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+    return (cert.not_valid_after_utc > _now() and spki(cert.public_key()) == spki(key.public_key())
+            and {_canon_san(s) for s in sans} <= cert_sans(cert_path.read_bytes()))
+
+
+def _pair(d: Path, stem: str) -> tuple[Path, Path]:
+    return d / f"{stem}.crt", d / f"{stem}.key"
+
+
+def _loaded(d: Path, stem: str) -> CertKey:
+    crt, key = _pair(d, stem)
+    return CertKey(crt, key, crt.read_bytes(), key.read_bytes())
 
 
 def ensure_control_plane_pki(pki_dir: Path, *, sans: list[str] = ()) -> ControlPlanePKI:
-    """Create the CA and the API server's certificate once; later calls load them, and reissue
-    the serving certificate only when a requested name is missing from it. Idempotent."""
+    """Create the CA and the control plane's certificates on first call; later calls load
+    them. A certificate is issued again only when it is missing, expired, not signed by the
+    CA or not matching its key, and the API server's also when a requested SAN is missing
+    (it then keeps its old SANs too, so addresses used before still verify).
+
+    Files: ca.{crt,key}, apiserver.{crt,key}, admin.{crt,key}, scheduler.{crt,key},
+    controller-manager.{crt,key}; keys mode 0600, certificates 0644.
+    """
     d = Path(pki_dir)
     d.mkdir(parents=True, exist_ok=True)
-    ca_crt, ca_key = d / "ca.crt", d / "ca.key"
-    if not (ca_crt.exists() and ca_key.exists()):
-        cert, key = create_ca()
-        _write(ca_key, key, 0o600)
-        _write(ca_crt, cert, 0o644)
-    ca_cert_pem, ca_key_pem = ca_crt.read_bytes(), ca_key.read_bytes()
-    wanted = {"127.0.0.1", "localhost", socket.gethostname(), "kubernetes", "kubernetes.default", *sans}
-    crt, key = d / "apiserver.crt", d / "apiserver.key"
-    if not (crt.exists() and key.exists()) or not wanted <= cert_sans(crt.read_bytes()):
-        have = cert_sans(crt.read_bytes()) if crt.exists() else set()
-        cert, k = issue_cert(ca_cert_pem, ca_key_pem, "kube-apiserver", sans=sorted(wanted | have),
-                             client=True, server=True)
-        _write(key, k, 0o600)
-        _write(crt, cert, 0o644)
-    return ControlPlanePKI(d, ca_cert_pem, ca_key_pem, crt.read_bytes(), key.read_bytes())
+    # two processes starting on one data dir must not each make a CA and mix the halves
+    with open(d / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ca_crt, ca_key = _pair(d, "ca")
+        if not ca_crt.exists() and not ca_key.exists():
+            cert, key = create_ca()
+            _write(ca_key, key, 0o600)
+            _write(ca_crt, cert, 0o644)
+        elif not (ca_crt.exists() and ca_key.exists()):
+            # a new CA would silently invalidate every certificate and config handed out
+            raise RuntimeError(f"{d}: found only one of ca.crt and ca.key; restore the other "
+                               "or remove both to create a new cluster CA")
+        ca_pem, ca_key_pem = ca_crt.read_bytes(), ca_key.read_bytes()
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+
+        wanted = {"127.0.0.1", "localhost", socket.gethostname(), *_APISERVER_NAMES, *sans}
+        crt, key = _pair(d, "apiserver")
+        if not _usable(crt, key, ca_cert, wanted):
+            have = cert_sans(crt.read_bytes()) if crt.exists() else set()
+            cert, k = issue_cert(ca_pem, ca_key_pem, "kube-apiserver", sans=sorted(have | wanted),
+                                 client=True, server=True)
+            _write(key, k, 0o600)
+            _write(crt, cert, 0o644)
+
+        for stem, (cn, orgs) in CLIENTS.items():
+            crt, key = _pair(d, stem)
+            if not _usable(crt, key, ca_cert):
+                cert, k = issue_cert(ca_pem, ca_key_pem, cn, organizations=orgs, client=True)
+                _write(key, k, 0o600)
+                _write(crt, cert, 0o644)
+
+        return ControlPlanePKI(d, _loaded(d, "ca"), _loaded(d, "apiserver"), _loaded(d, "admin"),
+                               _loaded(d, "scheduler"), _loaded(d, "controller-manager"))

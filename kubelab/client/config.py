@@ -1,16 +1,25 @@
-"""The client config file (kubeconfig's shape: clusters, users, contexts) and the mTLS
-credentials built from it. The CLI finds it through --config, then $KUBELAB_CONFIG, then
-~/.kubelab/config; `kubelab control-plane` writes DATA_DIR/admin.conf.
+"""The client config file and the mTLS credentials built from it.
+
+The file has kubeconfig's shape (clusters, users, contexts, current-context) so it reads
+familiar to Kubernetes users; `server` is the API server's gRPC address, written as
+https://host:port and used as host:port. The CLI finds the file through --config, then
+$KUBELAB_CONFIG, then ~/.kubelab/config; `kubelab control-plane` writes DATA_DIR/admin.conf.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import yaml
+
+DEFAULT_PATH = "~/.kubelab/config"
+ENV_VAR = "KUBELAB_CONFIG"
+MAX_MESSAGE = 64 << 20
 
 
 class ConfigError(Exception):
@@ -26,33 +35,65 @@ class ClientConfig:
     path: Path | None = None
 
 
+def _strip_scheme(server: str) -> str:
+    return server.split("://", 1)[-1].rstrip("/")
+
+
 def write_config(path, cfg: ClientConfig, *, cluster_name: str = "kubelab", user: str = "kubernetes-admin") -> None:
-    path = Path(path)
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     ctx = f"{user}@{cluster_name}"
     doc = {
         "apiVersion": "v1", "kind": "Config", "current-context": ctx,
-        "clusters": [{"name": cluster_name, "cluster": {"server": f"https://{cfg.server}",
+        "clusters": [{"name": cluster_name, "cluster": {"server": f"https://{_strip_scheme(cfg.server)}",
                                                         "certificate-authority-data": b64(cfg.ca_pem)}}],
         "users": [{"name": user, "user": {"client-certificate-data": b64(cfg.cert_pem),
                                           "client-key-data": b64(cfg.key_pem)}}],
         "contexts": [{"name": ctx, "context": {"cluster": cluster_name, "user": user}}],
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
-    os.replace(tmp, path)
+    # it holds a private key: 0600 from the first byte, and replaced whole, never half-written
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def _pick(items, name, what, path):
-    for it in items or ():
-        if it.get("name") == name:
+def _pick(doc: dict, section: str, name, path: Path) -> dict:
+    items = doc.get(section) or []
+    if not isinstance(items, list):
+        raise ConfigError(f"config {path}: {section} must be a list")
+    for it in items:
+        if isinstance(it, dict) and (name is None or it.get("name") == name):
             return it
-    if items and name is None:
-        return items[0]
-    raise ConfigError(f"config {path}: no {what} named {name!r}")
+    if name is None:
+        raise ConfigError(f"config {path}: no {section} entries")
+    raise ConfigError(f"config {path}: {section} has no entry named {name!r}")
+
+
+def _pem(section: dict, key: str, where: str, path: Path) -> bytes:
+    """The *-data field (base64 PEM) or, as kubectl also allows, the file it names."""
+    if section.get(f"{key}-data"):
+        try:
+            data = base64.b64decode(section[f"{key}-data"], validate=False)
+        except (binascii.Error, TypeError, ValueError):
+            raise ConfigError(f"config {path}: {where}.{key}-data is not valid base64") from None
+    elif section.get(key):
+        # relative to the config file, as kubectl resolves them
+        file = (path.parent / Path(section[key]).expanduser())
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"config {path}: {where}.{key}: cannot read {file}: {e.strerror}") from None
+    else:
+        raise ConfigError(f"config {path}: missing field {where}.{key}-data")
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"config {path}: {where}.{key} is not PEM data")
+    return data
 
 
 def load_config(path) -> ClientConfig:
@@ -61,37 +102,49 @@ def load_config(path) -> ClientConfig:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config {path}: file not found") from None
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"config {path}: cannot read it: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read it: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"config {path}: not a kubeconfig-style YAML mapping")
-    try:
-        ctx_name = doc.get("current-context")
-        ctx = _pick(doc.get("contexts"), ctx_name, "context", path)["context"] if doc.get("contexts") else {}
-        cluster = _pick(doc.get("clusters"), ctx.get("cluster"), "cluster", path)["cluster"]
-        user = _pick(doc.get("users"), ctx.get("user"), "user", path)["user"]
-        server = cluster["server"].split("://", 1)[-1].rstrip("/")
-        return ClientConfig(server=server, ca_pem=base64.b64decode(cluster["certificate-authority-data"]),
-                            cert_pem=base64.b64decode(user["client-certificate-data"]),
-                            key_pem=base64.b64decode(user["client-key-data"]), path=path)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"config {path}: missing or bad field {e}") from None
+        raise ConfigError(f"config {path}: expected a kubeconfig-style mapping (apiVersion, kind: Config, ...)")
+
+    # like kubectl: current-context picks cluster and user; without contexts, the first of each
+    ctx_name = doc.get("current-context") or None
+    ctx = {}
+    if doc.get("contexts") or ctx_name:
+        ctx = _pick(doc, "contexts", ctx_name, path).get("context")
+        if not isinstance(ctx, dict):
+            raise ConfigError(f"config {path}: missing field contexts[{ctx_name or 0}].context")
+    cl_name, user_name = ctx.get("cluster"), ctx.get("user")
+    cluster = _pick(doc, "clusters", cl_name, path).get("cluster")
+    user = _pick(doc, "users", user_name, path).get("user")
+    if not isinstance(cluster, dict):
+        raise ConfigError(f"config {path}: missing field clusters[{cl_name or 0}].cluster")
+    if not isinstance(user, dict):
+        raise ConfigError(f"config {path}: missing field users[{user_name or 0}].user")
+    if not cluster.get("server"):
+        raise ConfigError(f"config {path}: missing field clusters[{cl_name or 0}].cluster.server")
+    return ClientConfig(
+        server=_strip_scheme(str(cluster["server"])),
+        ca_pem=_pem(cluster, "certificate-authority", "cluster", path),
+        cert_pem=_pem(user, "client-certificate", "user", path),
+        key_pem=_pem(user, "client-key", "user", path),
+        path=path)
 
 
 def resolve_config_path(explicit: str | None = None) -> Path:
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("KUBELAB_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.kubelab/config").expanduser()
+    """--config, then $KUBELAB_CONFIG, then ~/.kubelab/config."""
+    return Path(explicit or os.environ.get(ENV_VAR) or DEFAULT_PATH).expanduser()
 
 
 def load_default(explicit: str | None = None) -> ClientConfig:
     path = resolve_config_path(explicit)
-    if not explicit and not os.environ.get("KUBELAB_CONFIG") and not path.exists():
-        raise ConfigError('no config found: pass --config, set KUBELAB_CONFIG, or run '
-                          '"kubelab control-plane --data-dir DIR", which writes DIR/admin.conf')
+    if explicit or os.environ.get(ENV_VAR):
+        return load_config(path)  # named on purpose: "file not found" says enough
+    if not path.exists():
+        raise ConfigError(f'no config found ({path} does not exist): pass --config, set {ENV_VAR}, or run '
+                          '"kubelab control-plane --data-dir DATA_DIR", which writes DATA_DIR/admin.conf')
     return load_config(path)
 
 
@@ -101,11 +154,26 @@ def channel_credentials(cfg: ClientConfig) -> grpc.ChannelCredentials:
 
 
 def server_credentials(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grpc.ServerCredentials:
+    """TLS that also requires a client certificate signed by the CA (mTLS): the certificate
+    is how the server learns who the caller is."""
     return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
                                        require_client_auth=True)
 
 
 def channel_options(server: str) -> list:
-    return [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-            ("grpc.keepalive_time_ms", 30000), ("grpc.keepalive_timeout_ms", 10000),
-            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+    """Client channel options. The API server's certificate carries 127.0.0.1, localhost and
+    the host name as SANs, so `server` needs no target-name override."""
+    return [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+            # pings keep an idle watch's connection alive through NATs and notice dead peers
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # 0 = no cap on pings while no data flows; a quiet watch can last hours
+            ("grpc.http2.max_pings_without_data", 0)]
+
+
+def server_options() -> list:
+    """Server options matching `channel_options`: gRPC servers by default answer a client
+    pinging more often than every 5 minutes with GOAWAY (too_many_pings)."""
+    return [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
