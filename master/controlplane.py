@@ -49,30 +49,19 @@ def setup(data_dir: Path, listen: str) -> dict:
     data_dir.mkdir(parents=True, exist_ok=True)
     host = listen.rsplit(":", 1)[0].strip("[]")
     sans = [host] if host not in ("0.0.0.0", "::", "") else []
-    pki.ensure_control_plane_pki(data_dir / "pki", sans=sans)
+    cp = pki.ensure_control_plane_pki(data_dir / "pki", sans=sans)
     state_file = data_dir / "control-plane.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     if "etcd_client_port" not in state:
         state.update(etcd_client_port=free_port(), etcd_peer_port=free_port())
         state_file.write_text(json.dumps(state))
     server = listen if host not in ("0.0.0.0", "::", "") else "127.0.0.1:" + listen.rsplit(":", 1)[1]
-    ca = (data_dir / "pki" / "ca.crt").read_bytes()
-    ca_key = (data_dir / "pki" / "ca.key").read_bytes()
-    for name, cn, orgs in (("admin.conf", "kubernetes-admin", ["system:masters"]),
-                           ("scheduler.conf", "system:kube-scheduler", []),
-                           ("controller-manager.conf", "system:kube-controller-manager", [])):
-        path = data_dir / name
-        if not path.exists():
-            cert, key = pki.issue_cert(ca, ca_key, cn, organizations=orgs, client=True)
-            write_config(path, ClientConfig(server=server, ca_pem=ca, cert_pem=cert, key_pem=key),
-                         user=cn)
-        else:
-            # the listen address may change between runs: keep the configs pointing at it
-            from kubelab.client.config import load_config
-            cfg = load_config(path)
-            if cfg.server != server:
-                cfg.server = server
-                write_config(path, cfg, user=cn)
+    for name, ck, user in (("admin.conf", cp.admin, "kubernetes-admin"),
+                           ("scheduler.conf", cp.scheduler, "system:kube-scheduler"),
+                           ("controller-manager.conf", cp.controller_manager, "system:kube-controller-manager")):
+        # rewritten every start: the listen address may have changed, certificates may be renewed
+        write_config(data_dir / name, ClientConfig(server=server, ca_pem=cp.ca.cert, cert_pem=ck.cert,
+                                                   key_pem=ck.key), user=user)
     return state
 
 
@@ -183,6 +172,8 @@ async def run(args) -> int:
             waiter.cancel()
     finally:
         say("control-plane", "stopping")
+        for c in components:
+            c.stopping = True  # no restarts from here on, whatever exits first
         for c in reversed(components):
             await c.stop()
         for t in tasks:

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kubelab.api import kinds
 from kubelab.api.v1 import api_pb2, objects_pb2 as v1
-from kubelab.client.config import server_credentials
+from kubelab.client.config import server_credentials, server_options
 from kubelab.errors import AlreadyExists
 from kubelab.etcd.client import EtcdClient
 
@@ -66,12 +66,7 @@ class APIServer:
         await asyncio.gather(*(c.start() for c in self.caches.values()))
         await self._default_namespaces()
 
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.max_send_message_length", 64 << 20),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10000),
-        ])
+        self.server = grpc.aio.server(options=server_options())
         self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
