@@ -129,8 +129,14 @@ class Store:
         labels = LabelSelector.parse(label_selector)
         fields = FieldSelector.parse(field_selector, self.kind.field_selectors, self.kind.kind)
         ns = namespace if self.kind.namespaced else ""
-        if resource_version == "0" and not continue_token and self.cache is not None:
+        # "0": any version will do; "N" without a limit: not older than N. Both come from the
+        # watch cache (after it has caught up with N); "" is a consistent read from etcd.
+        if resource_version and not continue_token and self.cache is not None and (
+                resource_version == "0" or not limit):
             await self.cache.wait_ready()
+            if resource_version != "0":
+                from .watchcache import parse_rv
+                await self.cache.wait_for(parse_rv(resource_version))
             entries, rv = self.cache.list(ns, labels, fields)
             entries.sort(key=lambda e: (e.namespace, e.name))
             return [e.raw + meta.rv_suffix(e.rv) for e in entries], rv, "", None

@@ -101,12 +101,12 @@ async def test_garbage_requests_do_not_hurt_the_server(api):
 async def test_selectors(api):
     pods = api.client.pods("default")
     for i in range(6):
-        await pods.create(pod(f"p{i}", labels={"app": "a" if i % 2 else "b", "i": str(i)}))
+        last = await pods.create(pod(f"p{i}", labels={"app": "a" if i % 2 else "b", "i": str(i)}))
     got = await pods.list(label_selector="app=a")
     assert sorted(p.metadata.name for p in got.items) == ["p1", "p3", "p5"]
     got = await pods.list(label_selector="app=b,i notin (0)", field_selector="metadata.name!=p2")
     assert [p.metadata.name for p in got.items] == ["p4"]
-    cached = await pods.list(label_selector="app=a", resource_version="0")
+    cached = await pods.list(label_selector="app=a", resource_version=last.metadata.resourceVersion)
     assert sorted(p.metadata.name for p in cached.items) == ["p1", "p3", "p5"]
     by_phase = await api.client.pods("").list(field_selector="status.phase=Pending")
     assert len(by_phase.items) == 6
