@@ -1,6 +1,5 @@
 """`kubelab controller-manager`: the controllers, behind leader election on the
-kube-controller-manager Lease. Now: the namespace controller; the node controllers of later
-issues join the CONTROLLERS table.
+kube-controller-manager Lease: namespace, nodeipam (pod CIDRs) and nodelifecycle.
 """
 from __future__ import annotations
 
@@ -13,9 +12,14 @@ from kubelab.client.client import Client
 from kubelab.client.leaderelection import LeaderElector
 
 from .namespace import NamespaceController
+from .nodeipam import NodeIpamController
+from .nodelifecycle import NodeLifecycleController
 
 CONTROLLERS = {
     "namespace": lambda client, args: NamespaceController(client),
+    "nodeipam": lambda client, args: NodeIpamController(client, cluster_cidr=args.cluster_cidr),
+    "nodelifecycle": lambda client, args: NodeLifecycleController(
+        client, grace_period=args.node_monitor_grace_period, monitor_period=args.node_monitor_period),
 }
 
 
@@ -24,7 +28,10 @@ def register(sub, parents) -> None:
     p.add_argument("--controllers", default="*", help="comma-separated controllers to run, * for all")
     p.add_argument("--leader-elect", default="true", choices=("true", "false"))
     p.add_argument("--identity", default=None)
-    p.add_argument("--node-monitor-grace-period", type=float, default=50.0)
+    p.add_argument("--node-monitor-grace-period", type=float, default=50.0,
+                   help="seconds without a lease renewal before a node is NotReady (Unknown)")
+    p.add_argument("--node-monitor-period", type=float, default=5.0)
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16")
     p.add_argument("--lease-duration", type=float, default=15.0)
     p.add_argument("--renew-deadline", type=float, default=10.0)
     p.add_argument("--retry-period", type=float, default=2.0)
