@@ -31,6 +31,9 @@ def register(sub, parents) -> None:
     p.add_argument("--etcd-servers", default="", help="use these etcd URLs instead of running etcd")
     p.add_argument("--node-monitor-grace-period", type=float, default=50.0,
                    help="seconds without a node lease renewal before the node is NotReady")
+    p.add_argument("--node-monitor-period", type=float, default=5.0)
+    p.add_argument("--default-toleration-seconds", type=int, default=300,
+                   help="how long pods stay on an unreachable node before eviction")
     p.set_defaults(func=run, daemon=True)
 
 
@@ -148,11 +151,13 @@ async def run(args) -> int:
         say("etcd", f"serving on {endpoints} (data {data_dir / 'etcd'}, log {data_dir / 'etcd.log'})")
     py = [sys.executable, "-m", "kubelab.cli.main"]
     apiserver = Component("apiserver", py + ["apiserver", "--etcd-servers", endpoints, "--listen", args.listen,
-                                             "--pki-dir", str(data_dir / "pki")])
+                                             "--pki-dir", str(data_dir / "pki"),
+                                             "--default-toleration-seconds", str(args.default_toleration_seconds)])
     scheduler = Component("scheduler", py + ["scheduler", "--config", str(data_dir / "scheduler.conf")])
     cm = Component("controller-manager", py + ["controller-manager", "--config",
                                                str(data_dir / "controller-manager.conf"),
-                                               "--node-monitor-grace-period", str(args.node_monitor_grace_period)])
+                                               "--node-monitor-grace-period", str(args.node_monitor_grace_period),
+                                               "--node-monitor-period", str(args.node_monitor_period)])
     components = [apiserver, scheduler, cm]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -129,6 +129,8 @@ DEFAULT_TOLERATION_SECONDS = 300
 
 
 class PodStrategy(Strategy):
+    toleration_seconds = DEFAULT_TOLERATION_SECONDS  # --default-toleration-seconds
+
     def default(self, pod: v1.Pod) -> None:
         s = pod.spec
         s.restartPolicy = s.restartPolicy or "Always"
@@ -148,7 +150,7 @@ class PodStrategy(Strategy):
         for key in DEFAULT_TOLERATIONS:
             if (key, "NoExecute") not in have and not any(t.operator == "Exists" and not t.key for t in s.tolerations):
                 s.tolerations.add(key=key, operator="Exists", effect="NoExecute",
-                                  tolerationSeconds=DEFAULT_TOLERATION_SECONDS)
+                                  tolerationSeconds=self.toleration_seconds)
 
     def prepare_create(self, pod: v1.Pod) -> None:
         super().prepare_create(pod)

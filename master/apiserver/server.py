@@ -37,6 +37,7 @@ class Options:
     cache_capacity: int = 10000
     bookmark_interval: float = 30.0
     compaction_interval: float = 300.0
+    default_toleration_seconds: int = 300  # added to pods for the not-ready/unreachable taints
 
 
 class APIServer:
@@ -50,6 +51,8 @@ class APIServer:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        from .registry import STRATEGIES
+        STRATEGIES["pods"].toleration_seconds = self.opts.default_toleration_seconds
         for kind in kinds.KINDS:
             if not kind.stored:
                 continue
