@@ -23,6 +23,8 @@ class PodRequest:
     ports: tuple = ()  # (protocol, hostIP, hostPort)
     score_cpu: int = 0
     score_memory: int = 0
+    tolerations: tuple = ()
+    node_selector: dict = field(default_factory=dict)
 
 
 def pod_request(pod: v1.Pod) -> PodRequest:
@@ -40,7 +42,8 @@ def pod_request(pod: v1.Pod) -> PodRequest:
     ports = tuple((p.protocol or "TCP", p.hostIP or "0.0.0.0", p.hostPort)
                   for c in pod.spec.containers for p in c.ports if p.hostPort)
     cpu, mem = total.pop("cpu", 0), total.pop("memory", 0)
-    return PodRequest(cpu, mem, total, ports, cpu or DEFAULT_MILLI_CPU, mem or DEFAULT_MEMORY)
+    return PodRequest(cpu, mem, total, ports, cpu or DEFAULT_MILLI_CPU, mem or DEFAULT_MEMORY,
+                      tuple(pod.spec.tolerations), dict(pod.spec.nodeSelector))
 
 
 @dataclass
@@ -59,8 +62,18 @@ class NodeInfo:
     pods: dict = field(default_factory=dict)  # pod key -> PodRequest
     label_counts: dict = field(default_factory=dict)  # spread key -> pods on this node
 
+    ready: bool = False
+    unschedulable: bool = False
+    hard_taints: tuple = ()  # NoSchedule and NoExecute taints
+    labels: dict = field(default_factory=dict)
+
     def set_node(self, node: v1.Node) -> None:
+        """Read once per node change what every filter pass would otherwise read per pod."""
         self.node = node
+        self.ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+        self.unschedulable = node.spec.unschedulable
+        self.hard_taints = tuple(t for t in node.spec.taints if t.effect in ("NoSchedule", "NoExecute"))
+        self.labels = dict(node.metadata.labels)
         a = node.status.allocatable or node.status.capacity
         self.alloc_cpu = quantity.milli(a["cpu"]) if "cpu" in a else 0
         self.alloc_memory = quantity.value(a["memory"]) if "memory" in a else 0
@@ -104,15 +117,25 @@ class Cache:
         self.nodes: dict[str, NodeInfo] = {}
         self.pod_node: dict[str, str] = {}  # pod key -> node it is counted on
         self.assumed: set[str] = set()
+        self._node_list: list[NodeInfo] | None = None
+
+    def node_list(self) -> list[NodeInfo]:
+        """Known, registered nodes in a stable order (rebuilt only when the node set changes)."""
+        if self._node_list is None:
+            self._node_list = [i for i in self.nodes.values() if i.node.metadata.uid]
+        return self._node_list
 
     def set_node(self, node: v1.Node) -> None:
         info = self.nodes.get(node.metadata.name)
+        if info is None or not info.node.metadata.uid:
+            self._node_list = None
         if info is None:
             info = self.nodes[node.metadata.name] = NodeInfo(node)
         info.set_node(node)
 
     def remove_node(self, name: str) -> None:
         self.nodes.pop(name, None)
+        self._node_list = None
 
     def add_pod(self, key: str, pod: v1.Pod, node_name: str, *, assumed: bool = False) -> None:
         prev = self.pod_node.get(key)

@@ -16,17 +16,14 @@ Filter = Callable[[v1.Pod, PodRequest, NodeInfo], "str | None"]
 
 
 def node_ready(pod, req, info: NodeInfo) -> str | None:
-    for c in info.node.status.conditions:
-        if c.type == "Ready":
-            return None if c.status == "True" else "node(s) were not ready"
-    return "node(s) were not ready"
+    return None if info.ready else "node(s) were not ready"
+
+
+UNSCHEDULABLE_TAINT = v1.Taint(key="node.kubernetes.io/unschedulable", effect="NoSchedule")
 
 
 def node_unschedulable(pod, req, info: NodeInfo) -> str | None:
-    if not info.node.spec.unschedulable:
-        return None
-    taint = v1.Taint(key="node.kubernetes.io/unschedulable", effect="NoSchedule")
-    if any(tolerates(t, taint) for t in pod.spec.tolerations):
+    if not info.unschedulable or any(tolerates(t, UNSCHEDULABLE_TAINT) for t in req.tolerations):
         return None
     return "node(s) were unschedulable"
 
@@ -40,15 +37,15 @@ def tolerates(t: v1.Toleration, taint: v1.Taint) -> bool:
 
 
 def taint_toleration(pod, req, info: NodeInfo) -> str | None:
-    for taint in info.node.spec.taints:
-        if taint.effect in ("NoSchedule", "NoExecute") and not any(tolerates(t, taint) for t in pod.spec.tolerations):
+    for taint in info.hard_taints:
+        if not any(tolerates(t, taint) for t in req.tolerations):
             return f"node(s) had untolerated taint {{{taint.key}: {taint.value}}}"
     return None
 
 
 def node_selector(pod, req, info: NodeInfo) -> str | None:
-    labels = info.node.metadata.labels
-    for k, v in pod.spec.nodeSelector.items():
+    labels = info.labels
+    for k, v in req.node_selector.items():
         if labels.get(k) != v:
             return "node(s) didn't match Pod's node affinity/selector"
     return None
@@ -73,6 +70,8 @@ def resources_fit(pod, req: PodRequest, info: NodeInfo) -> str | list | None:
 
 
 def node_ports(pod, req: PodRequest, info: NodeInfo) -> str | None:
+    if not req.ports or not info.ports:
+        return None
     for proto, ip, port in req.ports:
         for (p2, ip2, port2) in info.ports:
             if p2 == proto and port2 == port and (ip == ip2 or "0.0.0.0" in (ip, ip2)):
@@ -84,11 +83,35 @@ FILTERS: tuple[Filter, ...] = (node_ready, node_unschedulable, taint_toleration,
                                node_ports, resources_fit)
 
 
+def fits(pod, req: PodRequest, info: NodeInfo) -> bool:
+    """All FILTERS at once, for the common case: cheap checks on precomputed fields. The
+    individual filters run only for nodes that fail, to say why."""
+    if not info.ready or info.unschedulable or info.hard_taints or req.ports:
+        return not any(f(pod, req, info) for f in FILTERS)
+    if req.node_selector:
+        labels = info.labels
+        for k, v in req.node_selector.items():
+            if labels.get(k) != v:
+                return False
+    return (len(info.pods) < info.alloc_pods
+            and (not req.cpu or info.cpu + req.cpu <= info.alloc_cpu)
+            and (not req.memory or info.memory + req.memory <= info.alloc_memory)
+            and (not req.other or resources_fit(pod, req, info) is None))
+
+
+def why_not(pod, req: PodRequest, info: NodeInfo) -> list[str]:
+    for f in FILTERS:
+        r = f(pod, req, info)
+        if r:
+            return r if isinstance(r, list) else [r]
+    return []
+
+
 def least_allocated(pod, req: PodRequest, info: NodeInfo) -> float:
-    def free(used, alloc):
-        return 0.0 if alloc <= 0 else max(0.0, (alloc - used) / alloc)
-    return 50.0 * (free(info.score_cpu + req.score_cpu, info.alloc_cpu) +
-                   free(info.score_memory + req.score_memory, info.alloc_memory))
+    ac, am = info.alloc_cpu, info.alloc_memory
+    c = (ac - info.score_cpu - req.score_cpu) / ac if ac > 0 else 0.0
+    m = (am - info.score_memory - req.score_memory) / am if am > 0 else 0.0
+    return 50.0 * ((c if c > 0 else 0.0) + (m if m > 0 else 0.0))
 
 
 def spread_scores(spread: str, infos: list[NodeInfo]) -> list[float]:

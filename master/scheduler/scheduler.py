@@ -116,34 +116,30 @@ class Scheduler:
                 t.cancel()
             await asyncio.gather(*tasks, *self._bind_tasks, return_exceptions=True)
 
-    def find_nodes(self, pod: v1.Pod) -> tuple[list, dict[str, int], int]:
-        req = pod_request(pod)
-        infos = [i for i in self.cache.nodes.values() if i.node.metadata.uid]
+    def find_nodes(self, pod: v1.Pod, req=None) -> tuple[list, dict[str, int], int]:
+        req = req or pod_request(pod)
+        infos = self.cache.node_list()
         total = len(infos)
         want = nodes_to_find(total, self.percentage)
         feasible, reasons = [], {}
         start = self._next_start % total if total else 0
         checked = 0
+        fits = plugins.fits
         for n in range(total):
             info = infos[(start + n) % total]
             checked += 1
-            failed = None
-            for f in plugins.FILTERS:
-                failed = f(pod, req, info)
-                if failed:
-                    break
-            if failed:
-                for r in failed if isinstance(failed, list) else (failed,):
-                    reasons[r] = reasons.get(r, 0) + 1
-            else:
+            if fits(pod, req, info):
                 feasible.append(info)
                 if len(feasible) >= want:
                     break
+            else:
+                for r in plugins.why_not(pod, req, info):
+                    reasons[r] = reasons.get(r, 0) + 1
         self._next_start = start + checked
         return feasible, reasons, total
 
-    def pick(self, pod: v1.Pod, feasible: list) -> str:
-        req = pod_request(pod)
+    def pick(self, pod: v1.Pod, feasible: list, req=None) -> str:
+        req = req or pod_request(pod)
         spread = plugins.spread_scores(spread_key(pod), feasible)
         best, best_score, ties = None, -1.0, 0
         for info, s in zip(feasible, spread):
@@ -157,13 +153,14 @@ class Scheduler:
         return best.node.metadata.name
 
     def schedule_one(self, key: str, pod: v1.Pod) -> None:
-        feasible, reasons, total = self.find_nodes(pod)
+        req = pod_request(pod)
+        feasible, reasons, total = self.find_nodes(pod, req)
         if not feasible:
             msg = plugins.explain(total, reasons)
             self.queue.park(key)
             self._spawn(self._unschedulable(pod, msg))
             return
-        node = self.pick(pod, feasible)
+        node = self.pick(pod, feasible, req)
         self.cache.add_pod(key, pod, node, assumed=True)
         self.queue.done(key)
         self.scheduled += 1
