@@ -1,0 +1,251 @@
+"""The kubelet: the node agent. It registers its Node and keeps its Lease fresh, watches the
+pods bound to it (field selector spec.nodeName) and the static pods in its manifest
+directory, and runs one pod worker per pod that drives the container runtime (PodSyncer).
+A relist of the runtime (PLEG) wakes the workers of pods whose containers changed; the
+status manager writes what they report. On restart it adopts running containers: runc
+containers outlive the kubelet, and everything it needs is in the runtime and the API.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubelab import meta
+from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.client.client import Client
+from kubelab.client.events import EventRecorder
+from kubelab.client.informer import Informer
+from kubelab.errors import AlreadyExists, ApiError, NotFound
+
+from .backoff import Backoff
+from .nodestatus import NodeConfig, NodeLease, fill_status, register_node, set_healthy_conditions
+from .podsync import LABEL_UID, PodSyncer
+from .podworkers import PodWorkers
+from .staticpods import StaticPods, is_mirror, mirror_of
+from .statusmanager import StatusManager
+
+log = logging.getLogger("kubelet")
+
+
+@dataclass
+class KubeletConfig:
+    node_name: str
+    node_ip: str
+    root_dir: Path = Path("/var/lib/kubelab")
+    manifest_dir: Path = Path("/etc/kubelab/manifests")
+    lease_duration: int = 40
+    lease_renew_interval: float = 10.0
+    status_interval: float = 10.0
+    relist_interval: float = 1.0
+    static_scan_interval: float = 2.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 300.0
+    labels: dict = field(default_factory=dict)
+    port: int = 10250
+
+
+def host_capacity() -> dict:
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {"cpu": str(os.cpu_count() or 1), "memory": f"{mem_kib}Ki", "pods": "110",
+            "ephemeral-storage": "100Gi"}
+
+
+def os_image() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+class Kubelet:
+    def __init__(self, client: Client, cfg: KubeletConfig, *, runtime, images, network, runtime_version: str):
+        self.client, self.cfg = client, cfg
+        self.runtime, self.images, self.network = runtime, images, network
+        self.recorder = EventRecorder(client, "kubelet", cfg.node_name)
+        self.status = StatusManager(client)
+        self.syncer = PodSyncer(runtime=runtime, images=images, network=network, recorder=self.recorder,
+                                status=self.status, root_dir=cfg.root_dir, node_ip=cfg.node_ip,
+                                backoff=Backoff(cfg.backoff_initial, cfg.backoff_max),
+                                pull_backoff=Backoff(cfg.backoff_initial, cfg.backoff_max))
+        self.workers = PodWorkers(self.syncer.sync, self._terminate)
+        self.pods = Informer(client.pods(""), field_selector=f"spec.nodeName={cfg.node_name}")
+        self.static = StaticPods(cfg.manifest_dir, cfg.node_name)
+        self.static_pods: dict[str, v1.Pod] = {}
+        self.lease = NodeLease(client, cfg.node_name, duration=cfg.lease_duration)
+        self.node_cfg = NodeConfig(cfg.node_name, cfg.node_ip, capacity=host_capacity(), labels=dict(cfg.labels),
+                                   node_info={"kernelVersion": platform.release(), "osImage": os_image(),
+                                              "containerRuntimeVersion": runtime_version,
+                                              "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(
+                                                  platform.machine(), platform.machine())},
+                                   kubelet_port=cfg.port)
+        self.node: v1.Node | None = None
+        self.pod_cidr = ""
+        self._last_containers: dict[str, str] = {}
+
+    # -- the desired pods: API pods bound here, plus static pods --
+    def _api_pod(self, pod: v1.Pod, deleted: bool = False) -> None:
+        if is_mirror(pod):
+            if deleted:
+                asyncio.get_running_loop().create_task(self._ensure_mirrors())
+            return
+        self.workers.update(pod.metadata.uid, None if deleted else pod)
+
+    async def _terminate(self, pod: v1.Pod | None, uid: str) -> None:
+        await self.syncer.terminate(pod, uid)
+        self.status.forget(uid)
+        if pod is not None and pod.metadata.deletionTimestamp and uid not in self.static_pods:
+            try:  # the containers are gone: confirm, and the API server removes the pod
+                await self.client.pods(pod.metadata.namespace).delete(pod.metadata.name, grace_period=0, uid=uid)
+            except (NotFound, ApiError) as e:
+                log.debug("confirming deletion of %s: %s", pod.metadata.name, e)
+
+    async def _scan_static(self) -> None:
+        while True:
+            found = self.static.scan()
+            for uid, pod in found.items():
+                if uid not in self.static_pods:
+                    log.info("static pod %s/%s from %s", pod.metadata.namespace, pod.metadata.name, self.cfg.manifest_dir)
+                self.status.static.add(uid)
+                self.workers.update(uid, pod)
+            for uid in set(self.static_pods) - set(found):
+                old = self.static_pods[uid]
+                self.workers.update(uid, None)
+                await self._delete_mirror(old)
+            self.static_pods = found
+            await self._ensure_mirrors()
+            await asyncio.sleep(self.cfg.static_scan_interval)
+
+    async def _ensure_mirrors(self) -> None:
+        for pod in list(self.static_pods.values()):
+            pods = self.client.pods(pod.metadata.namespace)
+            try:
+                live = await pods.get(pod.metadata.name)
+                if live.metadata.annotations.get("kubernetes.io/config.mirror") == pod.metadata.annotations[
+                        "kubernetes.io/config.hash"]:
+                    continue
+                await pods.delete(pod.metadata.name, grace_period=0)  # an outdated mirror: replace it
+            except NotFound:
+                pass
+            except Exception as e:  # noqa: BLE001 - no API server yet: static pods run anyway
+                log.debug("mirror pod %s: %s", pod.metadata.name, e)
+                return
+            try:
+                await pods.create(mirror_of(pod))
+            except AlreadyExists:
+                pass
+            except Exception as e:  # noqa: BLE001
+                log.debug("mirror pod %s: %s", pod.metadata.name, e)
+
+    async def _delete_mirror(self, pod: v1.Pod) -> None:
+        try:
+            await self.client.pods(pod.metadata.namespace).delete(pod.metadata.name, grace_period=0)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- PLEG: relist the runtime, wake the workers of pods whose containers changed --
+    async def _pleg(self) -> None:
+        while True:
+            try:
+                containers = await self.runtime.list()
+                now = {c.id: f"{c.state}/{c.exit_code}" for c in containers}
+                changed = {c.labels.get(LABEL_UID) for c in containers if self._last_containers.get(c.id) != now[c.id]}
+                changed |= {uid for cid, uid in self._uids.items() if cid not in now}
+                self._uids = {c.id: c.labels.get(LABEL_UID) for c in containers}
+                self._last_containers = now
+                for uid in changed:
+                    if uid:
+                        self.workers.poke(uid)
+                await self._housekeeping(containers)
+            except Exception as e:  # noqa: BLE001
+                log.warning("runtime relist failed: %s", e)
+            await asyncio.sleep(self.cfg.relist_interval)
+
+    _uids: dict = {}
+
+    async def _housekeeping(self, containers) -> None:
+        """Containers of pods that no source wants any more (deleted while we were down)."""
+        if not self.pods.synced.is_set():
+            return
+        wanted = set(self.workers.workers) | set(self.static_pods) | {p.metadata.uid for p in self.pods.list()}
+        for uid in {c.labels.get(LABEL_UID) for c in containers} - wanted - {None}:
+            log.info("removing containers of pod %s, which no longer exists", uid)
+            await self.syncer.terminate(None, uid, grace=2)
+
+    # -- node --
+    async def _register(self) -> None:
+        while True:
+            try:
+                self.node = await register_node(self.client, self.node_cfg)
+                self.lease.node_uid = self.node.metadata.uid
+                await self.lease.renew()
+                log.info("registered node %s (%s)", self.cfg.node_name, self.cfg.node_ip)
+                return
+            except Exception as e:  # noqa: BLE001 - the API server may not be up yet
+                log.info("registering node %s: %s; retrying", self.cfg.node_name, e)
+                await asyncio.sleep(2)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lease_renew_interval)
+            try:
+                await self.lease.renew()
+            except Exception as e:  # noqa: BLE001
+                log.debug("lease renewal: %s", e)
+
+    async def _node_status(self) -> None:
+        last_full = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                node = await self.client.nodes().get(self.cfg.node_name)
+                ready = next((c for c in node.status.conditions if c.type == "Ready"), None)
+                if node.spec.podCIDR and node.spec.podCIDR != self.pod_cidr:
+                    await self.network.ensure_bridge(node.spec.podCIDR)
+                    self.pod_cidr = node.spec.podCIDR
+                    for w in self.workers.workers.values():
+                        w.wake.set()
+                if ready is None or ready.status != "True" or loop.time() - last_full > 60:
+                    fill_status(node, self.node_cfg)
+                    set_healthy_conditions(node, meta.now())
+                    await self.client.nodes().update_status(node)
+                    last_full = loop.time()
+            except Exception as e:  # noqa: BLE001
+                log.debug("node status: %s", e)
+            await asyncio.sleep(self.cfg.status_interval)
+
+    async def _sync_when_network_ready(self, pod: v1.Pod) -> float | None:
+        if not pod.spec.hostNetwork and not self.pod_cidr:
+            return 1.0  # no podCIDR yet (the node IPAM controller gives one): wait
+        return await self.syncer.sync(pod)
+
+    async def run(self) -> None:
+        self.workers.sync = self._sync_when_network_ready
+        tasks = [asyncio.create_task(self.status.run(), name="status-manager"),
+                 asyncio.create_task(self._scan_static(), name="static-pods")]
+        try:
+            await self._register()
+            self.pods.add_handler(self._api_pod, lambda old, new: self._api_pod(new),
+                                  lambda pod: self._api_pod(pod, deleted=True))
+            tasks += [asyncio.create_task(self.pods.run(), name="pod-informer"),
+                      asyncio.create_task(self._heartbeat(), name="lease"),
+                      asyncio.create_task(self._node_status(), name="node-status"),
+                      asyncio.create_task(self._pleg(), name="pleg")]
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.workers.stop()
