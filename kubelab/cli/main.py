@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scheduler": ("master.scheduler.cmd", "Run the scheduler"),
     "controller-manager": ("master.controllers.cmd", "Run the controller manager"),
     "hollow-nodes": ("worker.hollow.cmd", "Run simulated nodes (like kwok) for scale tests"),
+    "kubelet": ("worker.kubelet.cmd", "Run the kubelet (node agent) on this host"),
+    "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
 }
 
 

@@ -1,0 +1,74 @@
+"""`kubelab kubelet`: the node agent, with its container runtime and pod network on this host."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+
+from kubelab.client.client import Client
+
+from .kubelet import Kubelet, KubeletConfig
+
+
+def register(sub, parents) -> None:
+    p = sub.add_parser("kubelet", parents=parents, help="Run the kubelet (node agent)")
+    p.add_argument("--node-name", default=socket.gethostname())
+    p.add_argument("--node-ip", default="", help="the address the node is reached on (default: guessed)")
+    p.add_argument("--root-dir", default="/var/lib/kubelab")
+    p.add_argument("--manifest-dir", default="/etc/kubelab/manifests")
+    p.add_argument("--runc-root", default="/run/kubelab/runc")
+    p.add_argument("--netns-dir", default="/var/run/netns")
+    p.add_argument("--bridge", default="cni0")
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16")
+    p.add_argument("--node-labels", default="", help="K=V,K2=V2 added to the Node")
+    p.add_argument("--lease-duration", type=int, default=40)
+    p.add_argument("--lease-renew-interval", type=float, default=10.0)
+    p.add_argument("--node-status-interval", type=float, default=10.0)
+    p.add_argument("--backoff-initial", type=float, default=10.0, help="first restart backoff (seconds)")
+    p.add_argument("--backoff-max", type=float, default=300.0)
+    p.add_argument("--insecure-registry", action="append", default=[], help="registry host:port pulled without TLS")
+    p.set_defaults(func=run, daemon=True)
+
+
+def guess_node_ip() -> str:
+    """The source address of the default route, else loopback (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+async def run(args) -> int:
+    from worker.network.podnet import PodNetwork
+    from worker.runtime.images import ImageStore
+    from worker.runtime.runtime import Runtime, runtime_version
+
+    root = Path(args.root_dir)
+    labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if "=" in kv)
+    cfg = KubeletConfig(node_name=args.node_name, node_ip=args.node_ip or guess_node_ip(), root_dir=root,
+                        manifest_dir=Path(args.manifest_dir), lease_duration=args.lease_duration,
+                        lease_renew_interval=args.lease_renew_interval, status_interval=args.node_status_interval,
+                        backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels)
+    images = ImageStore(root)
+    runtime = Runtime(root, runc_root=Path(args.runc_root), images=images)
+    network = PodNetwork(root / "network", bridge=args.bridge, netns_dir=Path(args.netns_dir),
+                         cluster_cidr=args.cluster_cidr)
+    client = Client.connect(args.config)
+    kubelet = Kubelet(client, cfg, runtime=runtime, images=images, network=network,
+                      runtime_version=await runtime_version())
+    kubelet.syncer.insecure_registries = tuple(args.insecure_registry)
+    main = asyncio.create_task(kubelet.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    print(f"kubelet for node {cfg.node_name} ({cfg.node_ip}), root {root}, manifests {cfg.manifest_dir}", flush=True)
+    try:
+        await main
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await client.close()
+    return 0
