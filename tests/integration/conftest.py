@@ -126,14 +126,13 @@ def stop_group(p: subprocess.Popen, timeout: float = 15) -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory):
-    """`kubelab control-plane` in its own process group, with fast node-lifecycle knobs."""
-    d = tmp_path_factory.mktemp("cp")
+def launch_control_plane(d: Path, *extra: str) -> ControlPlane:
+    """`kubelab control-plane` in its own process group; returns once it says it is ready."""
     port = free_port()
     env = dict(os.environ, KUBELAB_CONFIG=str(d / "admin.conf"), PYTHONPATH=str(ROOT))
     log = open(d / "control-plane.log", "wb")
-    proc = subprocess.Popen(KUBELAB + ["control-plane", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen(KUBELAB + ["control-plane", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}",
+                                       *extra],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     cp = ControlPlane(d, d / "admin.conf", env, proc, [])
     try:
@@ -142,15 +141,28 @@ def control_plane(tmp_path_factory):
             if proc.poll() is not None:
                 raise RuntimeError(f"control plane exited: {(d / 'control-plane.log').read_text()[-2000:]}")
             if (d / "admin.conf").exists() and b"ready." in (d / "control-plane.log").read_bytes():
-                break
+                return cp
             if time.monotonic() > end:
                 raise RuntimeError(f"control plane not ready: {(d / 'control-plane.log').read_text()[-2000:]}")
             time.sleep(0.2)
+    except BaseException:
+        stop_control_plane(cp)
+        raise
+
+
+def stop_control_plane(cp: ControlPlane) -> None:
+    for c in cp.children:
+        stop_group(c)
+    stop_group(cp.proc, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory):
+    cp = launch_control_plane(tmp_path_factory.mktemp("cp"))
+    try:
         yield cp
     finally:
-        for c in cp.children:
-            stop_group(c)
-        stop_group(proc, timeout=30)
+        stop_control_plane(cp)
 
 
 async def wait_for(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
