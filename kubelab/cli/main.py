@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "apply": ("kubelab.cli.apply", "Apply a configuration to a resource by file name or stdin"),
     "run": ("kubelab.cli.run", "Run a particular image on the cluster"),
     "delete": ("kubelab.cli.delete", "Delete resources by names"),
+    "logs": ("kubelab.cli.logs", "Print the logs for a container in a pod"),
+    "exec": ("kubelab.cli.exec", "Execute a command in a container"),
     "control-plane": ("master.controlplane", "Run etcd, API server, scheduler and controller manager"),
     "apiserver": ("master.apiserver.cmd", "Run the API server"),
     "scheduler": ("master.scheduler.cmd", "Run the scheduler"),

@@ -56,6 +56,30 @@ class Client:
         self._watch = channel.unary_stream(SERVICE + "Watch", request_serializer=api_pb2.WatchRequest.SerializeToString,
                                            response_deserializer=api_pb2.WatchEvent.FromString)
 
+    async def pod_logs(self, namespace: str, name: str, *, container: str = "", follow: bool = False,
+                       previous: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
+        """A pod's container log (pods/log), relayed by the API server from the pod's kubelet."""
+        req = api_pb2.LogsRequest(namespace=namespace, name=name, container=container, follow=follow,
+                                  previous=previous)
+        if tail is not None:
+            req.tailLines = tail
+        call = self.channel.unary_stream(SERVICE + "PodLogs", request_serializer=api_pb2.LogsRequest.SerializeToString,
+                                         response_deserializer=api_pb2.LogChunk.FromString)(req)
+        try:
+            async for chunk in call:
+                yield chunk.data
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    def pod_exec(self, requests) -> grpc.aio.StreamStreamCall:
+        """pods/exec: `requests` yields an ExecRequest with `start` first, then stdin."""
+        return self.channel.stream_stream(SERVICE + "PodExec", request_serializer=api_pb2.ExecRequest.SerializeToString,
+                                          response_deserializer=api_pb2.ExecResponse.FromString)(requests)
+
     @classmethod
     def from_config(cls, cfg: ClientConfig, **kw) -> "Client":
         ch = grpc.aio.secure_channel(cfg.server, channel_credentials(cfg), options=channel_options(cfg.server))

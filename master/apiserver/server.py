@@ -21,6 +21,7 @@ from kubelab.client.config import server_credentials, server_options
 from kubelab.errors import AlreadyExists
 from kubelab.etcd.client import EtcdClient
 
+from .proxy import KubeletProxy
 from .registry import PROTECTED_NAMESPACES
 from .service import SERVICE, ApiService, generic_handler
 from .store import Store
@@ -70,7 +71,8 @@ class APIServer:
         await self._default_namespaces()
 
         self.server = grpc.aio.server(options=server_options())
-        self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores)),))
+        self.proxy = KubeletProxy(self.stores, self.opts.pki_dir)
+        self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores, self.proxy)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(
@@ -134,6 +136,7 @@ class APIServer:
             await c.stop()
         if self.server is not None:
             await self.server.stop(grace)
+            await self.proxy.close()
         await self.etcd.close()
 
 

@@ -26,8 +26,9 @@ SERVICE = "kubelab.api.v1.API"
 
 
 class ApiService:
-    def __init__(self, stores: dict[str, Store]):
+    def __init__(self, stores: dict[str, Store], proxy=None):
         self.stores = stores
+        self.proxy = proxy  # pods/log and pods/exec go to the kubelet through it
 
     def store(self, resource: str) -> Store:
         s = self.stores.get(resource)
@@ -117,6 +118,21 @@ class ApiService:
             store.cache.unwatch(w)
 
 
+    async def PodLogs(self, req: api_pb2.LogsRequest, ctx):
+        try:
+            async for chunk in self.proxy.logs(req):
+                yield chunk
+        except ApiError as e:
+            await abort(ctx, e)
+
+    async def PodExec(self, requests, ctx):
+        try:
+            async for resp in self.proxy.exec(requests):
+                yield resp
+        except ApiError as e:
+            await abort(ctx, e)
+
+
 async def abort(ctx, e: ApiError):
     await ctx.abort(e.code, e.message, trailing_metadata=(("reason", e.reason),))
 
@@ -152,4 +168,8 @@ def generic_handler(svc: ApiService) -> grpc.GenericRpcHandler:
     handlers["Watch"] = grpc.unary_stream_rpc_method_handler(
         svc.Watch, request_deserializer=api_pb2.WatchRequest.FromString,
         response_serializer=lambda b: b)  # events arrive encoded once from the watch cache
+    handlers["PodLogs"] = grpc.unary_stream_rpc_method_handler(
+        svc.PodLogs, request_deserializer=api_pb2.LogsRequest.FromString, response_serializer=lambda b: b)
+    handlers["PodExec"] = grpc.stream_stream_rpc_method_handler(
+        svc.PodExec, request_deserializer=api_pb2.ExecRequest.FromString, response_serializer=lambda b: b)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

@@ -17,7 +17,7 @@ def register(sub, parents) -> None:
     p.add_argument("--node-ip", default="", help="the address the node is reached on (default: guessed)")
     p.add_argument("--root-dir", default="/var/lib/kubelab")
     p.add_argument("--manifest-dir", default="/etc/kubelab/manifests")
-    p.add_argument("--runc-root", default="/run/kubelab/runc")
+    p.add_argument("--runc-root", default="", help="runc state dir (default ROOT_DIR/runc)")
     p.add_argument("--netns-dir", default="/var/run/netns")
     p.add_argument("--bridge", default="cni0")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16")
@@ -27,6 +27,9 @@ def register(sub, parents) -> None:
     p.add_argument("--node-status-interval", type=float, default=10.0)
     p.add_argument("--backoff-initial", type=float, default=10.0, help="first restart backoff (seconds)")
     p.add_argument("--backoff-max", type=float, default=300.0)
+    p.add_argument("--port", type=int, default=10250, help="kubelet API port (0: any free port)")
+    p.add_argument("--image-dir", default="/var/lib/kubelab",
+                   help="where images live (shared by `kubelab image`; default /var/lib/kubelab)")
     p.add_argument("--insecure-registry", action="append", default=[], help="registry host:port pulled without TLS")
     p.set_defaults(func=run, daemon=True)
 
@@ -51,14 +54,17 @@ async def run(args) -> int:
     cfg = KubeletConfig(node_name=args.node_name, node_ip=args.node_ip or guess_node_ip(), root_dir=root,
                         manifest_dir=Path(args.manifest_dir), lease_duration=args.lease_duration,
                         lease_renew_interval=args.lease_renew_interval, status_interval=args.node_status_interval,
-                        backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels)
-    images = ImageStore(root)
-    runtime = Runtime(root, runc_root=Path(args.runc_root), images=images)
+                        backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels,
+                        port=args.port)
+    images = ImageStore(Path(args.image_dir))
+    runtime = Runtime(root, runc_root=Path(args.runc_root or root / "runc"), images=images)
     network = PodNetwork(root / "network", bridge=args.bridge, netns_dir=Path(args.netns_dir),
                          cluster_cidr=args.cluster_cidr)
-    client = Client.connect(args.config)
+    from kubelab.client.config import load_default
+    client_cfg = load_default(args.config)
+    client = Client.from_config(client_cfg)
     kubelet = Kubelet(client, cfg, runtime=runtime, images=images, network=network,
-                      runtime_version=await runtime_version())
+                      runtime_version=await runtime_version(), cluster_ca=client_cfg.ca_pem)
     kubelet.syncer.insecure_registries = tuple(args.insecure_registry)
     main = asyncio.create_task(kubelet.run())
     loop = asyncio.get_running_loop()

@@ -45,7 +45,8 @@ class KubeletConfig:
     backoff_initial: float = 10.0
     backoff_max: float = 300.0
     labels: dict = field(default_factory=dict)
-    port: int = 10250
+    port: int = 10250  # 0: any free port (several kubelets on one host, in tests)
+    listen_address: str = "0.0.0.0"
 
 
 def host_capacity() -> dict:
@@ -71,8 +72,9 @@ def os_image() -> str:
 
 
 class Kubelet:
-    def __init__(self, client: Client, cfg: KubeletConfig, *, runtime, images, network, runtime_version: str):
-        self.client, self.cfg = client, cfg
+    def __init__(self, client: Client, cfg: KubeletConfig, *, runtime, images, network, runtime_version: str,
+                 cluster_ca: bytes = b""):
+        self.client, self.cfg, self.cluster_ca = client, cfg, cluster_ca
         self.runtime, self.images, self.network = runtime, images, network
         self.recorder = EventRecorder(client, "kubelet", cfg.node_name)
         self.status = StatusManager(client)
@@ -94,6 +96,12 @@ class Kubelet:
         self.node: v1.Node | None = None
         self.pod_cidr = ""
         self._last_containers: dict[str, str] = {}
+
+    def find_pod(self, namespace: str, name: str) -> v1.Pod | None:
+        for pod in list(self.static_pods.values()) + self.pods.list():
+            if pod.metadata.namespace == namespace and pod.metadata.name == name and not is_mirror(pod):
+                return pod
+        return None
 
     # -- the desired pods: API pods bound here, plus static pods --
     def _api_pod(self, pod: v1.Pod, deleted: bool = False) -> None:
@@ -232,7 +240,14 @@ class Kubelet:
         return await self.syncer.sync(pod)
 
     async def run(self) -> None:
+        from .server import SERVING_CERT_ANNOTATION, KubeletServer, serving_cert
         self.workers.sync = self._sync_when_network_ready
+        ca, cert, key = serving_cert(self.cfg.root_dir, self.cfg.node_name, self.cfg.node_ip)
+        self.node_cfg.annotations = {SERVING_CERT_ANNOTATION: ca.decode()}
+        server = KubeletServer(self, cluster_ca=self.cluster_ca, listen=f"{self.cfg.listen_address}:{self.cfg.port}")
+        port = await server.start(cert, key)
+        self.node_cfg.kubelet_port = port
+        log.info("kubelet API on %s:%d", self.cfg.listen_address, port)
         tasks = [asyncio.create_task(self.status.run(), name="status-manager"),
                  asyncio.create_task(self._scan_static(), name="static-pods")]
         try:
@@ -249,3 +264,4 @@ class Kubelet:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.workers.stop()
+            await server.stop()

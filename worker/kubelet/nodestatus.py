@@ -33,6 +33,7 @@ class NodeConfig:
     taints: list = field(default_factory=list)
     node_info: dict = field(default_factory=dict)
     kubelet_port: int = 10250
+    annotations: dict = field(default_factory=dict)
 
 
 def build_node(cfg: NodeConfig) -> v1.Node:
@@ -41,6 +42,7 @@ def build_node(cfg: NodeConfig) -> v1.Node:
     node.metadata.labels.update({"kubernetes.io/hostname": cfg.name, "kubernetes.io/os": "linux",
                                  "kubernetes.io/arch": cfg.node_info.get("architecture", "amd64"),
                                  **cfg.labels})
+    node.metadata.annotations.update(cfg.annotations)
     for t in cfg.taints:
         node.spec.taints.add(**t)
     fill_status(node, cfg)
@@ -107,6 +109,7 @@ async def register_node(client: Client, cfg: NodeConfig, *, clock: Callable[[], 
         live = await nodes.get(cfg.name)
         for k, v in node.metadata.labels.items():
             live.metadata.labels[k] = v
+        live.metadata.annotations.update(cfg.annotations)
         try:
             live = await nodes.update(live)
             fill_status(live, cfg)

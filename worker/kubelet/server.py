@@ -1,0 +1,202 @@
+"""The kubelet's own gRPC API on port 10250 (mutual TLS): container logs and exec, which the
+API server proxies for `kubelab logs` and `kubelab exec`.
+
+The serving certificate is the kubelet's own: a small CA of the node's, kept under the root
+dir, signs it, and the kubelet publishes that CA's certificate on its Node (annotation
+kubelab.io/kubelet-serving-cert) for the API server to trust. Clients must show a certificate
+of the cluster CA, and only the API server and cluster admins are let in.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+
+from kubelab import pki
+from kubelab.api.v1 import api_pb2
+
+from .podsync import LABEL_ATTEMPT
+
+log = logging.getLogger("kubelet.server")
+SERVICE = "kubelab.kubelet.v1.Kubelet"
+SERVING_CERT_ANNOTATION = "kubelab.io/kubelet-serving-cert"
+ALLOWED_USERS = {"kube-apiserver"}
+ALLOWED_GROUPS = {"system:masters"}
+
+
+def serving_cert(root_dir: Path, node_name: str, node_ip: str) -> tuple[bytes, bytes, bytes]:
+    """(ca_cert, cert, key) of the kubelet's serving identity, made once and kept."""
+    d = Path(root_dir) / "pki"
+    d.mkdir(parents=True, exist_ok=True)
+    ca_crt, ca_key, crt, key = d / "kubelet-ca.crt", d / "kubelet-ca.key", d / "kubelet.crt", d / "kubelet.key"
+    if not ca_crt.exists() or not ca_key.exists():
+        c, k = pki.create_ca(f"{node_name}-kubelet-ca")
+        ca_key.write_bytes(k)
+        ca_key.chmod(0o600)
+        ca_crt.write_bytes(c)
+    wanted = {node_name, node_ip, "localhost", "127.0.0.1"}
+    if not crt.exists() or not wanted <= pki.cert_sans(crt.read_bytes()):
+        c, k = pki.issue_cert(ca_crt.read_bytes(), ca_key.read_bytes(), f"system:node:{node_name}",
+                              sans=sorted(s for s in wanted if s), server=True, client=False)
+        key.write_bytes(k)
+        key.chmod(0o600)
+        crt.write_bytes(c)
+    return ca_crt.read_bytes(), crt.read_bytes(), key.read_bytes()
+
+
+class KubeletServer:
+    def __init__(self, kubelet, *, cluster_ca: bytes, listen: str):
+        self.kubelet, self.cluster_ca, self.listen = kubelet, cluster_ca, listen
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self, cert: bytes, key: bytes) -> int:
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+            "ContainerLogs": grpc.unary_stream_rpc_method_handler(
+                self.logs, request_deserializer=api_pb2.LogsRequest.FromString,
+                response_serializer=api_pb2.LogChunk.SerializeToString),
+            "Exec": grpc.stream_stream_rpc_method_handler(
+                self.exec, request_deserializer=api_pb2.ExecRequest.FromString,
+                response_serializer=api_pb2.ExecResponse.SerializeToString),
+        }),))
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=self.cluster_ca, require_client_auth=True)
+        port = self.server.add_secure_port(self.listen, creds)
+        await self.server.start()
+        return port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(1)
+
+    async def _authorize(self, ctx) -> None:
+        certs = ctx.auth_context().get("x509_pem_cert") or [b""]
+        try:
+            user, groups = pki.cert_identity(certs[0])
+        except Exception:  # noqa: BLE001
+            user, groups = "", []
+        if user not in ALLOWED_USERS and not ALLOWED_GROUPS & set(groups):
+            await ctx.abort(grpc.StatusCode.PERMISSION_DENIED, f'user "{user}" may not use the kubelet API',
+                            trailing_metadata=(("reason", "Forbidden"),))
+
+    async def _container(self, ctx, namespace: str, name: str, container: str, *, previous: bool = False):
+        pod = self.kubelet.find_pod(namespace or "default", name)
+        if pod is None:
+            await ctx.abort(grpc.StatusCode.NOT_FOUND, f'pods "{name}" not found',
+                            trailing_metadata=(("reason", "NotFound"),))
+        names = [c.name for c in list(pod.spec.initContainers) + list(pod.spec.containers)]
+        if not container:
+            if len(pod.spec.containers) != 1 or pod.spec.initContainers:
+                await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"a container name must be specified for pod {name}, choose one of: "
+                                f"[{' '.join(names)}]", trailing_metadata=(("reason", "BadRequest"),))
+            container = pod.spec.containers[0].name
+        if container not in names:
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"container {container} is not valid for pod {name}",
+                            trailing_metadata=(("reason", "BadRequest"),))
+        attempts = (await self.kubelet.syncer.containers_of(pod.metadata.uid)).get(container, [])
+        idx = 1 if previous else 0
+        if len(attempts) <= idx:
+            what = "previous terminated container" if previous else "container"
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f'{what} "{container}" in pod "{name}" not found' if previous else
+                            f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating',
+                            trailing_metadata=(("reason", "BadRequest"),))
+        return pod, container, attempts[idx]
+
+    async def logs(self, req: api_pb2.LogsRequest, ctx):
+        await self._authorize(ctx)
+        pod, container, c = await self._container(ctx, req.namespace, req.name, req.container, previous=req.previous)
+        path = self.kubelet.syncer.pod_dir(pod.metadata.uid) / "logs" / container / f"{c.labels.get(LABEL_ATTEMPT, '0')}.log"
+        tail = req.tailLines if req.HasField("tailLines") else None
+        async for data in follow_file(path, tail=tail, follow=req.follow and not req.previous,
+                                      alive=lambda: self._running(pod.metadata.uid, c.id)):
+            yield api_pb2.LogChunk(data=data)
+
+    async def _running(self, uid: str, cid: str) -> bool:
+        for attempts in (await self.kubelet.syncer.containers_of(uid)).values():
+            for c in attempts:
+                if c.id == cid:
+                    return c.state == "running"
+        return False
+
+    async def exec(self, requests, ctx):
+        await self._authorize(ctx)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("msg") != "start":
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "exec: no start message")
+        s = first.start
+        _, _, c = await self._container(ctx, s.namespace, s.name, s.container)
+        if c.state != "running":
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"cannot exec in a stopped container: {s.container or c.labels.get('kubelab.container.name')}",
+                            trailing_metadata=(("reason", "BadRequest"),))
+        proc = await self.kubelet.runtime.exec(c.id, list(s.command), tty=s.tty, stdin=s.stdin)
+        out: asyncio.Queue = asyncio.Queue()
+
+        async def pump(stream, kind):
+            if stream is None:
+                return
+            while True:
+                data = await stream.read(32768)
+                if not data:
+                    return
+                await out.put(api_pb2.ExecResponse(**{kind: data}))
+
+        async def feed():
+            async for r in requests:
+                if r.WhichOneof("msg") == "stdin" and proc.stdin is not None:
+                    proc.stdin.write(r.stdin)
+                    await proc.stdin.drain()
+                elif r.WhichOneof("msg") == "stdinClose" and proc.stdin is not None:
+                    proc.stdin.close()
+
+        pumps = [asyncio.create_task(pump(proc.stdout, "stdout")), asyncio.create_task(pump(proc.stderr, "stderr"))]
+        feeder = asyncio.create_task(feed())
+        done = asyncio.gather(*pumps)
+        try:
+            while not (done.done() and out.empty()):
+                getter = asyncio.create_task(out.get())
+                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            code = await proc.wait()
+            yield api_pb2.ExecResponse(exitCode=code)
+        finally:
+            feeder.cancel()
+            for t in pumps:
+                t.cancel()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def follow_file(path: Path, *, tail: int | None, follow: bool, alive, poll: float = 0.25):
+    """The log file's content (its last `tail` lines), then, when following, what is appended
+    until the container stops."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        data = f.read()
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail > 0 else b""
+        if data:
+            yield data
+        while follow:
+            chunk = f.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if not await alive():
+                rest = f.read()
+                if rest:
+                    yield rest
+                return
+            await asyncio.sleep(poll)
