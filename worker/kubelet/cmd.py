@@ -45,9 +45,9 @@ def guess_node_ip() -> str:
 
 
 async def run(args) -> int:
-    from worker.network.podnet import PodNetwork
+    from worker.network import PodNetwork
     from worker.runtime.images import ImageStore
-    from worker.runtime.runtime import Runtime, runtime_version
+    from worker.runtime.runtime import Runtime
 
     root = Path(args.root_dir)
     labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if "=" in kv)
@@ -64,7 +64,7 @@ async def run(args) -> int:
     client_cfg = load_default(args.config)
     client = Client.from_config(client_cfg)
     kubelet = Kubelet(client, cfg, runtime=runtime, images=images, network=network,
-                      runtime_version=await runtime_version(), cluster_ca=client_cfg.ca_pem)
+                      runtime_version=await runtime.version(), cluster_ca=client_cfg.ca_pem)
     kubelet.syncer.insecure_registries = tuple(args.insecure_registry)
     main = asyncio.create_task(kubelet.run())
     loop = asyncio.get_running_loop()

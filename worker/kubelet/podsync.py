@@ -26,6 +26,16 @@ LABEL_UID, LABEL_NAME, LABEL_NS = "kubelab.pod.uid", "kubelab.pod.name", "kubela
 LABEL_CONTAINER, LABEL_ATTEMPT = "kubelab.container.name", "kubelab.container.attempt"
 
 
+def _ts(t) -> str:
+    """The runtime's epoch seconds as the API's RFC 3339 (or "")."""
+    if not t:
+        return ""
+    if isinstance(t, str):
+        return t
+    import datetime as dt
+    return meta.rfc3339(dt.datetime.fromtimestamp(t, dt.timezone.utc))
+
+
 @dataclass
 class PodRuntimeState:
     pod_ip: str = ""
@@ -63,7 +73,7 @@ class PodSyncer:
             c = attempts[0]
             v.state = c.state if c.state in ("created", "running", "exited") else "exited"
             v.exit_code, v.reason = c.exit_code or 0, c.reason
-            v.started_at, v.finished_at = c.started_at or "", c.finished_at or ""
+            v.started_at, v.finished_at = _ts(c.started_at), _ts(c.finished_at)
             v.container_id, v.image = f"runc://{c.id}", c.image
             v.restart_count = int(c.labels.get(LABEL_ATTEMPT, "0"))
             if len(attempts) > 1:
@@ -85,6 +95,11 @@ class PodSyncer:
         if not state.sandbox_ready:
             await self._sandbox(pod, state)
         self._volumes(pod)
+        by_name = await self.containers_of(uid)
+        for attempts in by_name.values():
+            for c in attempts:
+                if c.state == "unknown":  # runc lost it (a reboot): remove, the next pass recreates it
+                    await self.runtime.remove(c.id)
         by_name = await self.containers_of(uid)
         again: list[float] = [10.0]
         init_done = True
@@ -253,7 +268,7 @@ class PodSyncer:
             mounts=self.mounts(pod, c),
             cpu_millis=quantity.milli(limits["cpu"]) if "cpu" in limits else None,
             memory_bytes=quantity.value(limits["memory"]) if "memory" in limits else None,
-            log_path=log_path, hostname=pod.spec.hostname or pod.metadata.name,
+            log_path=log_path, pod_ip=state.pod_ip or None,
             labels={LABEL_UID: pod.metadata.uid, LABEL_NAME: pod.metadata.name, LABEL_NS: pod.metadata.namespace,
                     LABEL_CONTAINER: c.name, LABEL_ATTEMPT: str(attempt)})
 
@@ -292,9 +307,9 @@ class PodSyncer:
         return 0.5
 
     async def exec_capture(self, cid: str, cmd: list[str]) -> tuple[int, str]:
-        proc = await self.runtime.exec(cid, cmd)
-        out, _ = await proc.communicate()
-        return proc.returncode, (out or b"").decode(errors="replace")[-1024:]
+        rc, out, err = await self.runtime.exec_sync(cid, cmd)
+        text = (out or b"") + (err or b"")
+        return rc, (text.decode(errors="replace") if isinstance(text, bytes) else str(text))[-1024:]
 
     @staticmethod
     def grace(pod: v1.Pod) -> int:
@@ -327,6 +342,7 @@ class PodSyncer:
                     await self.runtime.remove(c.id)
                 except Exception as e:  # noqa: BLE001
                     log.warning("removing container %s: %s", c.id, e)
+        await self.runtime.remove_sandbox(uid)
         if pod is None or not pod.spec.hostNetwork:
             await self.network.teardown_pod(uid)
         shutil.rmtree(self.pod_dir(uid) / "volumes", ignore_errors=True)

@@ -17,7 +17,6 @@ import grpc
 from kubelab import pki
 from kubelab.api.v1 import api_pb2
 
-from .podsync import LABEL_ATTEMPT
 
 log = logging.getLogger("kubelet.server")
 SERVICE = "kubelab.kubelet.v1.Kubelet"
@@ -108,19 +107,10 @@ class KubeletServer:
 
     async def logs(self, req: api_pb2.LogsRequest, ctx):
         await self._authorize(ctx)
-        pod, container, c = await self._container(ctx, req.namespace, req.name, req.container, previous=req.previous)
-        path = self.kubelet.syncer.pod_dir(pod.metadata.uid) / "logs" / container / f"{c.labels.get(LABEL_ATTEMPT, '0')}.log"
+        _, _, c = await self._container(ctx, req.namespace, req.name, req.container, previous=req.previous)
         tail = req.tailLines if req.HasField("tailLines") else None
-        async for data in follow_file(path, tail=tail, follow=req.follow and not req.previous,
-                                      alive=lambda: self._running(pod.metadata.uid, c.id)):
-            yield api_pb2.LogChunk(data=data)
-
-    async def _running(self, uid: str, cid: str) -> bool:
-        for attempts in (await self.kubelet.syncer.containers_of(uid)).values():
-            for c in attempts:
-                if c.id == cid:
-                    return c.state == "running"
-        return False
+        async for line in self.kubelet.runtime.read_logs(c.id, tail=tail, follow=req.follow and not req.previous):
+            yield api_pb2.LogChunk(data=(line + "\n").encode())
 
     async def exec(self, requests, ctx):
         await self._authorize(ctx)
@@ -173,30 +163,3 @@ class KubeletServer:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-
-
-async def follow_file(path: Path, *, tail: int | None, follow: bool, alive, poll: float = 0.25):
-    """The log file's content (its last `tail` lines), then, when following, what is appended
-    until the container stops."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        data = f.read()
-        if tail is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-tail:]) if tail > 0 else b""
-        if data:
-            yield data
-        while follow:
-            chunk = f.read(65536)
-            if chunk:
-                yield chunk
-                continue
-            if not await alive():
-                rest = f.read()
-                if rest:
-                    yield rest
-                return
-            await asyncio.sleep(poll)

@@ -1,0 +1,500 @@
+"""The container runtime with real parts: runc containers on overlayfs, cgroup v1 limits, pod
+network namespaces made with `ip netns`, images built offline with umoci/skopeo, and a local
+registry (Debian's docker-registry) on loopback for the pull path.
+
+Every test removes what it made (containers, mounts, sandbox pins, cgroups, netns, temp dirs)
+even when it fails, and the `runtime` fixture checks that nothing is left."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from worker.runtime import (ContainerCreateError, ContainerSpec, ImagePullError, ImageStore, Runtime,
+                            read_log)
+from worker.runtime import cgroups, imagecmd
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="runc containers need root"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("runc", "umoci", "skopeo")),
+                       reason="needs runc, umoci and skopeo (apt-get install runc umoci skopeo)"),
+    pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static"),
+]
+
+BUSYBOX = "docker.io/library/busybox:latest"
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    """One image store for the module, with the offline busybox image built once."""
+    root = tmp_path_factory.mktemp("images")
+    asyncio.run(ImageStore(root).build_busybox())
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def leftovers(root: Path, runc_root: Path, cgroup_parent: str) -> list[str]:
+    found = []
+    if runc_root.exists():
+        out = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"], capture_output=True, text=True).stdout
+        found += [f"runc container {c}" for c in out.split()]
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {ln.split()[4]}" for ln in mountinfo.splitlines() if str(root) in ln]
+    found += [f"cgroup {h / cgroup_parent.strip('/')}" for h in cgroups.hierarchies()
+              if (h / cgroup_parent.strip("/")).exists()]
+    return found
+
+
+@pytest.fixture
+async def runtime(tmp_path, image_root):
+    root = tmp_path / "node"
+    runc_root = tmp_path / "run" / "runc"
+    parent = f"/kubelab-test-{secrets.token_hex(4)}"
+    rt = Runtime(root, runc_root=runc_root, images=ImageStore(image_root), cgroup_parent=parent)
+    try:
+        yield rt
+    finally:
+        for st in await rt.list():
+            await rt.remove(st.id)
+        for uid in rt.sandboxes.list():
+            await rt.remove_sandbox(uid)
+        cgroups.remove(parent)
+        left = leftovers(tmp_path, runc_root, parent)
+        assert not left, f"runtime test left behind: {left}"
+
+
+@pytest.fixture
+def netns():
+    """Make pod network namespaces with `ip netns add` (lo up); delete them afterwards."""
+    made = []
+
+    def make() -> str:
+        name = f"kltest-{secrets.token_hex(4)}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return f"/var/run/netns/{name}"
+
+    yield make
+    for name in made:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [n for n in made if n in listed], f"network namespaces left: {listed}"
+
+
+def spec(tmp_path: Path, name: str, command: list[str], *, pod: str = "pod-a", uid: str = "uid-a", **kw) -> ContainerSpec:
+    return ContainerSpec(pod_uid=uid, pod_name=pod, namespace="default", container_name=name, image=kw.pop("image", BUSYBOX),
+                         command=command, log_path=str(tmp_path / "node" / "pods" / uid / "logs" / name / "0.log"), **kw)
+
+
+async def run_to_exit(rt: Runtime, s: ContainerSpec, timeout: float = 20.0):
+    cid = await rt.create(s)
+    await rt.start(cid)
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await rt.status(cid)
+        if st.state == "exited":
+            return cid, st
+        assert time.monotonic() < deadline, f"container still {st.state} after {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_log(path: Path, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}: {content!r}"
+        await asyncio.sleep(0.1)
+
+
+# ---- images --------------------------------------------------------------------------------
+
+async def test_busybox_image_is_built_offline(image_root):
+    store = ImageStore(image_root)
+    info = store.get("busybox")
+    assert info is not None and info.ref == BUSYBOX and info.digest.startswith("sha256:")
+    assert [i.ref for i in store.list()] == [BUSYBOX]
+    assert store.config("busybox:latest").cmd == ["sh"]
+    rootfs = await store.rootfs("busybox")
+    for applet in ("sh", "httpd", "wget", "nc", "ls", "cat", "sleep", "hostname", "ip", "mkdir", "ps", "kill"):
+        assert os.readlink(rootfs / "bin" / applet) == "busybox"
+    assert await store.rootfs(BUSYBOX) == rootfs  # unpacked once per digest
+
+
+def common_sh_busybox_archive(work: Path) -> Path:
+    """The archive shared/checks/lib/common.sh's busybox_archive makes (same umoci/skopeo steps)."""
+    out = work / "busybox.tar"
+
+    def sh(*argv):
+        subprocess.run(argv, check=True, capture_output=True)
+
+    sh("umoci", "init", "--layout", f"{work}/img")
+    sh("umoci", "new", "--image", f"{work}/img:busybox")
+    sh("umoci", "unpack", "--image", f"{work}/img:busybox", f"{work}/bb")
+    (work / "bb/rootfs/bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", work / "bb/rootfs/bin/busybox")
+    for a in ("sh", "httpd", "wget", "ls", "cat", "sleep", "echo", "tail", "hostname", "ip", "nc", "mkdir"):
+        os.symlink("busybox", work / f"bb/rootfs/bin/{a}")
+    sh("umoci", "repack", "--image", f"{work}/img:busybox", f"{work}/bb")
+    sh("umoci", "config", "--image", f"{work}/img:busybox", "--config.cmd", "sh")
+    sh("skopeo", "copy", "-q", f"oci:{work}/img:busybox", f"oci-archive:{out}:docker.io/library/busybox:latest")
+    return out
+
+
+async def test_import_oci_and_docker_archives(tmp_path, image_root):
+    archive = common_sh_busybox_archive(tmp_path / "work")
+    store = ImageStore(tmp_path / "store")
+    infos = await store.import_archive(archive)
+    assert [i.ref for i in infos] == [BUSYBOX]
+    assert store.config(BUSYBOX).cmd == ["sh"]
+
+    # a docker-archive (as `docker save` writes) keeps its RepoTags
+    docker_tar = tmp_path / "docker.tar"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{image_root / 'images'}:{BUSYBOX}",
+                    f"docker-archive:{docker_tar}:example.com/team/tool:1.2"], check=True)
+    infos = await store.import_archive(docker_tar)
+    assert [i.ref for i in infos] == ["example.com/team/tool:1.2"]
+    assert {i.ref for i in store.list()} == {BUSYBOX, "example.com/team/tool:1.2"}
+
+    removed = await store.remove("example.com/team/tool:1.2")
+    assert [i.ref for i in removed] == ["example.com/team/tool:1.2"]
+    assert store.get("example.com/team/tool:1.2") is None and store.get("busybox") is not None
+    # blobs of the removed image are collected; those of the kept one stay
+    blobs = {p.name for p in (store.layout / "blobs" / "sha256").iterdir()}
+    assert store.get("busybox").digest.removeprefix("sha256:") in blobs
+    assert removed[0].digest.removeprefix("sha256:") not in blobs
+
+
+async def test_image_cli(tmp_path, capsys):
+    import argparse
+    parser = argparse.ArgumentParser(prog="kubelab")
+    imagecmd.register(parser.add_subparsers(dest="command"), [])
+    root = str(tmp_path / "cli")
+
+    async def cli(*argv) -> int:
+        args = parser.parse_args(["image", *argv, "--root-dir", root])
+        result = args.func(args)
+        return await result if asyncio.iscoroutine(result) else result
+
+    assert await cli("build-busybox") == 0
+    assert await cli("import", str(common_sh_busybox_archive(tmp_path / "work"))) == 0
+    assert "Loaded image: docker.io/library/busybox:latest" in capsys.readouterr().out
+    assert await cli("ls") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["IMAGE", "TAG", "DIGEST", "IMAGE", "ID", "SIZE"]
+    assert lines[1].split()[:2] == ["docker.io/library/busybox", "latest"]
+    assert await cli("rm", "busybox") == 0
+    assert "Deleted: docker.io/library/busybox:latest" in capsys.readouterr().out
+    assert await cli("rm", "busybox") == 1
+    assert 'image "busybox" not found' in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """Debian's docker-registry serving on a loopback port, storage in a temp dir."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("needs Debian's docker-registry package (apt-get install docker-registry)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"""version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: {tmp_path / 'registry'}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+""")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "registry.log", "wb"))
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "registry.log").read_text()
+                assert time.monotonic() < deadline, "registry did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_pull_from_local_registry(tmp_path, image_root, registry, runtime):
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{image_root / 'images'}:{BUSYBOX}",
+                    f"docker://{registry}/lab/busybox:1.0"], check=True)
+    store = ImageStore(tmp_path / "pulled")
+    lines: list[str] = []
+    info = await store.pull(f"{registry}/lab/busybox:1.0", progress=lines.append)
+    assert info.ref == f"{registry}/lab/busybox:1.0"
+    assert info.digest == ImageStore(image_root).get(BUSYBOX).digest  # the same manifest, byte for byte
+    assert any("Copying" in ln for ln in lines)
+    assert store.config(info.ref).cmd == ["sh"]
+
+    # a container runs from the pulled image
+    runtime.images = store
+    _, st = await run_to_exit(runtime, spec(tmp_path, "pulled", ["sh", "-c", "echo from-registry"], image=info.ref))
+    assert (st.state, st.exit_code) == ("exited", 0)
+
+    with pytest.raises(ImagePullError) as e:
+        await store.pull(f"{registry}/lab/nothere:1.0")
+    assert "manifest unknown" in e.value.message
+    assert store.get(f"{registry}/lab/nothere:1.0") is None
+
+
+async def test_pull_from_unreachable_registry_fails_with_message(tmp_path):
+    port = free_port()  # nothing listens there
+    with pytest.raises(ImagePullError) as e:
+        await ImageStore(tmp_path).pull(f"127.0.0.1:{port}/x/y")
+    assert "connection refused" in e.value.message
+    with pytest.raises(ImagePullError, match="invalid reference format"):
+        await ImageStore(tmp_path).pull("UPPER/case")
+
+
+# ---- containers ----------------------------------------------------------------------------
+
+async def test_exit_zero_is_completed_and_logged(tmp_path, runtime):
+    s = spec(tmp_path, "echo", ["sh", "-c", "echo hello; echo oops >&2; printf 'no newline'"], env={"GREETING": "hi"})
+    cid, st = await run_to_exit(runtime, s)
+    assert (st.state, st.exit_code, st.reason) == ("exited", 0, "Completed")
+    assert st.started_at and st.finished_at and st.finished_at >= st.started_at
+    assert st.image == BUSYBOX and st.name == "echo" and st.pod_uid == "uid-a"
+    assert runtime.logs(cid) == Path(s.log_path)
+    raw = Path(s.log_path).read_text().splitlines()
+    assert [ln.split(" ", 1)[1] for ln in raw] == ["stdout F hello", "stderr F oops", "stdout F no newline"]
+    assert [ln async for ln in runtime.read_logs(cid)] == ["hello", "oops", "no newline"]
+    assert [ln async for ln in read_log(Path(s.log_path), tail=1)] == ["no newline"]
+
+
+async def test_exit_code_is_captured_as_error(tmp_path, runtime):
+    _, st = await run_to_exit(runtime, spec(tmp_path, "fail", ["sh", "-c", "exit 3"]))
+    assert (st.state, st.exit_code, st.reason) == ("exited", 3, "Error")
+
+
+async def test_image_env_cmd_and_workdir(tmp_path, runtime):
+    host = tmp_path / "data"
+    host.mkdir()
+    (host / "in.txt").write_text("from host\n")
+    s = spec(tmp_path, "env", [], args=[], env={"FOO": "bar"}, working_dir="/data",
+             mounts=[(str(host), "/data", False), (str(host), "/ro", True)])
+    s.command, s.args = ["sh", "-c"], ["echo $FOO $PATH; pwd; cat in.txt; hostname; echo out > /data/out.txt; "
+                                       "touch /ro/x 2>/dev/null || echo ro-denied"]
+    _, st = await run_to_exit(runtime, s)
+    assert st.exit_code == 0, Path(s.log_path).read_text()
+    lines = [ln async for ln in read_log(Path(s.log_path))]
+    assert lines[0].startswith("bar /usr/local/sbin")
+    assert lines[1:] == ["/data", "from host", socket.gethostname(), "ro-denied"]
+    assert (host / "out.txt").read_text() == "out\n"
+
+
+async def test_command_not_found_fails_create(tmp_path, runtime, netns):
+    with pytest.raises(ContainerCreateError, match="nosuchbinary"):
+        await runtime.create(spec(tmp_path, "bad", ["nosuchbinary"], netns_path=netns()))
+    assert await runtime.list() == []
+    with pytest.raises(ContainerCreateError, match="not present"):
+        await runtime.create(spec(tmp_path, "bad", ["sh"], image="nosuch/image:1"))
+
+
+async def test_memory_limit_oom_killed(tmp_path, runtime):
+    s = spec(tmp_path, "hog", ["sh", "-c", "x=$(head -c 200m /dev/zero | tr '\\0' a); echo survived"],
+             memory_bytes=32 * 1024 * 1024)
+    _, st = await run_to_exit(runtime, s, timeout=60)
+    assert st.reason == "OOMKilled", (st, Path(s.log_path).read_text())
+    assert st.exit_code == 137
+
+
+async def test_cpu_and_memory_limits_reach_the_cgroup(tmp_path, runtime):
+    cid = await runtime.create(spec(tmp_path, "limited", ["sleep", "1000"], cpu_millis=250, memory_bytes=64 << 20))
+    meta = json.loads((runtime.containers_dir / cid / "meta.json").read_text())
+    rel = meta["cgroup_path"].lstrip("/")
+    if cgroups.is_v2():
+        assert (cgroups.CGROUP_ROOT / rel / "cpu.max").read_text().split() == ["25000", "100000"]
+    else:
+        assert (cgroups.CGROUP_ROOT / "cpu" / rel / "cpu.cfs_quota_us").read_text().strip() == "25000"
+        assert int((cgroups.CGROUP_ROOT / "memory" / rel / "memory.limit_in_bytes").read_text()) == 64 << 20
+    await runtime.remove(cid)
+    assert not any((h / rel).exists() for h in cgroups.hierarchies())
+
+
+async def test_pod_containers_share_network_ipc_uts(tmp_path, runtime, netns):
+    ns = netns()
+    web = await runtime.create(spec(tmp_path, "web", ["httpd", "-f", "-p", "8080", "-h", "/var/www"], netns_path=ns,
+                                    pod="web-7d9f", pod_ip="10.244.0.5"))
+    await runtime.start(web)
+    client = spec(tmp_path, "client", ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do "
+                                        "wget -q -O- http://127.0.0.1:8080/ && exit 0; sleep 0.3; done; exit 1"],
+                  netns_path=ns, pod="web-7d9f", pod_ip="10.244.0.5")
+    _, st = await run_to_exit(runtime, client)
+    assert st.exit_code == 0, Path(client.log_path).read_text()
+    assert "hello from kubelab busybox" in Path(client.log_path).read_text()
+
+    side = await runtime.create(spec(tmp_path, "side", ["sleep", "1000"], netns_path=ns, pod="web-7d9f"))
+    await runtime.start(side)
+    outs = []
+    for cid in (web, side):
+        rc, out, err = await runtime.exec_sync(cid, ["sh", "-c", "hostname; for n in ipc uts net; do readlink /proc/self/ns/$n; done; "
+                                                     "grep web-7d9f /etc/hosts"], timeout=10)
+        assert rc == 0, err
+        outs.append(out.decode().split())
+    assert outs[0] == outs[1]
+    assert outs[0][0] == "web-7d9f" and outs[0][-2:] == ["10.244.0.5", "web-7d9f"]
+    assert outs[0][3] != os.readlink("/proc/self/ns/net")  # the pod's, not the host's
+    # a second pod is isolated: other hostname, other IPC namespace
+    other = await runtime.create(spec(tmp_path, "o", ["sleep", "1000"], netns_path=netns(), pod="other", uid="uid-b"))
+    await runtime.start(other)
+    rc, out, _ = await runtime.exec_sync(other, ["sh", "-c", "hostname; readlink /proc/self/ns/ipc"], timeout=10)
+    assert out.decode().split()[0] == "other" and out.decode().split()[1] != outs[0][1]
+
+    await runtime.remove_sandbox("uid-a")
+    assert [s.pod_uid for s in await runtime.list()] == ["uid-b"]
+    assert runtime.sandboxes.list() == ["uid-b"]
+
+
+async def test_stop_sigterm_then_sigkill(tmp_path, runtime):
+    # pid 1 without a handler ignores SIGTERM: the grace period runs out, then SIGKILL
+    stubborn = await runtime.create(spec(tmp_path, "stubborn", ["sleep", "1000"]))
+    await runtime.start(stubborn)
+    t0 = time.monotonic()
+    await runtime.stop(stubborn, timeout=1.5)
+    took = time.monotonic() - t0
+    st = await runtime.status(stubborn)
+    assert (st.state, st.exit_code, st.reason) == ("exited", 137, "Error")
+    assert 1.4 <= took < 8, took
+
+    polite = await runtime.create(spec(tmp_path, "polite", ["sh", "-c", "trap 'echo bye; exit 0' TERM; "
+                                                            "echo ready; while true; do sleep 0.1; done"]))
+    await runtime.start(polite)
+    await wait_for_log(runtime.logs(polite), "ready")
+    t0 = time.monotonic()
+    await runtime.stop(polite, timeout=20)
+    assert time.monotonic() - t0 < 5
+    st = await runtime.status(polite)
+    assert (st.exit_code, st.reason) == (0, "Completed")
+    assert [ln async for ln in runtime.read_logs(polite)] == ["ready", "bye"]
+    await runtime.stop(polite, timeout=1)  # stopping an exited container is a no-op
+
+
+async def test_adoption_by_a_new_runtime(tmp_path, runtime, image_root):
+    s = spec(tmp_path, "long", ["sh", "-c", "echo started; trap 'exit 7' TERM; while true; do sleep 0.1; done"],
+             labels={"io.kubernetes.pod.name": "pod-a", "restart": "3"}, attempt=2)
+    cid = await runtime.create(s)
+    await runtime.start(cid)
+    created = await runtime.create(spec(tmp_path, "idle", ["true"]))
+    await wait_for_log(runtime.logs(cid), "started")
+
+    # a kubelet restart: a fresh Runtime (and image store object) on the same directories
+    again = Runtime(runtime.root, runc_root=runtime.runc.root, images=ImageStore(image_root),
+                    cgroup_parent=runtime.cgroup_parent)
+    found = {st.id: st for st in await again.list()}
+    assert set(found) == {cid, created}
+    assert found[cid].state == "running" and found[cid].labels == s.labels
+    assert found[cid].spec.attempt == 2 and found[cid].spec.container_name == "long"
+    assert found[created].state == "created"
+    await again.stop(cid, timeout=10)
+    st = await again.status(cid)
+    assert (st.state, st.exit_code) == ("exited", 7)  # captured by the monitor, not by the runtime object
+    await again.start(created)
+    for _ in range(100):
+        if (await again.status(created)).state == "exited":
+            break
+        await asyncio.sleep(0.05)
+    assert (await again.status(created)).exit_code == 0
+
+
+async def test_exec(tmp_path, runtime, netns):
+    cid = await runtime.create(spec(tmp_path, "box", ["sleep", "1000"], netns_path=netns(), env={"WHO": "box"}))
+    await runtime.start(cid)
+    rc, out, err = await runtime.exec_sync(cid, ["sh", "-c", "echo $WHO; hostname; echo err >&2; exit 4"], timeout=10)
+    assert (rc, out, err) == (4, b"box\npod-a\n", b"err\n")
+
+    proc = await runtime.exec(cid, ["sh", "-c", "read line; echo got:$line"], stdin=True)
+    out, _ = await asyncio.wait_for(proc.communicate(b"ping\n"), 10)
+    assert (proc.returncode, out) == (0, b"got:ping\n")
+
+    proc = await runtime.exec(cid, ["sh", "-c", "tty; read line; echo got:$line"], tty=True)
+    proc.stdin.write(b"pong\n")
+    await proc.stdin.drain()
+    out = await asyncio.wait_for(proc.stdout.read(), 10)
+    await asyncio.wait_for(proc.wait(), 10)
+    proc.stdin.close()
+    assert b"/dev/pts/" in out and b"got:pong" in out and proc.returncode == 0
+
+
+async def test_logs_follow_until_exit(tmp_path, runtime):
+    cid = await runtime.create(spec(tmp_path, "ticker", ["sh", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"]))
+    await runtime.start(cid)
+    lines = await asyncio.wait_for(_collect(runtime.read_logs(cid, follow=True)), 20)
+    assert lines == [f"tick {i}" for i in range(1, 6)]
+    assert [ln async for ln in runtime.read_logs(cid, tail=2)] == ["tick 4", "tick 5"]
+
+
+async def _collect(agen) -> list:
+    return [x async for x in agen]
+
+
+async def test_log_rotation_by_size(tmp_path, image_root):
+    root = tmp_path / "node"
+    rt = Runtime(root, runc_root=tmp_path / "run" / "runc", images=ImageStore(image_root),
+                 cgroup_parent=f"/kubelab-test-{secrets.token_hex(4)}", log_max_size=4096, log_max_files=3)
+    try:
+        s = spec(tmp_path, "chatty", ["sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i; i=$((i+1)); done"])
+        cid, st = await run_to_exit(rt, s)
+        log = Path(s.log_path)
+        files = sorted(p.name for p in log.parent.iterdir())
+        assert files == ["0.log", "0.log.1", "0.log.2"]
+        assert all(p.stat().st_size <= 4096 for p in log.parent.iterdir())
+        lines = [ln async for ln in rt.read_logs(cid)]
+        assert lines[-1] == "line-399" and lines == [f"line-{i}" for i in range(400 - len(lines), 400)]
+    finally:
+        for st in await rt.list():
+            await rt.remove(st.id)
+        for uid in rt.sandboxes.list():
+            await rt.remove_sandbox(uid)
+        cgroups.remove(rt.cgroup_parent)
+
+
+async def test_monitor_death_loses_only_the_exit_code(tmp_path, runtime):
+    cid = await runtime.create(spec(tmp_path, "orphan", ["sleep", "1000"]))
+    await runtime.start(cid)
+    monitor = json.loads((runtime.containers_dir / cid / "meta.json").read_text())["monitor_pid"]
+    os.kill(monitor, 9)
+    for _ in range(100):  # gone, or a zombie until init reaps it
+        try:
+            if Path(f"/proc/{monitor}/stat").read_text().split(") ")[1][0] in "ZX":
+                break
+        except (OSError, IndexError):
+            break
+        await asyncio.sleep(0.05)
+    assert (await runtime.status(cid)).state == "running"  # the container does not depend on it
+    await runtime.stop(cid, timeout=0)
+    st = await runtime.status(cid)
+    assert (st.state, st.exit_code, st.reason) == ("exited", 255, "Error")
+    assert "monitor" in st.message
