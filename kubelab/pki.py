@@ -181,7 +181,8 @@ def cert_sans(cert: bytes | str) -> set[str]:
 # Each component gets its own identity, as in Kubernetes, so authorization and audit can tell
 # the scheduler from the controller manager. file stem -> (CN, O)
 CLIENTS = {
-    "admin": ("kubernetes-admin", ("system:masters",)),
+    # not "admin.*": the data dir's admin config is the one file named admin* (tools look for it)
+    "kubernetes-admin": ("kubernetes-admin", ("system:masters",)),
     "scheduler": ("system:kube-scheduler", ()),
     "controller-manager": ("system:kube-controller-manager", ()),
 }
@@ -252,7 +253,7 @@ def ensure_control_plane_pki(pki_dir: Path, *, sans: list[str] = ()) -> ControlP
     CA or not matching its key, and the API server's also when a requested SAN is missing
     (it then keeps its old SANs too, so addresses used before still verify).
 
-    Files: ca.{crt,key}, apiserver.{crt,key}, admin.{crt,key}, scheduler.{crt,key},
+    Files: ca.{crt,key}, apiserver.{crt,key}, kubernetes-admin.{crt,key}, scheduler.{crt,key},
     controller-manager.{crt,key}; keys mode 0600, certificates 0644.
     """
     d = Path(pki_dir)
@@ -288,5 +289,5 @@ def ensure_control_plane_pki(pki_dir: Path, *, sans: list[str] = ()) -> ControlP
                 _write(key, k, 0o600)
                 _write(crt, cert, 0o644)
 
-        return ControlPlanePKI(d, _loaded(d, "ca"), _loaded(d, "apiserver"), _loaded(d, "admin"),
+        return ControlPlanePKI(d, _loaded(d, "ca"), _loaded(d, "apiserver"), _loaded(d, "kubernetes-admin"),
                                _loaded(d, "scheduler"), _loaded(d, "controller-manager"))

@@ -100,7 +100,7 @@ def test_cert_identity_pem_and_der(ca):
     assert pki.cert_identity(pki.issue_cert(*ca, "solo")[0]) == ("solo", [])
 
 
-FILES = ["ca", "apiserver", "admin", "scheduler", "controller-manager"]
+FILES = ["ca", "apiserver", "kubernetes-admin", "scheduler", "controller-manager"]
 
 
 def test_ensure_control_plane_pki_creates_everything(tmp_path):
@@ -139,7 +139,7 @@ def test_ensure_control_plane_pki_is_idempotent_and_adds_sans(tmp_path):
 
     p = pki.ensure_control_plane_pki(d, sans=["192.168.5.5", "api.example"])
     assert p.ca.cert == before["ca.crt"] and p.ca.key == before["ca.key"]
-    assert p.admin.cert == before["admin.crt"]
+    assert p.admin.cert == before["kubernetes-admin.crt"]
     assert p.apiserver.cert != before["apiserver.crt"]
     # new names added, the ones asked for before kept
     assert {"192.168.5.5", "api.example", "10.1.2.3"} <= pki.cert_sans(p.apiserver.cert)
@@ -149,7 +149,7 @@ def test_ensure_control_plane_pki_is_idempotent_and_adds_sans(tmp_path):
 def test_ensure_control_plane_pki_repairs_and_protects(tmp_path):
     d = tmp_path / "pki"
     first = pki.ensure_control_plane_pki(d)
-    (d / "admin.key").unlink()
+    (d / "kubernetes-admin.key").unlink()
     (d / "scheduler.key").write_bytes(pki.generate_key())  # key no longer matches the cert
     p = pki.ensure_control_plane_pki(d)
     assert p.ca.cert == first.ca.cert and p.apiserver.cert == first.apiserver.cert
