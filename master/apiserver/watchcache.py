@@ -58,7 +58,7 @@ class Watcher:
         self.max_pending = max_pending
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
-        self.last_rv = 0
+        self.start_rv = 0  # events at or before this revision are already reflected
 
     def matches(self, e: Entry | None) -> bool:
         return (e is not None and (not self.namespace or e.namespace == self.namespace)
@@ -93,12 +93,14 @@ class WatchCache:
         self.page_size = page_size
         self.store: dict[str, Entry] = {}
         self.events: collections.deque[CacheEvent] = collections.deque()
-        self.rv = 0  # revision the cache reflects
+        self.rv = 0  # revision the cache reflects (events, or etcd's progress notifications)
+        self.applied_rv = 0  # revision of the newest event applied to the store
         self.oldest_rv = 0  # replay is possible from any rv >= this
         self.watchers: set[Watcher] = set()
         self._advanced = asyncio.Condition()
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._watch = None  # the etcd watch being followed
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -135,7 +137,7 @@ class WatchCache:
             start = res.kvs[-1].key + b"\x00"
         self.store = store
         self.events.clear()
-        self.rv = self.oldest_rv = rev
+        self.rv = self.oldest_rv = self.applied_rv = rev
         self._ready.set()
 
     async def _run(self) -> None:
@@ -163,7 +165,16 @@ class WatchCache:
 
     async def _follow(self) -> None:
         key = self.prefix.encode()
-        async for batch in self.etcd.watch(key, prefix=True, start_revision=self.rv + 1):
+        watch = self.etcd.watch(key, prefix=True, start_revision=self.rv + 1)
+        self._watch = watch
+        try:
+            await self._consume(watch)
+        finally:
+            self._watch = None
+            await watch.aclose()
+
+    async def _consume(self, watch) -> None:
+        async for batch in watch:
             for ev in batch.events:
                 k = ev.kv.key.decode()[len(self.prefix):]
                 prev = self.store.get(k)
@@ -188,6 +199,7 @@ class WatchCache:
         if len(self.events) > self.capacity:
             self.oldest_rv = self.events.popleft().rv
         self.rv = max(self.rv, ev.rv)
+        self.applied_rv = max(self.applied_rv, ev.rv)
         self._dispatch(ev)
 
     # -- fan-out --
@@ -205,7 +217,9 @@ class WatchCache:
             self._deliver(w, ev)
 
     def _deliver(self, w: Watcher, ev: CacheEvent) -> None:
-        if w.namespace and ev.namespace != w.namespace:
+        # etcd 3.5 before 3.5.8 may send a progress notification ahead of events it still owes
+        # (etcd issue 15220); such late events must not reach a watcher that started after them
+        if ev.rv <= w.start_rv or (w.namespace and ev.namespace != w.namespace):
             return
         now, before = w.matches(ev.cur), w.matches(ev.prev)
         if now:
@@ -218,7 +232,8 @@ class WatchCache:
         w.send(self.encode(ev, etype))
 
     def bookmark(self) -> bytes:
-        obj = meta.pack_raw(self.kind, meta.rv_suffix(self.rv))
+        # applied_rv, not rv: a progress notification may run ahead of events (see _deliver)
+        obj = meta.pack_raw(self.kind, meta.rv_suffix(self.applied_rv))
         return api_pb2.WatchEvent(type="BOOKMARK", object=obj).SerializeToString()
 
     async def _bookmarks(self) -> None:
@@ -226,7 +241,7 @@ class WatchCache:
             await asyncio.sleep(self.bookmark_interval)
             data = self.bookmark()
             for w in list(self.watchers):
-                if w.bookmarks:
+                if w.bookmarks and w.start_rv <= self.applied_rv:
                     w.send(data)
 
     async def watch(self, namespace: str, labels: LabelSelector, fields: FieldSelector,
@@ -235,6 +250,7 @@ class WatchCache:
         await self._ready.wait()
         w = Watcher(namespace, labels, fields, bookmarks, self.max_pending)
         if resource_version in ("", "0"):
+            w.start_rv = self.applied_rv  # the snapshot holds every event applied so far
             for e in self.store.values():
                 if w.matches(e):
                     ev = CacheEvent(e.rv, e, None)
@@ -248,6 +264,7 @@ class WatchCache:
             await self.wait_for(rv)
         if rv < self.oldest_rv:
             raise Gone(f"too old resource version: {rv} ({self.oldest_rv})")
+        w.start_rv = rv
         for ev in self._since(rv):
             self._deliver(w, ev)
         self.watchers.add(w)
@@ -263,6 +280,17 @@ class WatchCache:
         return out
 
     async def wait_for(self, rv: int, timeout: float = 3.0) -> None:
+        """Wait until the cache reflects revision rv. Writes to other resources move etcd's
+        revision without an event here, so ask etcd for a progress notification: it comes
+        after every event up to etcd's current revision and moves the cache's rv there."""
+        if self.rv >= rv:
+            return
+        if self._watch is not None:
+            try:
+                await self._watch.request_progress()
+            except Exception as e:  # noqa: BLE001 - then only a real event can move us
+                log.debug("progress request: %s", e)
+
         async def reached():
             async with self._advanced:
                 await self._advanced.wait_for(lambda: self.rv >= rv)

@@ -280,3 +280,19 @@ async def test_mtls_is_required(api):
             await insecure.namespaces().list()
     finally:
         await insecure.close()
+
+
+async def test_watch_from_a_list_revision_moved_by_other_kinds(api):
+    """Writes to namespaces move etcd's revision past the pods cache: a watch from a pods list's
+    revision must still start at once (the cache asks etcd for progress), not time out."""
+    await api.client.pods("default").create(pod("early"))
+    for i in range(3):
+        await api.client.namespaces().create(namespace(f"mover{i}"))
+    listed = await api.client.pods("default").list(limit=10)  # read from etcd: etcd's revision
+    stream = api.client.pods("default").watch(resource_version=listed.resource_version, allow_bookmarks=False)
+    got = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.2)
+    await api.client.pods("default").create(pod("late"))
+    ev = await asyncio.wait_for(got, 2.5)  # well under the cache's 3 s wait
+    assert (ev.type, ev.object.metadata.name) == ("ADDED", "late")
+    await stream.aclose()
