@@ -131,12 +131,16 @@ class Store:
         ns = namespace if self.kind.namespaced else ""
         # "0": any version will do; "N" without a limit: not older than N. Both come from the
         # watch cache (after it has caught up with N); "" is a consistent read from etcd.
+        # (A cache that has not applied N yet sends the list to etcd: progress notifications
+        # alone cannot prove the cache holds everything up to N, see watchcache._deliver.)
         if resource_version and not continue_token and self.cache is not None and (
                 resource_version == "0" or not limit):
             await self.cache.wait_ready()
             if resource_version != "0":
                 from .watchcache import parse_rv
-                await self.cache.wait_for(parse_rv(resource_version))
+                want = parse_rv(resource_version)
+                if self.cache.applied_rv < want:
+                    return await self._list_etcd(ns, labels, fields, limit, "", "")
             entries, rv = self.cache.list(ns, labels, fields)
             entries.sort(key=lambda e: (e.namespace, e.name))
             return [e.raw + meta.rv_suffix(e.rv) for e in entries], rv, "", None
