@@ -1,279 +1,359 @@
-"""`kubelab describe pod|node NAME`: kubectl's human-readable detail, ending with the
-object's Events (what the scheduler, kubelet and controllers reported about it)."""
+"""`kubelab describe pod|node|namespace NAME`: kubectl's human-readable page for an object,
+ending with its Events (what the scheduler, the kubelet and the controllers reported about it).
+
+Lines are written as tab-separated cells and laid out by printers.tabwrite, the way kubectl
+feeds Go's tabwriter, so the columns line up where kubectl's do.
+"""
 from __future__ import annotations
 
-from kubelab import quantity
+from kubelab import meta, quantity
+from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.errors import NotFound
 
 from . import printers
-from .common import CLIError, add_namespace_flags, cli_command, connect, resolve_kind
+from .apply import LAST_APPLIED
+from .common import CLIError, add_namespace_flags, cli_command, connect, err, resolve_kind, split_type_names
 
 
 def register(sub, parents) -> None:
     p = sub.add_parser("describe", parents=parents, help="Show details of a specific resource")
-    p.add_argument("resource", help="pod or node (po, no), namespace")
-    p.add_argument("names", nargs="+")
+    p.add_argument("resource", help="pod, node or namespace (po, no, ns), or TYPE/NAME")
+    p.add_argument("names", nargs="*")
     add_namespace_flags(p)
     p.set_defaults(func=run)
 
 
-class Out:
+class Page:
+    """A describe page: `key:<TAB>value` lines, nested two spaces per level."""
+
     def __init__(self):
         self.lines: list[str] = []
 
-    def kv(self, key: str, value="", indent: int = 0) -> None:
-        pad = "  " * indent
-        self.lines.append(f"{pad}{key + ':':<{max(0, 20 - len(pad))}}{value}".rstrip())
+    def kv(self, key: str, value="", level: int = 0) -> None:
+        self.lines.append(f"{'  ' * level}{key}:\t{value}")
 
-    def map(self, key: str, m, indent: int = 0) -> None:
-        items = sorted(m.items())
+    def head(self, key: str, level: int = 0) -> None:
+        self.lines.append(f"{'  ' * level}{key}:")
+
+    def map(self, key: str, m, level: int = 0) -> None:
+        """Labels or annotations, one per line; like kubectl, without the last-applied
+        annotation and with long values cut at 140 characters."""
+        items = [(k, v.strip() if len(v.strip()) <= 140 else v.strip()[:140] + "...")
+                 for k, v in sorted(m.items()) if k != LAST_APPLIED]
         if not items:
-            self.kv(key, "<none>", indent)
-            return
-        self.kv(key, f"{items[0][0]}={items[0][1]}", indent)
-        for k, v in items[1:]:
-            self.lines.append(" " * 20 + f"{k}={v}")
+            return self.kv(key, "<none>", level)
+        self.kv(key, f"{items[0][0]}={items[0][1]}", level)
+        self.lines += [f"\t{k}={v}" for k, v in items[1:]]
 
-    def line(self, s: str = "") -> None:
-        self.lines.append(s)
+    def items(self, key: str, values: list[str], level: int = 0) -> None:
+        self.kv(key, values[0] if values else "<none>", level)
+        self.lines += [f"\t{v}" for v in values[1:]]
 
-    def table(self, rows, indent: int = 2) -> None:
-        for r in printers.format_table(rows).splitlines():
-            self.lines.append(" " * indent + r)
+    def table(self, rows, level: int = 1) -> None:
+        self.lines += ["  " * level + "\t".join(str(c) for c in r) for r in rows]
+
+    def text(self) -> str:
+        return printers.tabwrite(self.lines)
 
 
-def state_lines(out: Out, label: str, st, indent: int) -> None:
+def state(page: Page, label: str, st, level: int) -> None:
     if st.HasField("running"):
-        out.kv(label, "Running", indent)
-        out.kv("Started", st.running.startedAt, indent + 1)
+        page.kv(label, "Running", level)
+        page.kv("Started", printers.describe_time(st.running.startedAt), level + 1)
     elif st.HasField("terminated"):
         t = st.terminated
-        out.kv(label, "Terminated", indent)
-        out.kv("Reason", t.reason, indent + 1)
-        out.kv("Exit Code", t.exitCode, indent + 1)
-        out.kv("Started", t.startedAt, indent + 1)
-        out.kv("Finished", t.finishedAt, indent + 1)
-    elif st.HasField("waiting"):
-        out.kv(label, "Waiting", indent)
-        out.kv("Reason", st.waiting.reason, indent + 1)
+        page.kv(label, "Terminated", level)
+        page.kv("Reason", t.reason, level + 1)
+        if t.message:
+            page.kv("Message", t.message, level + 1)
+        page.kv("Exit Code", t.exitCode, level + 1)
+        if t.signal:
+            page.kv("Signal", t.signal, level + 1)
+        page.kv("Started", printers.describe_time(t.startedAt), level + 1)
+        page.kv("Finished", printers.describe_time(t.finishedAt), level + 1)
+    else:
+        page.kv(label, "Waiting", level)
+        if st.waiting.reason:
+            page.kv("Reason", st.waiting.reason, level + 1)
         if st.waiting.message:
-            out.kv("Message", st.waiting.message, indent + 1)
-
-
-def containers(out: Out, title: str, specs, statuses) -> None:
-    out.line(f"{title}:")
-    by_name = {s.name: s for s in statuses}
-    for c in specs:
-        s = by_name.get(c.name)
-        out.line(f"  {c.name}:")
-        out.kv("Container ID", s.containerID if s else "", 2)
-        out.kv("Image", c.image, 2)
-        out.kv("Image ID", s.imageID if s else "", 2)
-        ports = ", ".join(f"{p.containerPort}/{p.protocol or 'TCP'}" for p in c.ports) or "<none>"
-        out.kv("Port", ports, 2)
-        if c.command:
-            out.kv("Command", " ".join(c.command), 2)
-        if c.args:
-            out.kv("Args", " ".join(c.args), 2)
-        if s:
-            state_lines(out, "State", s.state, 2)
-            if s.lastState.ListFields():
-                state_lines(out, "Last State", s.lastState, 2)
-            out.kv("Ready", "True" if s.ready else "False", 2)
-            out.kv("Restart Count", s.restartCount, 2)
-        else:
-            out.kv("State", "Waiting", 2)
-            out.kv("Reason", "ContainerCreating", 3)
-            out.kv("Ready", "False", 2)
-            out.kv("Restart Count", 0, 2)
-        for what in ("limits", "requests"):
-            m = getattr(c.resources, what)
-            if m:
-                out.line(f"    {what.capitalize()}:")
-                for k, v in sorted(m.items()):
-                    out.kv(k, v, 3)
-        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            if c.HasField(probe):
-                p = getattr(c, probe)
-                how = (f"exec {list(p.exec.command)}" if p.HasField("exec") else
-                       f"http-get {p.httpGet.scheme.lower() or 'http'}://:{_port(p.httpGet.port)}{p.httpGet.path}"
-                       if p.HasField("httpGet") else f"tcp-socket :{_port(p.tcpSocket.port)}")
-                out.kv({"livenessProbe": "Liveness", "readinessProbe": "Readiness", "startupProbe": "Startup"}[probe],
-                       f"{how} delay={p.initialDelaySeconds}s timeout={p.timeoutSeconds}s period={p.periodSeconds}s "
-                       f"#success={p.successThreshold} #failure={p.failureThreshold}", 2)
-        if c.env:
-            out.line("    Environment:")
-            for e in c.env:
-                out.line(f"      {e.name}:  {e.value}")
-        else:
-            out.kv("Environment", "<none>", 2)
-        out.line("    Mounts:" if c.volumeMounts else "    Mounts:             <none>")
-        for m in c.volumeMounts:
-            out.line(f"      {m.mountPath} from {m.name} ({'ro' if m.readOnly else 'rw'})")
+            page.kv("Message", st.waiting.message, level + 1)
 
 
 def _port(v) -> str:
     return v.string_value if v.WhichOneof("kind") == "string_value" else str(int(v.number_value))
 
 
-def events_table(out: Out, events) -> None:
-    if not events:
-        out.kv("Events", "<none>")
-        return
-    out.line("Events:")
+def probe(p) -> str:
+    if p.HasField("exec"):
+        how = f"exec [{' '.join(p.exec.command)}]"
+    elif p.HasField("httpGet"):
+        g = p.httpGet
+        how = f"http-get {(g.scheme or 'HTTP').lower()}://{g.host}:{_port(g.port)}{g.path}"
+    else:
+        how = f"tcp-socket {p.tcpSocket.host}:{_port(p.tcpSocket.port)}"
+    return (f"{how} delay={p.initialDelaySeconds}s timeout={p.timeoutSeconds or 1}s period={p.periodSeconds or 10}s "
+            f"#success={p.successThreshold or 1} #failure={p.failureThreshold or 3}")
+
+
+def containers(page: Page, title: str, specs, statuses) -> None:
+    page.head(title)
+    by_name = {s.name: s for s in statuses}
+    for c in specs:
+        s = by_name.get(c.name)
+        page.head(c.name, 1)
+        page.kv("Container ID", s.containerID if s else "", 2)
+        page.kv("Image", c.image, 2)
+        page.kv("Image ID", s.imageID if s else "", 2)
+        ports = [f"{p.containerPort}/{p.protocol or 'TCP'}" for p in c.ports]
+        page.kv("Ports" if len(ports) > 1 else "Port", ", ".join(ports) or "<none>", 2)
+        page.kv("Host Ports" if len(ports) > 1 else "Host Port",
+                ", ".join(f"{p.hostPort}/{p.protocol or 'TCP'}" for p in c.ports) or "<none>", 2)
+        for label, words in (("Command", c.command), ("Args", c.args)):
+            if words:
+                page.head(label, 2)
+                page.lines += ["      " + line for w in words for line in w.split("\n")]
+        state(page, "State", s.state if s else v1.ContainerState(), 2)
+        if s and s.lastState.ListFields():
+            state(page, "Last State", s.lastState, 2)
+        page.kv("Ready", "True" if s and s.ready else "False", 2)
+        page.kv("Restart Count", s.restartCount if s else 0, 2)
+        for what in ("limits", "requests"):
+            m = getattr(c.resources, what)
+            if m:
+                page.head(what.capitalize(), 2)
+                for k, v in sorted(m.items()):
+                    page.kv(k, v, 3)
+        for field, label in (("livenessProbe", "Liveness"), ("readinessProbe", "Readiness"),
+                             ("startupProbe", "Startup")):
+            if c.HasField(field):
+                page.kv(label, probe(getattr(c, field)), 2)
+        if c.env:
+            page.head("Environment", 2)
+            for e in c.env:
+                page.kv(e.name, e.value, 3)
+        else:
+            page.kv("Environment", "<none>", 2)
+        if c.volumeMounts:
+            page.head("Mounts", 2)
+            page.lines += [f"      {m.mountPath} from {m.name} ({'ro' if m.readOnly else 'rw'})" for m in c.volumeMounts]
+        else:
+            page.kv("Mounts", "<none>", 2)
+
+
+async def object_events(client, obj, kind: str, namespace: str) -> list:
+    sel = f"involvedObject.kind={kind},involvedObject.name={obj.metadata.name}"
+    evs = (await client.events(namespace).list_all(field_selector=sel)).items
+    uid = obj.metadata.uid
+    evs = [e for e in evs if e.involvedObject.uid in ("", uid, obj.metadata.name)]
+    return sorted(evs, key=lambda e: e.lastTimestamp or e.eventTime or e.metadata.creationTimestamp)
+
+
+def events(page: Page, evs) -> None:
+    if not evs:
+        return page.kv("Events", "<none>")
+    page.head("Events")
     rows = [["Type", "Reason", "Age", "From", "Message"], ["----", "------", "----", "----", "-------"]]
-    for e in events:
-        seen = printers.age(e.lastTimestamp or e.metadata.creationTimestamp)
-        if e.count > 1:
-            seen = f"{seen} (x{e.count} over {printers.age(e.firstTimestamp)})"
-        rows.append([e.type, e.reason, seen, e.source.component or e.reportingComponent, e.message])
-    out.table(rows)
+    rows += [[e.type, e.reason, printers.event_last_seen(e), e.source.component or e.reportingComponent,
+              e.message.strip()] for e in evs]
+    page.table(rows)
 
 
-async def object_events(client, obj, namespace: str):
-    evs = (await client.events(namespace).list_all(
-        field_selector=f"involvedObject.name={obj.metadata.name}")).items
-    evs = [e for e in evs if not e.involvedObject.uid or e.involvedObject.uid == obj.metadata.uid]
-    return sorted(evs, key=lambda e: e.lastTimestamp or e.metadata.creationTimestamp)
+def _owner(m) -> str:
+    o = next((o for o in m.ownerReferences if o.controller), None)
+    return f"{o.kind}/{o.name}" if o else ""
 
 
 async def describe_pod(client, pod) -> str:
-    out = Out()
-    m, s = pod.metadata, pod.status
-    out.kv("Name", m.name)
-    out.kv("Namespace", m.namespace)
-    out.kv("Priority", pod.spec.priority)
-    out.kv("Node", f"{pod.spec.nodeName}/{s.hostIP}" if pod.spec.nodeName else "<none>")
-    out.kv("Start Time", s.startTime or "<unset>")
-    out.map("Labels", m.labels)
-    out.map("Annotations", m.annotations)
-    out.kv("Status", printers.pod_status(pod) if m.deletionTimestamp else (s.phase or "Pending"))
+    page, m, s = Page(), pod.metadata, pod.status
+    page.kv("Name", m.name)
+    page.kv("Namespace", m.namespace)
+    page.kv("Priority", pod.spec.priority)
+    page.kv("Node", f"{pod.spec.nodeName}/{s.hostIP}" if pod.spec.nodeName and s.hostIP else
+            pod.spec.nodeName or "<none>")
+    if s.startTime:
+        page.kv("Start Time", printers.describe_time(s.startTime))
+    page.map("Labels", m.labels)
+    page.map("Annotations", m.annotations)
     if m.deletionTimestamp:
-        out.kv("Termination Grace Period", f"{m.deletionGracePeriodSeconds}s")
+        until = meta.parse_time(m.deletionTimestamp)
+        lasts = printers.human_duration((until - meta.now()).total_seconds()) if until else "<unknown>"
+        page.kv("Status", f"Terminating (lasts {lasts})")
+        page.kv("Termination Grace Period", f"{m.deletionGracePeriodSeconds}s")
+    else:
+        page.kv("Status", s.phase or "Pending")
     if s.reason:
-        out.kv("Reason", s.reason)
+        page.kv("Reason", s.reason)
     if s.message:
-        out.kv("Message", s.message)
-    out.kv("IP", s.podIP)
-    out.line("IPs:" if s.podIPs else "IPs:                <none>")
-    for ip in s.podIPs:
-        out.kv("IP", ip.ip, 1)
+        page.kv("Message", s.message)
+    page.kv("IP", s.podIP)
+    if s.podIPs:
+        page.head("IPs")
+        for ip in s.podIPs:
+            page.kv("IP", ip.ip, 1)
+    else:
+        page.kv("IPs", "<none>")
+    if _owner(m):
+        page.kv("Controlled By", _owner(m))
+    if s.nominatedNodeName:
+        page.kv("NominatedNodeName", s.nominatedNodeName)
     if pod.spec.initContainers:
-        containers(out, "Init Containers", pod.spec.initContainers, s.initContainerStatuses)
-    containers(out, "Containers", pod.spec.containers, s.containerStatuses)
+        containers(page, "Init Containers", pod.spec.initContainers, s.initContainerStatuses)
+    containers(page, "Containers", pod.spec.containers, s.containerStatuses)
     if s.conditions:
-        out.line("Conditions:")
-        out.table([["Type", "Status"]] + [[c.type, c.status] for c in s.conditions])
-    out.line("Volumes:" if pod.spec.volumes else "Volumes:            <none>")
-    for v in pod.spec.volumes:
-        out.line(f"  {v.name}:")
-        if v.HasField("emptyDir"):
-            out.kv("Type", "EmptyDir (a temporary directory that shares a pod's lifetime)", 2)
-            out.kv("Medium", v.emptyDir.medium, 2)
-        elif v.HasField("hostPath"):
-            out.kv("Type", "HostPath (bare host directory volume)", 2)
-            out.kv("Path", v.hostPath.path, 2)
-    out.kv("QoS Class", s.qosClass)
-    out.kv("Node-Selectors", ",".join(f"{k}={v}" for k, v in sorted(pod.spec.nodeSelector.items())) or "<none>")
-    tols = [f"{t.key}{':' + t.effect if t.effect else ''}"
-            f"{' op=' + t.operator if t.operator == 'Exists' else '=' + t.value}"
-            f"{' for ' + str(t.tolerationSeconds) + 's' if t.HasField('tolerationSeconds') else ''}"
-            for t in pod.spec.tolerations]
-    out.kv("Tolerations", tols[0] if tols else "<none>")
-    for t in tols[1:]:
-        out.line(" " * 20 + t)
-    events_table(out, await object_events(client, pod, m.namespace))
-    return "\n".join(out.lines)
+        page.head("Conditions")
+        page.table([["Type", "Status"]] + [[f"{c.type} ", f"{c.status} "] for c in s.conditions])
+    if pod.spec.volumes:
+        page.head("Volumes")
+        for vol in pod.spec.volumes:
+            page.head(vol.name, 1)
+            if vol.HasField("hostPath"):
+                page.kv("Type", "HostPath (bare host directory volume)", 2)
+                page.kv("Path", vol.hostPath.path, 2)
+                page.kv("HostPathType", vol.hostPath.type, 2)
+            else:
+                page.kv("Type", "EmptyDir (a temporary directory that shares a pod's lifetime)", 2)
+                page.kv("Medium", vol.emptyDir.medium, 2)
+                page.kv("SizeLimit", vol.emptyDir.sizeLimit or "<unset>", 2)
+    else:
+        page.kv("Volumes", "<none>")
+    page.kv("QoS Class", s.qosClass)
+    page.items("Node-Selectors", [f"{k}={v}" for k, v in sorted(pod.spec.nodeSelector.items())])
+    page.items("Tolerations", [
+        f"{t.key}{'=' + t.value if t.value else ''}{':' + t.effect if t.effect else ''}"
+        f"{' op=Exists' if t.operator == 'Exists' else ''}"
+        f"{' for ' + str(t.tolerationSeconds) + 's' if t.HasField('tolerationSeconds') else ''}"
+        for t in pod.spec.tolerations])
+    events(page, await object_events(client, pod, "Pod", m.namespace))
+    return page.text()
+
+
+def pod_requests(p) -> dict[str, tuple[int, int]]:
+    """{resource: (requests, limits)} summed over the app containers (cpu in millicores)."""
+    out = {"cpu": [0, 0], "memory": [0, 0]}
+    for c in p.spec.containers:
+        for i, m in enumerate((c.resources.requests, c.resources.limits)):
+            for r in out:
+                if r in m:
+                    try:
+                        out[r][i] += quantity.amount(r, m[r])
+                    except quantity.QuantityError:
+                        pass
+    return {r: tuple(v) for r, v in out.items()}
+
+
+def _share(r: str, amount: int, allocatable: int) -> str:
+    text = quantity.format_milli(amount) if r == "cpu" else quantity.format_bytes(amount)
+    return f"{text} ({int(100 * amount / allocatable) if allocatable else 0}%)"
 
 
 async def describe_node(client, node) -> str:
-    out = Out()
-    m, s = node.metadata, node.status
-    out.kv("Name", m.name)
-    out.kv("Roles", printers.node_roles(node))
-    out.map("Labels", m.labels)
-    out.map("Annotations", m.annotations)
-    out.kv("CreationTimestamp", m.creationTimestamp)
-    taints = [f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}" for t in node.spec.taints]
-    out.kv("Taints", taints[0] if taints else "<none>")
-    for t in taints[1:]:
-        out.line(" " * 20 + t)
-    out.kv("Unschedulable", "true" if node.spec.unschedulable else "false")
-    out.line("Lease:")
+    page, m, s = Page(), node.metadata, node.status
+    page.kv("Name", m.name)
+    page.kv("Roles", printers.node_roles(node))
+    page.map("Labels", m.labels)
+    page.map("Annotations", m.annotations)
+    page.kv("CreationTimestamp", printers.describe_time(m.creationTimestamp))
+    page.items("Taints", [f"{t.key}{'=' + t.value if t.value else ''}:{t.effect}" for t in node.spec.taints])
+    page.kv("Unschedulable", "true" if node.spec.unschedulable else "false")
+    page.head("Lease")
     try:
         lease = await client.leases("kube-node-lease").get(m.name)
-        out.kv("HolderIdentity", lease.spec.holderIdentity, 1)
-        out.kv("AcquireTime", lease.spec.acquireTime or "<unset>", 1)
-        out.kv("RenewTime", lease.spec.renewTime, 1)
+        page.kv("HolderIdentity", lease.spec.holderIdentity or "<unset>", 1)
+        page.kv("AcquireTime", printers.describe_time(lease.spec.acquireTime), 1)
+        page.kv("RenewTime", printers.describe_time(lease.spec.renewTime), 1)
     except NotFound:
-        out.kv("HolderIdentity", "<unset>", 1)
-    out.line("Conditions:")
-    rows = [["Type", "Status", "LastHeartbeatTime", "LastTransitionTime", "Reason", "Message"],
-            ["----", "------", "-----------------", "------------------", "------", "-------"]]
-    rows += [[c.type, c.status, c.lastHeartbeatTime, c.lastTransitionTime, c.reason, c.message]
-             for c in s.conditions]
-    out.table(rows)
-    out.line("Addresses:")
+        page.kv("Failed to get lease", f'leases.coordination.k8s.io "{m.name}" not found', 1)
+    page.head("Conditions")
+    page.table([["Type", "Status", "LastHeartbeatTime", "LastTransitionTime", "Reason", "Message"],
+                ["----", "------", "-----------------", "------------------", "------", "-------"]] +
+               [[c.type, c.status, printers.describe_time(c.lastHeartbeatTime),
+                 printers.describe_time(c.lastTransitionTime), c.reason, c.message] for c in s.conditions])
+    page.head("Addresses")
     for a in s.addresses:
-        out.kv(a.type, a.address, 1)
+        page.kv(a.type, a.address, 1)
     for title, res in (("Capacity", s.capacity), ("Allocatable", s.allocatable)):
-        out.line(f"{title}:")
+        page.head(title)
         for k, v in sorted(res.items()):
-            out.kv(k, v, 1)
-    out.line("System Info:")
-    for label, field in (("Kernel Version", "kernelVersion"), ("OS Image", "osImage"),
-                         ("Operating System", "operatingSystem"), ("Architecture", "architecture"),
-                         ("Container Runtime Version", "containerRuntimeVersion"),
-                         ("Kubelet Version", "kubeletVersion"), ("Kube-Proxy Version", "kubeProxyVersion")):
-        out.line(f"  {label}:  {getattr(s.nodeInfo, field)}")
-    out.kv("PodCIDR", node.spec.podCIDR or "<none>")
+            page.kv(k, v, 1)
+    page.head("System Info")
+    info = s.nodeInfo
+    for label, value in (("Machine ID", info.machineID), ("System UUID", info.systemUUID), ("Boot ID", info.bootID),
+                         ("Kernel Version", info.kernelVersion), ("OS Image", info.osImage),
+                         ("Operating System", info.operatingSystem), ("Architecture", info.architecture),
+                         ("Container Runtime Version", info.containerRuntimeVersion),
+                         ("Kubelet Version", info.kubeletVersion), ("Kube-Proxy Version", info.kubeProxyVersion)):
+        page.kv(label, value, 1)
+    page.kv("PodCIDR", node.spec.podCIDR or "<none>")
+    page.kv("PodCIDRs", ",".join(node.spec.podCIDRs) or node.spec.podCIDR or "<none>")
+    if node.spec.providerID:
+        page.kv("ProviderID", node.spec.providerID)
     pods = [p for p in (await client.pods("").list_all(field_selector=f"spec.nodeName={m.name}")).items
             if p.status.phase not in ("Succeeded", "Failed")]
-    out.line(f"Non-terminated Pods:          ({len(pods)} in total)")
-    rows = [["Namespace", "Name", "CPU Requests", "Memory Requests", "Age"],
-            ["---------", "----", "------------", "---------------", "---"]]
-    tot_cpu = tot_mem = 0
+    alloc = {}
+    for r in ("cpu", "memory"):
+        try:
+            alloc[r] = quantity.amount(r, s.allocatable[r]) if r in s.allocatable else 0
+        except quantity.QuantityError:
+            alloc[r] = 0
+    page.kv("Non-terminated Pods", f"({len(pods)} in total)")
+    rows = [["Namespace", "Name", "CPU Requests", "CPU Limits", "Memory Requests", "Memory Limits", "Age"],
+            ["---------", "----", "------------", "----------", "---------------", "-------------", "---"]]
+    total = {"cpu": [0, 0], "memory": [0, 0]}
     for p in pods:
-        cpu = sum(quantity.milli(c.resources.requests["cpu"]) for c in p.spec.containers if "cpu" in c.resources.requests)
-        mem = sum(quantity.value(c.resources.requests["memory"]) for c in p.spec.containers
-                  if "memory" in c.resources.requests)
-        tot_cpu, tot_mem = tot_cpu + cpu, tot_mem + mem
-        rows.append([p.metadata.namespace, p.metadata.name, quantity.format_milli(cpu) if cpu else "0 (0%)",
-                     quantity.format_bytes(mem) if mem else "0 (0%)", printers.age(p.metadata.creationTimestamp)])
-    out.table(rows)
-    out.line("Allocated resources:")
-    alloc_cpu = quantity.milli(s.allocatable["cpu"]) if "cpu" in s.allocatable else 0
-    alloc_mem = quantity.value(s.allocatable["memory"]) if "memory" in s.allocatable else 0
-    pct = lambda a, b: f"{100 * a // b}%" if b else "0%"  # noqa: E731
-    out.table([["Resource", "Requests"], ["--------", "--------"],
-               ["cpu", f"{quantity.format_milli(tot_cpu)} ({pct(tot_cpu, alloc_cpu)})"],
-               ["memory", f"{quantity.format_bytes(tot_mem)} ({pct(tot_mem, alloc_mem)})"]])
-    events_table(out, await object_events(client, node, "default"))
-    return "\n".join(out.lines)
+        req = pod_requests(p)
+        for r in total:
+            total[r][0] += req[r][0]
+            total[r][1] += req[r][1]
+        rows.append([p.metadata.namespace, p.metadata.name, _share("cpu", req["cpu"][0], alloc["cpu"]),
+                     _share("cpu", req["cpu"][1], alloc["cpu"]), _share("memory", req["memory"][0], alloc["memory"]),
+                     _share("memory", req["memory"][1], alloc["memory"]), printers.age(p.metadata.creationTimestamp)])
+    page.table(rows)
+    page.head("Allocated resources")
+    page.lines.append("  (Total limits may be over 100 percent, i.e., overcommitted.)")
+    page.table([["Resource", "Requests", "Limits"], ["--------", "--------", "------"]] +
+               [[r, _share(r, total[r][0], alloc[r]), _share(r, total[r][1], alloc[r])] for r in ("cpu", "memory")])
+    events(page, await object_events(client, node, "Node", ""))
+    return page.text()
 
 
 async def describe_namespace(client, ns) -> str:
-    out = Out()
-    out.kv("Name", ns.metadata.name)
-    out.map("Labels", ns.metadata.labels)
-    out.map("Annotations", ns.metadata.annotations)
-    out.kv("Status", ns.status.phase)
-    out.line()
-    out.line("No resource quota.")
-    out.line()
-    out.line("No LimitRange resource.")
-    return "\n".join(out.lines)
+    page = Page()
+    page.kv("Name", ns.metadata.name)
+    page.map("Labels", ns.metadata.labels)
+    page.map("Annotations", ns.metadata.annotations)
+    page.kv("Status", ns.status.phase or "Active")
+    page.lines += ["", "No resource quota.", "", "No LimitRange resource."]
+    return page.text()
+
+
+DESCRIBERS = {"Pod": describe_pod, "Node": describe_node, "Namespace": describe_namespace}
 
 
 @cli_command
 async def run(args) -> int:
-    kind = resolve_kind(args.resource)
-    fn = {"Pod": describe_pod, "Node": describe_node, "Namespace": describe_namespace}.get(kind.kind)
-    if fn is None:
-        raise CLIError(f"describe supports pods, nodes and namespaces, not {kind.resource}")
+    pairs = split_type_names(args.resource, args.names) if args.names or "/" in args.resource else []
+    for kind, _ in pairs:
+        if kind.kind not in DESCRIBERS:
+            raise CLIError(f"describe supports pods, nodes and namespaces, not {kind.resource}")
+    ns = args.namespace or "default"
+    failed, pages = 0, []
     async with connect(args) as client:
-        args._server = getattr(client, "server", "")
-        rc = client.resource(kind, args.namespace or "default")
-        texts = [await fn(client, await rc.get(n)) for n in args.names]
-    print("\n\n".join(texts))
-    return 0
+        if not pairs:  # `describe pods`: every object of the type in the namespace
+            kind = resolve_kind(args.resource)
+            if kind.kind not in DESCRIBERS:
+                raise CLIError(f"describe supports pods, nodes and namespaces, not {kind.resource}")
+            objs = (await client.resource(kind, ns).list_all()).items
+            pages = [await DESCRIBERS[kind.kind](client, o) for o in objs]
+            if not objs:
+                err(f"No resources found in {ns} namespace." if kind.namespaced else "No resources found")
+        for kind, name in pairs:
+            try:
+                obj = await client.resource(kind, ns).get(name)
+            except NotFound as e:
+                err(e.kubectl())
+                failed = 1
+                continue
+            pages.append(await DESCRIBERS[kind.kind](client, obj))
+    if pages:
+        print("\n\n\n".join(pages))
+    return failed

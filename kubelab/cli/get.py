@@ -1,95 +1,185 @@
-"""`kubelab get`: list or show objects as kubectl does (tables, -o wide|yaml|json|name, -w)."""
+"""`kubelab get`: list or show objects as kubectl does (tables, -o wide|yaml|json|name, -l,
+--field-selector, -w). A thin layer over the client library's paginated LIST and WATCH.
+"""
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from kubelab.errors import Gone, NotFound
+from kubelab.api import kinds
+from kubelab.errors import Gone, NotFound, ServiceUnavailable, Timeout
 
 from . import printers
-from .common import CLIError, add_namespace_flags, cli_command, connect, err, resolve_kind
+
+UNAVAILABLE_FOR = 30.0  # seconds get -w waits for an API server that went away
+from .common import CLIError, add_namespace_flags, cli_command, connect, err, resolve_kind, split_type_names
 
 
 def register(sub, parents) -> None:
     p = sub.add_parser("get", parents=parents, help="Display one or many resources")
-    p.add_argument("resource", help="nodes, pods, namespaces, leases, events (or po, no, ns, ev)")
+    p.add_argument("resource", help="nodes, pods, namespaces, leases, events (or no, po, ns, ev), or TYPE/NAME")
     p.add_argument("names", nargs="*")
     add_namespace_flags(p, all_namespaces=True)
     p.add_argument("-o", "--output", choices=("wide", "yaml", "json", "name"), default=None)
     p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
-    p.add_argument("--field-selector", default="")
+    p.add_argument("--field-selector", default="", help="e.g. spec.nodeName=n1,status.phase=Running")
     p.add_argument("-w", "--watch", action="store_true", help="after listing, watch for changes")
+    p.add_argument("--watch-only", action="store_true", help="watch for changes without listing first")
     p.add_argument("--no-headers", action="store_true")
+    p.add_argument("--show-labels", action="store_true", help="add a LABELS column")
     p.set_defaults(func=run)
+
+
+class View:
+    """How this invocation prints objects; remembers column widths so watch rows line up."""
+
+    def __init__(self, args, with_namespace: bool, *, kind_prefix: bool = False):
+        self.args, self.with_namespace, self.kind_prefix = args, with_namespace, kind_prefix
+        self.widths: list[int] = []
+        self.headers_due = not args.no_headers
+
+    def show(self, objs, *, single: bool = False, stream: bool = False) -> None:
+        fmt = self.args.output
+        if fmt in ("yaml", "json", "name"):
+            out = printers.dump(objs, fmt, single=single)
+            if stream and fmt == "yaml":
+                out = "---\n" + out
+            if out:
+                print(out)
+        elif objs:
+            rows = printers.table_rows(objs, wide=fmt == "wide", with_namespace=self.with_namespace,
+                                       headers=self.headers_due, show_labels=self.args.show_labels)
+            if self.kind_prefix:  # several types at once: kubectl names rows pod/x, node/y
+                col = 1 if self.with_namespace else 0
+                for r, o in zip(rows[1:] if self.headers_due else rows, objs):
+                    r[col] = f"{kinds.kind_of(o).singular}/{r[col]}"
+            self.headers_due = False
+            print(printers.format_table(rows, self.widths))
+        sys.stdout.flush()
+
+
+def requested(args) -> list[tuple[kinds.Kind, list[str]]]:
+    """What to get, as (kind, names) in the order asked: `pods`, `pods,nodes`, `pod a b`, `pod/a node/b`."""
+    if "," in args.resource:
+        if args.names:
+            raise CLIError("names cannot be given with several resource types; use TYPE/NAME")
+        return [(resolve_kind(r), []) for r in args.resource.split(",") if r]
+    if not args.names and "/" not in args.resource:
+        return [(resolve_kind(args.resource), [])]
+    groups: dict[str, tuple[kinds.Kind, list[str]]] = {}
+    for kind, name in split_type_names(args.resource, args.names):
+        groups.setdefault(kind.kind, (kind, []))[1].append(name)
+    return list(groups.values())
 
 
 @cli_command
 async def run(args) -> int:
-    if "," in args.resource:
-        raise CLIError("listing several resource types at once is not supported; run get once per type")
-    kind = resolve_kind(args.resource.split("/", 1)[0])
-    names = list(args.names)
-    if "/" in args.resource:
-        names.insert(0, args.resource.split("/", 1)[1])
-    all_ns = kind.namespaced and args.all_namespaces
-    ns = "" if all_ns or not kind.namespaced else (args.namespace or "default")
+    groups = requested(args)
+    named = any(names for _, names in groups)
+    if args.all_namespaces and named:
+        raise CLIError("a resource cannot be retrieved by name across all namespaces")
+    if (args.watch or args.watch_only) and len(groups) > 1:
+        raise CLIError("you may only specify a single resource type to watch")
+    view = View(args, args.all_namespaces and groups[0][0].namespaced, kind_prefix=len(groups) > 1)
+    failed, shown = 0, []
     async with connect(args) as client:
-        args._server = getattr(client, "server", "")
-        rc = client.resource(kind, ns)
+        for kind, names in groups:
+            ns = "" if args.all_namespaces or not kind.namespaced else (args.namespace or "default")
+            rc = client.resource(kind, ns)
+            if args.watch or args.watch_only:
+                return await get_and_watch(rc, names, args, view)
+            if names:
+                objs, bad = await get_named(rc, names)
+                failed |= bad
+            else:
+                objs = (await rc.list_all(label_selector=args.selector, field_selector=args.field_selector)).items
+                if kind.kind == "Event":
+                    objs.sort(key=lambda e: e.lastTimestamp or e.eventTime or e.metadata.creationTimestamp)
+            shown.append((kind, objs))
+    if args.output in ("yaml", "json", "name"):
+        objs = [o for _, group in shown for o in group]
+        if objs or args.output != "name":
+            view.show(objs, single=named and len(groups) == 1 and len(groups[0][1]) == 1)
+    else:
+        for i, (kind, objs) in enumerate((k, o) for k, o in shown if o):
+            if i:
+                print()
+            view.headers_due, view.widths = not args.no_headers, []
+            view.with_namespace = kind.namespaced and args.all_namespaces
+            view.show(objs)
+        if not named and not any(objs for _, objs in shown):
+            ns = args.namespace or "default"
+            err(f"No resources found in {ns} namespace." if groups[0][0].namespaced and not args.all_namespaces
+                else "No resources found")
+    return failed
+
+
+async def get_named(rc, names: list[str]) -> tuple[list, int]:
+    objs, failed = [], 0
+    for n in names:
+        try:
+            objs.append(await rc.get(n))
+        except NotFound as e:
+            err(e.kubectl())
+            failed = 1
+    return objs, failed
+
+
+async def get_and_watch(rc, names: list[str], args, view: View) -> int:
+    """-w: the current state (unless --watch-only), then a row per change."""
+    if len(names) > 1:
+        raise CLIError("you may only specify a single resource type and name to watch")
+    selector = f"metadata.name={names[0]}" if names else args.field_selector
+    seen: dict = {}
+    rv = ""
+    if not args.watch_only:
         if names:
-            objs, failed = [], 0
-            for n in names:
-                try:
-                    objs.append(await rc.get(n))
-                except NotFound as e:
-                    err(e.kubectl())
-                    failed = 1
-            if objs:
-                show(objs, args, single=len(names) == 1, with_namespace=all_ns)
-            return failed
-        listed = await rc.list_all(label_selector=args.selector, field_selector=args.field_selector)
-        objs = sorted(listed.items, key=lambda o: (o.metadata.namespace, o.metadata.name))
-        if kind.kind == "Event":
-            objs.sort(key=lambda o: o.lastTimestamp or o.metadata.creationTimestamp)
-        if not objs and args.output not in ("yaml", "json"):
-            where = f" in {ns} namespace" if ns else ""
-            err(f"No resources found{where}.")
+            objs, failed = await get_named(rc, names)
+            if failed:
+                return 1
+            rv = objs[0].metadata.resourceVersion
         else:
-            show(objs, args, single=False, with_namespace=all_ns)
-        if args.watch:
-            await watch(rc, args, listed.resource_version, all_ns, header=not objs)
+            listed = await rc.list_all(label_selector=args.selector, field_selector=selector)
+            objs, rv = listed.items, listed.resource_version
+        view.show(objs, single=bool(names))
+        seen = {(o.metadata.namespace, o.metadata.name): o.metadata.resourceVersion for o in objs}
+    await watch(rc, args, view, rv, selector, seen)
     return 0
 
 
-def show(objs, args, *, single: bool, with_namespace: bool) -> None:
-    if args.output in ("yaml", "json", "name"):
-        print(printers.dump(objs, args.output, single=single))
-    else:
-        rows = printers.table_rows(objs, wide=args.output == "wide", with_namespace=with_namespace,
-                                   headers=not args.no_headers)
-        print(printers.format_table(rows))
-    sys.stdout.flush()
-
-
-async def watch(rc, args, rv: str, all_ns: bool, header: bool) -> None:
-    """Print each change as a new row, reconnecting from the last resourceVersion."""
+async def watch(rc, args, view: View, rv: str, field_selector: str, seen: dict) -> None:
+    """One row per change, until Ctrl-C. When the stream ends, resume from the last
+    resourceVersion. When that version is unusable (Gone: compacted; Timeout: the server's
+    cache has not caught up to it), watch from now: the server first replays the current
+    objects as ADDED, and those already shown at the same resourceVersion are skipped."""
+    delay, down_since = 0.5, 0.0
     while True:
         try:
             async for ev in rc.watch(resource_version=rv, label_selector=args.selector,
-                                     field_selector=args.field_selector):
-                rv = ev.object.metadata.resourceVersion or rv
+                                     field_selector=field_selector):
+                delay, down_since = 0.5, 0.0
+                m = ev.object.metadata
+                rv = m.resourceVersion or rv
                 if ev.type == "BOOKMARK":
                     continue
-                if args.output in ("yaml", "json", "name"):
-                    print(printers.dump([ev.object], args.output, single=True))
-                    if args.output != "name":
-                        print("---" if args.output == "yaml" else "")
+                key = (m.namespace, m.name)
+                if ev.type == "DELETED":
+                    seen.pop(key, None)
+                elif seen.get(key) == m.resourceVersion:
+                    continue
                 else:
-                    rows = printers.table_rows([ev.object], wide=args.output == "wide", with_namespace=all_ns,
-                                               headers=header and not args.no_headers)
-                    header = False
-                    print(printers.format_table(rows))
-                sys.stdout.flush()
-        except Gone:
-            rv = ""  # too old: start over (the server sends the current state as ADDED)
-        await asyncio.sleep(0.5)
+                    seen[key] = m.resourceVersion
+                view.show([ev.object], single=True, stream=True)
+        except (Gone, Timeout):
+            rv = ""
+            continue
+        except ServiceUnavailable:
+            # the API server restarts: keep watching once it is back, but not forever
+            down_since = down_since or asyncio.get_running_loop().time()
+            if asyncio.get_running_loop().time() - down_since > UNAVAILABLE_FOR:
+                raise
+            delay = min(delay * 2, 5)
+            await asyncio.sleep(delay)
+            continue
+        down_since = 0.0
+        await asyncio.sleep(delay)

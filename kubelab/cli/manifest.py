@@ -1,11 +1,16 @@
-"""Kubernetes YAML/JSON manifests to API messages and back, for `create -f` and `apply -f`.
+"""Kubernetes YAML/JSON manifests to API messages and back, for `create -f`, `apply -f` and
+`get -o yaml|json`.
 
-The proto field names are Kubernetes' own, so a manifest maps through protobuf's JSON mapping;
-this module adds what kubectl's decoder does around it: apiVersion/kind checks, strict
-unknown-field errors that name the field, and quantities written as YAML numbers.
+The proto field names are Kubernetes' own, so a manifest maps one to one onto protobuf's JSON
+mapping. This module adds what kubectl and the API server's decoder do around it: the
+apiVersion/kind check, strict decoding that names every unknown field by its path
+(`spec.containers[0].imagee`) and type errors worded as Go's JSON decoder words them, and the
+YAML habits Kubernetes accepts (`cpu: 1` as a quantity, a label value YAML reads as a number).
+On the way out, int64 fields become numbers again (protobuf's JSON writes them as strings).
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -13,19 +18,32 @@ from pathlib import Path
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from kubelab.api import kinds
 
 from .common import CLIError
 
-QUANTITY_MAPS = {"requests", "limits", "capacity", "allocatable"}
+F = FieldDescriptor
+_INTS = {F.TYPE_INT32: "int32", F.TYPE_INT64: "int64", F.TYPE_UINT32: "uint32", F.TYPE_UINT64: "uint64",
+         F.TYPE_SINT32: "int32", F.TYPE_SINT64: "int64", F.TYPE_FIXED32: "uint32", F.TYPE_FIXED64: "uint64",
+         F.TYPE_SFIXED32: "int32", F.TYPE_SFIXED64: "int64"}
+_INT64S = {F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64}
+_RANGE = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1), "uint32": (0, 2**32 - 1),
+          "uint64": (0, 2**64 - 1)}
+QUANTITY_FIELDS = {"sizeLimit"}  # quantity strings outside the string maps (requests, limits, ...)
+
+
+def _repeated(f: FieldDescriptor) -> bool:
+    rep = getattr(f, "is_repeated", None)  # protobuf >= 6; older ones only have .label
+    return rep if rep is not None else f.label == F.LABEL_REPEATED
 
 
 @dataclass
 class Doc:
-    source: str
-    index: int  # 1-based document number within its file
+    source: str  # file name, or STDIN
+    index: int  # 1-based position of the document in its file
     obj: Message
 
     @property
@@ -33,105 +51,283 @@ class Doc:
         return kinds.kind_of(self.obj)
 
 
-def read_sources(paths: list[str]) -> list[tuple[str, str]]:
-    """(name, text) for each file; a directory means its .yaml/.yml/.json files, sorted."""
-    out = []
-    for p in paths:
-        if p == "-":
-            out.append(("STDIN", sys.stdin.read()))
-            continue
-        path = Path(p)
-        if path.is_dir():
-            files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
-            if not files:
-                raise CLIError(f'error reading "{p}": no .yaml, .yml or .json files in it')
-            out += [(str(f), f.read_text()) for f in files]
-        elif path.exists():
-            out.append((p, path.read_text()))
-        else:
-            raise CLIError(f'the path "{p}" does not exist')
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `on`, `yes` and `no` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+class _TypeError(Exception):
+    """The first type mismatch, worded as the API server's JSON decoder reports it."""
+
+
+def _json_type(v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _go_type(f: FieldDescriptor, *, element: bool = False) -> str:
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        return "map[string]string"
+    if f.message_type is not None:
+        base = "v1." + f.message_type.name if f.message_type.full_name.startswith("kubelab.") else "interface {}"
+    elif f.type == F.TYPE_STRING:
+        base = "string"
+    elif f.type == F.TYPE_BOOL:
+        base = "bool"
+    elif f.type in _INTS:
+        base = _INTS[f.type]
+    else:
+        base = "float64"
+    return base if element or not _repeated(f) else "[]" + base
+
+
+def _mismatch(v, f: FieldDescriptor, owner: Descriptor, path: str, element: bool = False) -> _TypeError:
+    go_path = re.sub(r"\[\d+\]", "", path)
+    what = _json_type(v)
+    if what == "number" and f.type in _INTS and f.message_type is None:
+        what = f"number {v}"
+    return _TypeError(f"json: cannot unmarshal {what} into Go struct field {owner.name}.{go_path} "
+                      f"of type {_go_type(f, element=element)}")
+
+
+def _scalar(v, f: FieldDescriptor, owner: Descriptor, path: str):
+    if f.type == F.TYPE_STRING:
+        if f.name in QUANTITY_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, str):
+            return v
+    elif f.type == F.TYPE_BOOL:
+        if isinstance(v, bool):
+            return v
+    elif f.type in _INTS:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        lo, hi = _RANGE[_INTS[f.type]]
+        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+            return v
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    raise _mismatch(v, f, owner, path, element=True)
+
+
+def _map_value(v):
+    """Maps of strings (labels, annotations, nodeSelector, requests, limits, capacity...): YAML
+    reads `cpu: 1`, `memory: 128974848` or `version: 2` as numbers; the API wants strings."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return v
+
+
+def _field(v, f: FieldDescriptor, owner: Descriptor, path: str, unknown: list[str]):
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        if not isinstance(v, dict):
+            raise _mismatch(v, f, owner, path)
+        val_f = f.message_type.fields_by_name["value"]
+        out = {}
+        for k, mv in v.items():
+            if mv is None:
+                continue
+            if val_f.message_type is not None:
+                out[str(k)] = _field(mv, val_f, f.message_type, f"{path}.{k}", unknown)
+            else:
+                out[str(k)] = _scalar(_map_value(mv) if val_f.type == F.TYPE_STRING else mv, val_f, owner, path)
+        return out
+    if _repeated(f):
+        if not isinstance(v, list):
+            raise _mismatch(v, f, owner, path)
+        return [_element(e, f, owner, f"{path}[{i}]", unknown) for i, e in enumerate(v) if e is not None]
+    return _element(v, f, owner, path, unknown)
+
+
+def _element(v, f: FieldDescriptor, owner: Descriptor, path: str, unknown: list[str]):
+    if f.message_type is None:
+        return _scalar(v, f, owner, path)
+    if f.message_type.full_name == "google.protobuf.Value":  # IntOrString (probe ports)
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            return v
+        raise _mismatch(v, f, owner, path, element=True)
+    if not isinstance(v, dict):
+        raise _mismatch(v, f, owner, path, element=True)
+    return _message(v, f.message_type, path, unknown)
+
+
+def _message(d: dict, desc: Descriptor, path: str, unknown: list[str]) -> dict:
+    out = {}
+    for k, v in d.items():
+        p = f"{path}.{k}" if path else str(k)
+        f = desc.fields_by_name.get(k) if isinstance(k, str) else None
+        if f is None:
+            unknown.append(p)
+        elif v is not None:
+            out[k] = _field(v, f, desc, p, unknown)
     return out
 
 
-def _clean(x):
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items() if v is not None}
-    if isinstance(x, list):
-        return [_clean(v) for v in x if v is not None]
-    return x
+def decode(body: dict, kind: kinds.Kind) -> Message:
+    """A manifest body (without apiVersion/kind) as the kind's message, strictly.
 
-
-def _quantities_to_strings(x, key: str = ""):
-    """YAML reads `cpu: 1` and `memory: 128974848` as numbers; the API wants quantity strings."""
-    if isinstance(x, dict):
-        if key in QUANTITY_MAPS:
-            return {k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, (int, float)) else v
-                    for k, v in x.items()}
-        return {k: _quantities_to_strings(v, k) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_quantities_to_strings(v, key) for v in x]
-    return x
-
-
-_UNKNOWN = re.compile(r'has no field named "([^"]+)" at "([^"]*)"')
-
-
-def _strict_error(e: json_format.ParseError) -> str:
-    msg = str(e).split("\n")[0]
-    m = _UNKNOWN.search(msg)
-    if m:
-        field, at = m.groups()
-        path = at.split(".", 1)[1] if "." in at else ""
-        return f'strict decoding error: unknown field "{path + "." if path else ""}{field}"'
-    return f"strict decoding error: {msg}"
-
-
-def parse_doc(doc: dict, source: str, index: int, default_namespace: str = "") -> Message:
-    where = f'error parsing {source}' + (f" (document {index})" if index > 1 or source != "STDIN" else "")
-    if not isinstance(doc, dict):
-        raise CLIError(f"{where}: a manifest must be a YAML mapping with apiVersion and kind")
-    api_version, kind_name = doc.get("apiVersion"), doc.get("kind")
-    if not kind_name:
-        raise CLIError(f"{where}: Object 'Kind' is missing in '{_short(doc)}'")
-    if not api_version:
-        raise CLIError(f"{where}: Object 'apiVersion' is missing in '{_short(doc)}'")
-    kind = next((k for k in kinds.KINDS if k.kind == kind_name and k.stored), None)
-    if kind is None or kind.api_version != api_version:
-        raise CLIError(f'unable to recognize "{source}": no matches for kind "{kind_name}" in version "{api_version}"')
-    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
-    body = _quantities_to_strings(_clean(body))
+    Raises ValueError with the decoder's wording (`strict decoding error: unknown field ...`).
+    """
+    unknown: list[str] = []
+    try:
+        clean = _message(body, kind.message.DESCRIPTOR, "", unknown)
+    except _TypeError as e:
+        raise ValueError(str(e)) from None
+    if unknown:
+        raise ValueError("strict decoding error: " + ", ".join(f'unknown field "{p}"' for p in unknown))
     obj = kind.message()
     try:
-        json_format.ParseDict(body, obj, ignore_unknown_fields=False)
+        json_format.ParseDict(clean, obj, ignore_unknown_fields=False)
     except json_format.ParseError as e:
-        raise CLIError(f'{where}: {kind_name} in version "{api_version}" cannot be handled as a {kind_name}: '
-                       f"{_strict_error(e)}") from None
-    if kind.namespaced and not obj.metadata.namespace and default_namespace:
-        obj.metadata.namespace = default_namespace
+        raise ValueError(str(e).split("\n")[0]) from None
     return obj
 
 
-def _short(doc) -> str:
-    return str(doc)[:80]
+def _compact(doc) -> str:
+    return json.dumps(doc, separators=(",", ":"), default=str)[:200]
 
 
-def load(paths: list[str], default_namespace: str = "") -> list[Doc]:
+def parse_doc(doc, source: str, index: int, default_namespace: str = "",
+              *, enforce_namespace: bool = False) -> Message:
+    """One decoded document: kind and apiVersion checked, namespace defaulted for namespaced kinds."""
+    if not isinstance(doc, dict):
+        raise CLIError(f'unable to decode "{source}" (document {index}): a manifest is a mapping with '
+                       f"apiVersion and kind, not {_json_type(doc)} {_compact(doc)}")
+    api_version, kind_name = doc.get("apiVersion"), doc.get("kind")
+    for key, label in (("kind", "Kind"), ("apiVersion", "apiVersion")):
+        if not doc.get(key):
+            raise CLIError(f"unable to decode \"{source}\" (document {index}): Object '{label}' is missing in "
+                           f"'{_compact(doc)}'")
+    kind = next((k for k in kinds.KINDS if k.kind == kind_name), None)
+    if kind is None or kind.api_version != api_version:
+        raise CLIError(f'unable to recognize "{source}": no matches for kind "{kind_name}" in version "{api_version}"')
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
+    try:
+        obj = decode(body, kind)
+    except ValueError as e:
+        raise CLIError(f'error parsing {source} (document {index}): {kind_name} in version "{api_version}" '
+                       f"cannot be handled as a {kind_name}: {e}") from None
+    if not kind.namespaced:
+        obj.metadata.ClearField("namespace")
+    elif not obj.metadata.namespace:
+        obj.metadata.namespace = default_namespace or "default"
+    elif enforce_namespace and default_namespace and obj.metadata.namespace != default_namespace:
+        raise CLIError(f'the namespace from the provided object "{obj.metadata.namespace}" does not match the '
+                       f'namespace "{default_namespace}". You must pass \'--namespace={obj.metadata.namespace}\' '
+                       "to perform this operation.")
+    return obj
+
+
+def read_sources(paths: list[str]) -> list[tuple[str, str]]:
+    """(name, text) for each -f: a file, `-` for stdin, or a directory's .yaml/.yml/.json files sorted."""
+    out = []
+    for p in paths:
+        try:
+            if p == "-":
+                out.append(("STDIN", sys.stdin.read()))
+                continue
+            path = Path(p)
+            if path.is_dir():
+                files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
+                out += [(str(f), f.read_text()) for f in files]
+            elif path.exists():
+                out.append((p, path.read_text()))
+            else:
+                raise CLIError(f'the path "{p}" does not exist')
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f'error reading "{p}": {e}') from None
+    return out
+
+
+def split_documents(source: str, text: str) -> list:
+    """The documents of a file: one JSON object, or a multi-document YAML stream."""
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return [json.loads(text)]
+        except ValueError:
+            pass  # YAML flow style, or broken JSON: let the YAML parser say where
+    try:
+        return list(yaml.load_all(text, Loader=_Loader))
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise CLIError(f"error parsing {source}: error converting YAML to JSON: yaml: {where}{problem}") from None
+
+
+def load(paths: list[str], default_namespace: str = "", *, enforce_namespace: bool = False,
+         verb: str = "apply") -> list[Doc]:
+    """Every object in the given files, in document order (`kind: List` items inline)."""
     docs: list[Doc] = []
     for source, text in read_sources(paths):
-        try:
-            raw = [d for d in yaml.safe_load_all(text)]
-        except yaml.YAMLError as e:
-            raise CLIError(f"error parsing {source}: {e}") from None
-        n = 0
-        for d in raw:
+        for n, d in enumerate(split_documents(source, text), 1):
             if d is None:
                 continue
-            n += 1
-            if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):
-                for item in d["items"]:
-                    docs.append(Doc(source, n, parse_doc(item, source, n, default_namespace)))
-            else:
-                docs.append(Doc(source, n, parse_doc(d, source, n, default_namespace)))
+            items = d["items"] if isinstance(d, dict) and str(d.get("kind", "")).endswith("List") and \
+                isinstance(d.get("items"), list) else [d]
+            for item in items:
+                docs.append(Doc(source, n, parse_doc(item, source, n, default_namespace,
+                                                     enforce_namespace=enforce_namespace)))
     if not docs:
-        raise CLIError("no objects passed to apply")
+        raise CLIError(f"no objects passed to {verb}")
     return docs
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def _numbers(d: dict, desc: Descriptor) -> dict:
+    """Undo protobuf's JSON quirks in place: int64 as "30" and IntOrString 80 as 80.0."""
+    for k, v in d.items():
+        f = desc.fields_by_name.get(k)
+        if f is None:
+            continue
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            val_f = f.message_type.fields_by_name["value"]
+            if val_f.message_type is not None:
+                for mv in v.values():
+                    _numbers(mv, val_f.message_type)
+            continue
+        items = v if _repeated(f) else [v]
+        if f.type in _INT64S:
+            items = [int(x) for x in items]
+        elif f.message_type is not None and f.message_type.full_name == "google.protobuf.Value":
+            items = [int(x) if isinstance(x, float) and x.is_integer() else x for x in items]
+        elif f.message_type is not None:
+            for x in items:
+                _numbers(x, f.message_type)
+            continue
+        else:
+            continue
+        d[k] = items if _repeated(f) else items[0]
+    return d
+
+
+def to_dict(obj: Message) -> dict:
+    """An object in Kubernetes' shape: apiVersion and kind first, then metadata, spec, status."""
+    k = kinds.kind_of(obj)
+    body = _numbers(json_format.MessageToDict(obj, preserving_proto_field_name=True), obj.DESCRIPTOR)
+    for part in ("spec", "status"):
+        if part in obj.DESCRIPTOR.fields_by_name and k.kind in ("Pod", "Node"):
+            body.setdefault(part, {})
+    return {"apiVersion": k.api_version, "kind": k.kind, **body}
+
+
+def from_dict(doc: dict) -> Message:
+    """The inverse of to_dict (for objects this program wrote, so not strict)."""
+    kind = next(k for k in kinds.KINDS if k.kind == doc["kind"])
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
+    return json_format.ParseDict(body, kind.message())

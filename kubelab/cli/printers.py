@@ -1,5 +1,8 @@
-"""How the CLI prints objects the way kubectl does: tables with kubectl's columns (and its
-STATUS logic for pods and nodes), ages like `5s`/`3m2s`/`5h`/`3d`, and -o yaml|json|name.
+"""How the CLI shows objects the way kubectl does: the columns of `get` (with kubectl's STATUS
+logic for pods and nodes), ages like `5s`/`3m2s`/`5h`/`3d`, -o yaml|json|name, and the
+column layout of Go's text/tabwriter that both `get` tables and `describe` pages use.
+
+Pure functions over API messages: nothing here talks to the API server.
 """
 from __future__ import annotations
 
@@ -7,20 +10,23 @@ import datetime as dt
 import json
 
 import yaml
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from kubelab import meta
 from kubelab.api import kinds
 
+from . import manifest
 
-def age(ts: str, now: dt.datetime | None = None) -> str:
-    t = meta.parse_time(ts)
-    if t is None:
-        return "<unknown>"
-    s = int(((now or meta.now()) - t).total_seconds())
+# -- time ------------------------------------------------------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's HumanDuration (k8s.io/apimachinery/pkg/util/duration)."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
     if s < 0:
-        s = 0
+        return "0s"
     if s < 120:
         return f"{s}s"
     m = s // 60
@@ -33,91 +39,162 @@ def age(ts: str, now: dt.datetime | None = None) -> str:
         return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
     if h < 48:
         return f"{h}h"
-    d = h // 24
-    if d < 8:
-        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
-    return f"{d}d" if d < 365 * 2 else f"{d // 365}y"
+    if h < 24 * 8:
+        return f"{h // 24}d{h % 24}h" if h % 24 else f"{h // 24}d"
+    if h < 24 * 365 * 2:
+        return f"{h // 24}d"
+    y, d = h // 24 // 365, h // 24 % 365
+    if h < 24 * 365 * 8:
+        return f"{y}y{d}d" if d else f"{y}y"
+    return f"{y}y"
 
 
-def pod_status(p) -> str:
-    """kubectl's STATUS column: a waiting/terminated reason beats the phase."""
+def age(ts: str, now: dt.datetime | None = None) -> str:
+    """Time since an RFC 3339 timestamp, as the AGE column shows it; `<unknown>` if unset."""
+    t = meta.parse_time(ts)
+    if t is None:
+        return "<unknown>"
+    return human_duration(((now or meta.now()) - t).total_seconds())
+
+
+def describe_time(ts: str) -> str:
+    """The long form `describe` uses (Go's RFC1123Z): `Mon, 24 Nov 2026 20:51:39 +0000`."""
+    t = meta.parse_time(ts)
+    return t.strftime("%a, %d %b %Y %H:%M:%S %z") if t else "<unset>"
+
+
+# -- pods and nodes --------------------------------------------------------------------------
+
+
+def _terminated_reason(t, prefix: str = "") -> str:
+    if t.reason:
+        return prefix + t.reason
+    return f"{prefix}Signal:{t.signal}" if t.signal else f"{prefix}ExitCode:{t.exitCode}"
+
+
+def _has_condition(p, ctype: str) -> bool:
+    return any(c.type == ctype and c.status == "True" for c in p.status.conditions)
+
+
+def pod_summary(p) -> tuple[str, int, int, int]:
+    """(STATUS, ready, total, restarts) computed as kubectl's printPod does."""
+    init_specs = {c.name: c for c in p.spec.initContainers}
+    total = len(p.spec.containers) + sum(1 for c in p.spec.initContainers if c.restartPolicy == "Always")
+    ready = restarts = sidecar_restarts = 0
     reason = p.status.reason or p.status.phase or "Pending"
-    inits = list(p.spec.initContainers)
+    initializing = False
     for i, cs in enumerate(p.status.initContainerStatuses):
-        sidecar = i < len(inits) and inits[i].restartPolicy == "Always"
+        restarts += cs.restartCount
         st = cs.state
+        sidecar = init_specs.get(cs.name) is not None and init_specs[cs.name].restartPolicy == "Always"
         if st.HasField("terminated") and st.terminated.exitCode == 0:
             continue
+        if sidecar:
+            sidecar_restarts += cs.restartCount
         if sidecar and cs.started:
+            ready += 1 if cs.ready else 0
             continue
+        initializing = True
         if st.HasField("terminated"):
-            reason = "Init:" + (st.terminated.reason or f"ExitCode:{st.terminated.exitCode}")
+            reason = _terminated_reason(st.terminated, "Init:")
         elif st.HasField("waiting") and st.waiting.reason and st.waiting.reason != "PodInitializing":
             reason = "Init:" + st.waiting.reason
         else:
-            reason = f"Init:{i}/{len(inits)}"
+            reason = f"Init:{i}/{len(p.spec.initContainers)}"
         break
-    else:
-        running = False
+    if not initializing or _has_condition(p, "Initialized"):
+        restarts = sidecar_restarts  # once initialized, kubectl counts the app containers (and sidecars)
+        has_running = False
         for cs in reversed(p.status.containerStatuses):
+            restarts += cs.restartCount
             st = cs.state
             if st.HasField("waiting") and st.waiting.reason:
                 reason = st.waiting.reason
-            elif st.HasField("terminated") and st.terminated.reason:
-                reason = st.terminated.reason
             elif st.HasField("terminated"):
-                reason = f"Signal:{st.terminated.signal}" if st.terminated.signal else f"ExitCode:{st.terminated.exitCode}"
-            elif st.HasField("running") and cs.ready:
-                running = True
-        if reason == "Completed" and running:
-            reason = "Running"
+                reason = _terminated_reason(st.terminated)
+            elif cs.ready and st.HasField("running"):
+                has_running = True
+                ready += 1
+        if reason == "Completed" and has_running:
+            reason = "Running" if any(c.type == "Ready" for c in p.status.conditions) else "NotReady"
     if p.metadata.deletionTimestamp:
-        reason = "Unknown" if p.status.reason == "NodeLost" else "Terminating"
-    return reason
+        if p.status.reason == "NodeLost":
+            reason = "Unknown"
+        elif p.status.phase not in ("Succeeded", "Failed"):
+            reason = "Terminating"
+    return reason, ready, total, restarts
+
+
+def pod_status(p) -> str:
+    return pod_summary(p)[0]
 
 
 def pod_ready(p) -> str:
-    total = len(p.spec.containers) + sum(1 for c in p.spec.initContainers if c.restartPolicy == "Always")
-    ready = sum(1 for cs in p.status.containerStatuses if cs.ready)
-    ready += sum(1 for cs in p.status.initContainerStatuses if cs.ready)
+    _, ready, total, _ = pod_summary(p)
     return f"{ready}/{total}"
 
 
-def pod_restarts(p) -> str:
-    return str(sum(cs.restartCount for cs in p.status.containerStatuses) +
-               sum(cs.restartCount for cs in p.status.initContainerStatuses))
+def pod_restarts(p, now: dt.datetime | None = None) -> str:
+    """RESTARTS, with kubectl's `(5m ago)` for the most recent container exit."""
+    n = pod_summary(p)[3]
+    times = (meta.parse_time(cs.lastState.terminated.finishedAt)
+             for cs in [*p.status.initContainerStatuses, *p.status.containerStatuses] if cs.restartCount)
+    last = max((t for t in times if t is not None), default=None)
+    if n and last is not None:
+        return f"{n} ({human_duration(((now or meta.now()) - last).total_seconds())} ago)"
+    return str(n)
 
 
 def node_status(n) -> str:
     ready = next((c for c in n.status.conditions if c.type == "Ready"), None)
-    s = "Ready" if ready is not None and ready.status == "True" else (
-        "NotReady" if ready is not None else "Unknown")
-    if n.spec.unschedulable:
-        s += ",SchedulingDisabled"
-    return s
+    s = "Unknown" if ready is None else ("Ready" if ready.status == "True" else "NotReady")
+    return s + ",SchedulingDisabled" if n.spec.unschedulable else s
 
 
 def node_roles(n) -> str:
-    roles = sorted(k.split("/", 1)[1] for k in n.metadata.labels if k.startswith("node-role.kubernetes.io/"))
-    return ",".join(r for r in roles if r) or "<none>"
+    roles = {k.split("/", 1)[1] for k in n.metadata.labels if k.startswith("node-role.kubernetes.io/")}
+    if n.metadata.labels.get("kubernetes.io/role"):
+        roles.add(n.metadata.labels["kubernetes.io/role"])
+    return ",".join(sorted(r for r in roles if r)) or "<none>"
 
 
 def node_ip(n, kind: str = "InternalIP") -> str:
     return next((a.address for a in n.status.addresses if a.type == kind), "<none>")
 
 
-def _columns(kind: str, wide: bool):
+def event_object(e) -> str:
+    o = e.involvedObject
+    return f"{o.kind.lower()}/{o.name}" if o.name else o.kind.lower()
+
+
+def event_last_seen(e, now: dt.datetime | None = None) -> str:
+    first = age(e.firstTimestamp or e.eventTime or e.metadata.creationTimestamp, now)
+    last = age(e.lastTimestamp, now) if e.lastTimestamp else first
+    return f"{last} (x{e.count} over {first})" if e.count > 1 else last
+
+
+# -- get tables ------------------------------------------------------------------------------
+
+def _name(o):
+    return o.metadata.name
+
+
+def _age(o):
+    return age(o.metadata.creationTimestamp)
+
+
+def columns(kind: str, wide: bool) -> list[tuple[str, object]]:
+    """(header, cell function) for each column `kubectl get` shows for this kind."""
     if kind == "Pod":
-        cols = [("NAME", lambda o: o.metadata.name), ("READY", pod_ready), ("STATUS", pod_status),
-                ("RESTARTS", pod_restarts), ("AGE", lambda o: age(o.metadata.creationTimestamp))]
+        cols = [("NAME", _name), ("READY", pod_ready), ("STATUS", pod_status), ("RESTARTS", pod_restarts),
+                ("AGE", _age)]
         if wide:
             cols += [("IP", lambda o: o.status.podIP or "<none>"), ("NODE", lambda o: o.spec.nodeName or "<none>"),
                      ("NOMINATED NODE", lambda o: o.status.nominatedNodeName or "<none>"),
                      ("READINESS GATES", lambda o: "<none>")]
         return cols
     if kind == "Node":
-        cols = [("NAME", lambda o: o.metadata.name), ("STATUS", node_status), ("ROLES", node_roles),
-                ("AGE", lambda o: age(o.metadata.creationTimestamp)),
+        cols = [("NAME", _name), ("STATUS", node_status), ("ROLES", node_roles), ("AGE", _age),
                 ("VERSION", lambda o: o.status.nodeInfo.kubeletVersion)]
         if wide:
             cols += [("INTERNAL-IP", node_ip), ("EXTERNAL-IP", lambda o: node_ip(o, "ExternalIP")),
@@ -126,60 +203,117 @@ def _columns(kind: str, wide: bool):
                      ("CONTAINER-RUNTIME", lambda o: o.status.nodeInfo.containerRuntimeVersion or "<unknown>")]
         return cols
     if kind == "Namespace":
-        return [("NAME", lambda o: o.metadata.name), ("STATUS", lambda o: o.status.phase or "Active"),
-                ("AGE", lambda o: age(o.metadata.creationTimestamp))]
+        return [("NAME", _name), ("STATUS", lambda o: o.status.phase or "Active"), ("AGE", _age)]
     if kind == "Lease":
-        return [("NAME", lambda o: o.metadata.name), ("HOLDER", lambda o: o.spec.holderIdentity),
-                ("AGE", lambda o: age(o.metadata.creationTimestamp))]
+        return [("NAME", _name), ("HOLDER", lambda o: o.spec.holderIdentity), ("AGE", _age)]
     if kind == "Event":
-        return [("LAST SEEN", lambda o: age(o.lastTimestamp or o.eventTime or o.metadata.creationTimestamp)),
-                ("TYPE", lambda o: o.type), ("REASON", lambda o: o.reason),
-                ("OBJECT", lambda o: f"{o.involvedObject.kind.lower()}/{o.involvedObject.name}"),
-                ("MESSAGE", lambda o: o.message)]
-    return [("NAME", lambda o: o.metadata.name), ("AGE", lambda o: age(o.metadata.creationTimestamp))]
+        if wide:
+            return [("LAST SEEN", event_last_seen), ("TYPE", lambda o: o.type), ("REASON", lambda o: o.reason),
+                    ("OBJECT", event_object), ("SUBOBJECT", lambda o: o.involvedObject.fieldPath),
+                    ("SOURCE", lambda o: o.source.component or o.reportingComponent),
+                    ("MESSAGE", lambda o: o.message.strip()),
+                    ("FIRST SEEN", lambda o: age(o.firstTimestamp or o.eventTime)),
+                    ("COUNT", lambda o: o.count), ("NAME", _name)]
+        return [("LAST SEEN", event_last_seen), ("TYPE", lambda o: o.type), ("REASON", lambda o: o.reason),
+                ("OBJECT", event_object), ("MESSAGE", lambda o: o.message.strip())]
+    return [("NAME", _name), ("AGE", _age)]
 
 
 def table_rows(objs: list[Message], *, wide: bool = False, with_namespace: bool = False,
-               headers: bool = True) -> list[list[str]]:
+               headers: bool = True, show_labels: bool = False) -> list[list[str]]:
+    """The cells of `kubectl get`'s table (header row first unless headers=False)."""
     if not objs:
         return []
-    cols = _columns(kinds.kind_of(objs[0]).kind, wide)
+    cols = columns(kinds.kind_of(objs[0]).kind, wide)
     if with_namespace:
         cols = [("NAMESPACE", lambda o: o.metadata.namespace)] + cols
+    if show_labels:
+        cols = cols + [("LABELS", lambda o: ",".join(f"{k}={v}" for k, v in sorted(o.metadata.labels.items()))
+                        or "<none>")]
     rows = [[h for h, _ in cols]] if headers else []
     rows += [[str(f(o)) for _, f in cols] for o in objs]
     return rows
 
 
-def format_table(rows: list[list[str]], widths: list[int] | None = None) -> str:
+def format_table(rows: list[list[str]], widths: list[int] | None = None, *, pad: int = 3,
+                 minwidth: int = 6) -> str:
+    """Columns as kubectl's tabwriter lays them out (cell + 3 spaces, at least 6 wide).
+
+    Pass the same `widths` list for later rows (get -w): widths only grow, as with Go's
+    tabwriter.RememberWidths, so a row printed later lines up with the header.
+    """
     if not rows:
         return ""
-    widths = widths or [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
+    widths = widths if widths is not None else []
     for r in rows:
-        out.append("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(out)
+        for i, cell in enumerate(r[:-1]):
+            w = max(len(cell) + pad, minwidth)
+            if i >= len(widths):
+                widths.append(w)
+            elif w > widths[i]:
+                widths[i] = w
+    return "\n".join("".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + r[-1] for r in rows)
 
 
-def to_dict(obj: Message) -> dict:
-    """An object in Kubernetes' shape: apiVersion and kind first, then metadata, spec, status."""
-    k = kinds.kind_of(obj)
-    body = json_format.MessageToDict(obj, preserving_proto_field_name=True)
-    if k.kind == "Pod" or k.kind == "Node":
-        body.setdefault("spec", {})
-        body.setdefault("status", {})
-    return {"apiVersion": k.api_version, "kind": k.kind, **body}
+def tabwrite(lines: list[str], *, pad: int = 2) -> str:
+    """Go's text/tabwriter over `\\t`-separated cells, as `kubectl describe` uses it.
+
+    A column is aligned over a block of consecutive lines that all have a cell in it; a line
+    with fewer cells ends the block. The last cell of a line is never padded.
+    """
+    rows = [line.split("\t") for line in lines]
+    widths: list[list[int]] = [[] for _ in rows]
+
+    def block(start: int, end: int, col: int) -> None:
+        i = start
+        while i < end:
+            if col >= len(rows[i]) - 1:
+                i += 1
+                continue
+            j = i
+            while j < end and col < len(rows[j]) - 1:
+                j += 1
+            w = max(len(rows[k][col]) for k in range(i, j)) + pad
+            for k in range(i, j):
+                widths[k].append(w)
+            block(i, j, col + 1)
+            i = j
+
+    block(0, len(rows), 0)
+    return "\n".join("".join(c.ljust(w) for c, w in zip(r[:-1], ws)) + r[-1] for r, ws in zip(rows, widths))
+
+
+# -- -o yaml|json|name ------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML as kubectl (go-yaml) writes it: a string that would read back as another type
+    ("22", "true", a timestamp) in double quotes, a multi-line one as a literal block."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str):
+    style = None
+    if "\n" in data and not any(line != line.rstrip() for line in data.split("\n")):
+        style = "|"
+    elif dumper.resolve(yaml.ScalarNode, data, (True, False)) != "tag:yaml.org,2002:str":
+        style = '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def to_list(objs: list[Message]) -> dict:
-    return {"apiVersion": "v1", "items": [to_dict(o) for o in objs], "kind": "List",
+    return {"apiVersion": "v1", "items": [manifest.to_dict(o) for o in objs], "kind": "List",
             "metadata": {"resourceVersion": ""}}
 
 
 def dump(objs: list[Message], fmt: str, *, single: bool) -> str:
+    """-o name|json|yaml: one object as itself when single, otherwise a `kind: List`."""
     if fmt == "name":
         return "\n".join(f"{kinds.kind_of(o).singular}/{o.metadata.name}" for o in objs)
-    doc = to_dict(objs[0]) if single and len(objs) == 1 else to_list(objs)
+    doc = manifest.to_dict(objs[0]) if single and len(objs) == 1 else to_list(objs)
     if fmt == "json":
         return json.dumps(doc, indent=4)
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip()
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=True, default_flow_style=False, allow_unicode=True,
+                     width=1 << 16).rstrip()

@@ -1,100 +1,223 @@
-"""The CLI as a user types it, against a real control plane (subprocesses all the way)."""
+"""The `kubelab` CLI as a user runs it: a real `kubelab control-plane` (etcd, API server,
+scheduler, controller manager) and, where pods must run, `kubelab hollow-nodes`; every
+command is a subprocess, checked for kubectl's output, wording and exit codes.
+
+Uses the `control_plane` fixture (tests/integration/conftest.py): an object with `.config`
+(the admin client config) and `.env` (environment with KUBELAB_CONFIG set).
+"""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
+import pytest
 import yaml
 
+KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 
-def test_lecture_walkthrough(control_plane):
-    k = control_plane.kubelab
-    out = k("get", "ns").stdout
-    for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
-        assert ns in out
-    assert k("create", "ns", "dev").stdout.strip() == "namespace/dev created"
-    r = k("create", "ns", "dev", check=False)
-    assert r.returncode == 1 and r.stderr.strip() == 'Error from server (AlreadyExists): namespaces "dev" already exists'
-    assert k("run", "nginx", "--image=nginx", "-n", "dev").stdout.strip() == "pod/nginx created"
-    lines = k("get", "pods", "-n", "dev").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-    assert lines[1].split()[:4] == ["nginx", "0/1", "Pending", "0"]
-    pod = json.loads(k("get", "pod", "nginx", "-n", "dev", "-o", "json").stdout)
-    assert pod["apiVersion"] == "v1" and pod["kind"] == "Pod"
+
+def kl(cp, *args, ok: bool | None = True, stdin: str | None = None, env: dict | None = None,
+       timeout: float = 120) -> subprocess.CompletedProcess:
+    r = subprocess.run(KUBELAB + list(args), env=env or cp.env, input=stdin, capture_output=True, text=True,
+                       timeout=timeout)
+    assert "Traceback" not in r.stderr, r.stderr
+    if ok is True:
+        assert r.returncode == 0, f"kubelab {' '.join(args)}: {r.stderr}"
+    elif ok is False:
+        assert r.returncode == 1, f"kubelab {' '.join(args)} exited {r.returncode}: {r.stdout} {r.stderr}"
+    return r
+
+
+def until(pred, timeout: float = 60, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def hollow(control_plane, tmp_path_factory):
+    """One simulated node, so that pods get scheduled and reported Running."""
+    log = open(tmp_path_factory.mktemp("hollow") / "hollow.log", "wb")
+    p = subprocess.Popen(KUBELAB + ["hollow-nodes", "--count", "1"], env=control_plane.env, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        until(lambda: " Ready " in kl(control_plane, "get", "nodes", ok=None).stdout, what="a Ready hollow node")
+        yield "hollow-node-0"
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_namespaces_create_get_and_errors(control_plane):
+    cp = control_plane
+    out = kl(cp, "get", "ns").stdout
+    assert out.splitlines()[0].split() == ["NAME", "STATUS", "AGE"]
+    for n in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        assert f"\n{n} " in out
+    assert kl(cp, "create", "ns", "cli-a").stdout == "namespace/cli-a created\n"
+    assert kl(cp, "create", "namespace", "cli-a", ok=False).stderr == \
+        'Error from server (AlreadyExists): namespaces "cli-a" already exists\n'
+    assert kl(cp, "create", "ns", "Bad_Name", ok=False).stderr.startswith(
+        'Error from server (Invalid): namespaces "Bad_Name" is invalid: metadata.name')
+    assert kl(cp, "get", "pod", "nosuch", "-n", "cli-a", ok=False).stderr == \
+        'Error from server (NotFound): pods "nosuch" not found\n'
+    assert kl(cp, "get", "foo", ok=False).stderr == 'error: the server doesn\'t have a resource type "foo"\n'
+    empty = kl(cp, "get", "pods", "-n", "cli-a")
+    assert empty.stdout == "" and empty.stderr == "No resources found in cli-a namespace.\n"
+    assert kl(cp, "get", "ns", "cli-a", "-o", "name").stdout == "namespace/cli-a\n"
+
+
+def test_run_then_get_in_every_output(control_plane):
+    cp = control_plane
+    kl(cp, "create", "ns", "cli-run")
+    assert kl(cp, "run", "nginx", "--image=nginx", "-n", "cli-run", "--port", "80", "--env", "A=1",
+              "--", "nginx", "-g", "daemon off;").stdout == "pod/nginx created\n"
+    rows = kl(cp, "get", "pods", "-n", "cli-run").stdout.splitlines()
+    assert rows[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert rows[1].split()[:3] == ["nginx", "0/1", "Pending"]  # no node yet
+    pod = json.loads(kl(cp, "get", "pod", "nginx", "-n", "cli-run", "-o", "json").stdout)
+    assert (pod["apiVersion"], pod["kind"]) == ("v1", "Pod")
     assert pod["metadata"]["labels"] == {"run": "nginx"}
-    assert pod["spec"]["containers"][0]["image"] == "nginx"
-    assert k("get", "pods", "-n", "dev", "-o", "name").stdout.strip() == "pod/nginx"
-    wide = k("get", "pods", "-A", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide[:2] == ["NAMESPACE", "NAME"] and "IP" in wide and "NODE" in wide
+    c = pod["spec"]["containers"][0]
+    assert (c["name"], c["image"], c["args"], c["ports"][0]["containerPort"]) == \
+        ("nginx", "nginx", ["nginx", "-g", "daemon off;"], 80)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 30  # a number, as in Kubernetes
+    listed = yaml.safe_load(kl(cp, "get", "pods", "-A", "-o", "yaml").stdout)
+    assert listed["kind"] == "List" and any(p["metadata"]["name"] == "nginx" for p in listed["items"])
+    wide = kl(cp, "get", "pods", "-A", "-o", "wide").stdout.splitlines()[0].split()
+    assert wide[:2] == ["NAMESPACE", "NAME"] and wide[-2:] == ["READINESS", "GATES"]
+    assert kl(cp, "get", "po", "-n", "cli-run", "-l", "run=nginx", "-o", "name").stdout == "pod/nginx\n"
+    assert kl(cp, "get", "po", "-n", "cli-run", "-l", "run=other", ok=None).stdout == ""
+    page = kl(cp, "describe", "pod", "nginx", "-n", "cli-run").stdout.splitlines()
+    field = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in page if ":" in line}
+    assert (field["Name"], field["Namespace"], field["Node"], field["Status"]) == ("nginx", "cli-run", "<none>",
+                                                                                 "Pending")
+    assert field["Port"] == "80/TCP" and field["A"] == "1"
+    args = page.index("    Args:")
+    assert page[args + 1:args + 4] == ["      nginx", "      -g", "      daemon off;"]  # one per line, as kubectl
+    assert page[-1].startswith("  Warning  FailedScheduling ") or page[-1].startswith("Events:")
 
 
-def test_errors_read_like_kubectl(control_plane):
-    k = control_plane.kubelab
-    r = k("get", "pod", "nosuch", "-n", "default", check=False)
-    assert r.returncode == 1 and r.stderr.strip() == 'Error from server (NotFound): pods "nosuch" not found'
-    r = k("create", "ns", "Bad_Name", check=False)
-    assert r.returncode == 1 and r.stderr.startswith('Error from server (Invalid): namespaces "Bad_Name" is invalid: metadata.name')
-    r = k("get", "widgets", check=False)
-    assert r.returncode == 1 and r.stderr.strip() == 'error: the server doesn\'t have a resource type "widgets"'
-    r = k("get", "pods", "-n", "empty-ns-nobody-made", check=False)
-    assert r.returncode == 0 and "No resources found in empty-ns-nobody-made namespace." in r.stderr
-    r = control_plane.kubelab("get", "ns", "--config", "/nonexistent/config", check=False)
-    assert r.returncode == 1 and "config /nonexistent/config: file not found" in r.stderr
-    assert "Traceback" not in r.stderr
+MANIFEST = """apiVersion: v1
+kind: Namespace
+metadata:
+  name: cli-apply
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: cli-apply
+  labels: {app: web, version: 1}
+spec:
+  containers:
+  - name: c
+    image: busybox:1
+    resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 134217728}}
+"""
 
 
-def test_apply_multi_document_create_configure_unchanged(control_plane, tmp_path):
-    k = control_plane.kubelab
-    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "applied"}}]
-    docs += [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}", "namespace": "applied",
-                                                             "labels": {"app": "many"}},
-              "spec": {"containers": [{"name": "c", "image": "busybox",
-                                       "resources": {"requests": {"cpu": "10m", "memory": 16777216}}}]}}
-             for i in range(20)]
+def test_apply_create_unchanged_configured_and_rejected(control_plane, tmp_path):
+    cp = control_plane
+    f = tmp_path / "web.yaml"
+    f.write_text(MANIFEST)
+    assert kl(cp, "apply", "-f", str(f)).stdout == "namespace/cli-apply created\npod/web created\n"
+    assert kl(cp, "apply", "-f", str(f)).stdout == "namespace/cli-apply unchanged\npod/web unchanged\n"
+    f.write_text(MANIFEST.replace("busybox:1", "busybox:2"))
+    assert kl(cp, "apply", "-f", str(f)).stdout == "namespace/cli-apply unchanged\npod/web configured\n"
+    pod = json.loads(kl(cp, "get", "pod", "web", "-n", "cli-apply", "-o", "json").stdout)
+    assert pod["spec"]["containers"][0]["image"] == "busybox:2"
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"memory": "134217728"}
+    f.write_text(MANIFEST.replace("version: 1", "version: 1, extra: 'yes'"))
+    assert kl(cp, "apply", "-f", str(f)).stdout == "namespace/cli-apply unchanged\npod/web configured\n"
+    assert kl(cp, "get", "pods", "-n", "cli-apply", "-l", "extra=yes", "-o", "name").stdout == "pod/web\n"
+    f.write_text(MANIFEST.replace("- name: c\n", "- name: d\n"))  # a pod's containers cannot change
+    r = kl(cp, "apply", "-f", str(f), ok=False)
+    assert r.stdout == "namespace/cli-apply unchanged\n"
+    assert r.stderr.startswith(f'Error from server (Invalid): error when applying "{f}": pods "web" is invalid')
+    bad = kl(cp, "apply", "-f", "-", stdin=MANIFEST.replace("image:", "imagee:"), ok=False)
+    assert bad.stderr == ('error: error parsing STDIN (document 2): Pod in version "v1" cannot be handled as a Pod: '
+                          'strict decoding error: unknown field "spec.containers[0].imagee"\n')
+    assert kl(cp, "create", "-f", str(f), ok=False).stderr.startswith(
+        f'Error from server (AlreadyExists): error when creating "{f}": namespaces "cli-apply" already exists')
+
+
+def test_apply_many_pods_keeps_document_order(control_plane, tmp_path):
+    cp = control_plane
+    docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: cli-many}\n"] + [
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: cli-many, labels: {{app: many}}}}\n"
+        f"spec: {{containers: [{{name: c, image: busybox}}]}}\n" for i in range(120)]
+    # the namespace comes last in the file: apply still writes it before the pods that live in it
     f = tmp_path / "many.yaml"
-    f.write_text(yaml.safe_dump_all(docs))
-    out = k("apply", "-f", str(f)).stdout.splitlines()
-    assert out[0] == "namespace/applied created" and out[1:] == [f"pod/p{i} created" for i in range(20)]
-    out = k("apply", "-f", str(f)).stdout.splitlines()
-    assert set(out) == {"namespace/applied unchanged"} | {f"pod/p{i} unchanged" for i in range(20)}
-    docs[1]["metadata"]["labels"]["extra"] = "yes"
-    f.write_text(yaml.safe_dump_all(docs))
-    out = k("apply", "-f", str(f)).stdout.splitlines()
-    assert "pod/p0 configured" in out and "pod/p1 unchanged" in out
-    assert "p0" in k("get", "pods", "-n", "applied", "-l", "extra=yes").stdout
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n  - name: c\n    imagee: busybox\n")
-    r = k("apply", "-f", str(bad), check=False)
-    assert r.returncode == 1 and 'unknown field "spec.containers[0].imagee"' in r.stderr
+    f.write_text("---\n".join(docs[1:] + docs[:1]))
+    out = kl(cp, "apply", "-f", str(f)).stdout.splitlines()
+    assert out == [f"pod/p{i} created" for i in range(120)] + ["namespace/cli-many created"]
+    assert len(kl(cp, "get", "pods", "-n", "cli-many", "-l", "app=many", "--no-headers").stdout.splitlines()) == 120
 
 
-def test_describe_and_delete(control_plane):
-    k = control_plane.kubelab
-    k("create", "ns", "desc")
-    k("run", "web", "--image=busybox", "-n", "desc", "--port", "8080", "--env", "MODE=test", "--", "sleep", "3600")
-    out = k("describe", "pod", "web", "-n", "desc").stdout
-    assert "Name:               web" in out and "Namespace:          desc" in out
-    assert "Port:           8080/TCP" in out and "MODE:  test" in out and "Args:           sleep 3600" in out
-    assert "Events:" in out
-    assert k("delete", "pod", "web", "-n", "desc").stdout.strip() == 'pod "web" deleted'
-    r = k("get", "pod", "web", "-n", "desc", check=False)
-    assert r.returncode == 1
-    assert k("delete", "ns", "desc").stdout.strip() == 'namespace "desc" deleted'
-    r = k("get", "ns", "desc", check=False)
-    assert r.returncode == 1 and "NotFound" in r.stderr
+def test_scheduled_pod_describe_and_delete(control_plane, hollow):
+    cp = control_plane
+    kl(cp, "create", "ns", "cli-life")
+    kl(cp, "run", "web", "--image=nginx", "-n", "cli-life")
+    until(lambda: "Running" in kl(cp, "get", "pods", "-n", "cli-life").stdout, what="web Running")
+    wide = kl(cp, "get", "pods", "-n", "cli-life", "-o", "wide").stdout.splitlines()[1].split()
+    assert wide[6] == hollow
+    page = until(lambda: (lambda t: t if "Scheduled" in t else None)(
+        kl(cp, "describe", "pod", "web", "-n", "cli-life").stdout), what="a Scheduled event")
+    for line in ("Name:", "Namespace:", "Node:", "Containers:", "Conditions:", "Events:", "Tolerations:"):
+        assert any(row.startswith(line) for row in page.splitlines()), line
+    assert f"Successfully assigned cli-life/web to {hollow}" in page
+    node = kl(cp, "describe", "node", hollow).stdout
+    assert "Non-terminated Pods:" in node and "cli-life" in node and "HolderIdentity:" in node
+    assert kl(cp, "delete", "pod", "web", "-n", "cli-life").stdout == 'pod "web" deleted\n'
+    # kubectl's delete waits until the pod is gone
+    assert kl(cp, "get", "pod", "web", "-n", "cli-life", ok=False).stderr.startswith("Error from server (NotFound)")
+    assert kl(cp, "delete", "ns", "cli-life").stdout == 'namespace "cli-life" deleted\n'
+    kl(cp, "get", "ns", "cli-life", ok=False)
 
 
-def test_get_watch_prints_changes(control_plane):
-    import subprocess
-    from .conftest import KUBELAB
-    control_plane.kubelab("create", "ns", "watched")
-    p = subprocess.Popen(KUBELAB + ["get", "pods", "-n", "watched", "-w"], env=control_plane.env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_watch_prints_a_row_per_change(control_plane):
+    cp = control_plane
+    kl(cp, "create", "ns", "cli-watch")
+    w = subprocess.Popen(KUBELAB + ["get", "pods", "-n", "cli-watch", "-w"], env=cp.env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
-        control_plane.kubelab("run", "w1", "--image=busybox", "-n", "watched")
-        time.sleep(1.5)
+        kl(cp, "run", "w1", "--image=busybox", "-n", "cli-watch")
+        lines = []
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(line.startswith("w1 ") for line in lines):
+            lines.append(w.stdout.readline())
+        assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        assert any(line.startswith("w1 ") for line in lines)
     finally:
-        p.terminate()
-        out, _ = p.communicate(timeout=10)
-    assert "w1" in out and "Pending" in out
+        w.send_signal(signal.SIGINT)
+        try:
+            w.wait(10)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+    assert "Traceback" not in w.stderr.read()
+
+
+def test_config_and_connection_errors(control_plane, tmp_path):
+    cp = control_plane
+    missing = kl(cp, "get", "ns", env={**cp.env, "KUBELAB_CONFIG": str(tmp_path / "nope.conf")}, ok=False)
+    assert missing.stderr.startswith("error: config ")
+    conf = yaml.safe_load(open(cp.config))
+    conf["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
+    (tmp_path / "down.conf").write_text(yaml.safe_dump(conf))
+    down = kl(cp, "get", "ns", "--config", str(tmp_path / "down.conf"), ok=False)
+    assert down.stderr.startswith("error: the server at 127.0.0.1:1 is unavailable: ")
