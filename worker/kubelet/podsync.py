@@ -140,7 +140,7 @@ class PodSyncer:
             state.pod_ip, state.netns_path = self.node_ip, None
         else:
             net = await self.network.setup_pod(pod.metadata.uid, pod.metadata.name, pod.metadata.namespace)
-            state.pod_ip, state.netns_path = net.ip, net.netns_path
+            state.pod_ip, state.netns_path = net.ip, str(net.netns_path)
         state.sandbox_ready = True
 
     def pod_dir(self, uid: str) -> Path:
@@ -268,7 +268,7 @@ class PodSyncer:
             mounts=self.mounts(pod, c),
             cpu_millis=quantity.milli(limits["cpu"]) if "cpu" in limits else None,
             memory_bytes=quantity.value(limits["memory"]) if "memory" in limits else None,
-            log_path=log_path, pod_ip=state.pod_ip or None,
+            log_path=str(log_path), pod_ip=state.pod_ip or None,
             labels={LABEL_UID: pod.metadata.uid, LABEL_NAME: pod.metadata.name, LABEL_NS: pod.metadata.namespace,
                     LABEL_CONTAINER: c.name, LABEL_ATTEMPT: str(attempt)})
 
