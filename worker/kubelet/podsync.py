@@ -275,7 +275,8 @@ class PodSyncer:
     async def _probe(self, pod, c: v1.Container, running, state) -> float:
         key = (pod.metadata.uid, c.name)
         probes = self.probes.setdefault(key, prober.ContainerProbes())
-        started_at = (meta.parse_time(running.started_at) or meta.now()).timestamp()
+        started_at = running.started_at if isinstance(running.started_at, (int, float)) and running.started_at \
+            else (meta.parse_time(str(running.started_at or "")) or meta.now()).timestamp()
         started_mono = time.monotonic() - max(0.0, time.time() - started_at)
 
         async def exec_fn(cmd):
