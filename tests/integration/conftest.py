@@ -17,6 +17,7 @@ import pytest
 from kubelab import pki
 from kubelab.client.client import Client
 from kubelab.client.config import ClientConfig, write_config
+from kubelab.errors import ApiError
 from kubelab.etcd.client import EtcdClient
 from kubelab.etcd.server import EtcdServer
 from master.apiserver.server import APIServer, Options
@@ -170,10 +171,13 @@ async def wait_for(pred, timeout: float = 30.0, interval: float = 0.1, what: str
     end = time.monotonic() + timeout
     last = None
     while time.monotonic() < end:
-        last = pred()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
+        try:
+            last = pred()
+            if asyncio.iscoroutine(last):
+                last = await last
+        except ApiError as e:  # not there yet (NotFound, a restarting server): keep polling
+            last = e
+        if last and not isinstance(last, ApiError):
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

@@ -128,11 +128,11 @@ class Kubelet:
                     log.info("static pod %s/%s from %s", pod.metadata.namespace, pod.metadata.name, self.cfg.manifest_dir)
                 self.status.static.add(uid)
                 self.workers.update(uid, pod)
-            for uid in set(self.static_pods) - set(found):
-                old = self.static_pods[uid]
-                self.workers.update(uid, None)
+            removed = [self.static_pods[uid] for uid in set(self.static_pods) - set(found)]
+            self.static_pods = found  # before deleting mirrors: their DELETED events re-check this
+            for old in removed:
+                self.workers.update(old.metadata.uid, None)
                 await self._delete_mirror(old)
-            self.static_pods = found
             await self._ensure_mirrors()
             await asyncio.sleep(self.cfg.static_scan_interval)
 

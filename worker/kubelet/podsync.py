@@ -222,7 +222,7 @@ class PodSyncer:
             self.recorder.event(pod, "Warning", "Failed", f"Error: failed to start container {c.name}: {e}")
             return 1.0
         self.waiting.pop(key, None)
-        self.probes[key] = prober.ContainerProbes()
+        self.probes[key] = self.fresh_probes(c)
         self.recorder.event(pod, "Normal", "Started", f"Started container {c.name}")
         return 1.0
 
@@ -272,9 +272,21 @@ class PodSyncer:
             labels={LABEL_UID: pod.metadata.uid, LABEL_NAME: pod.metadata.name, LABEL_NS: pod.metadata.namespace,
                     LABEL_CONTAINER: c.name, LABEL_ATTEMPT: str(attempt)})
 
+    @staticmethod
+    def fresh_probes(c: v1.Container) -> prober.ContainerProbes:
+        """A container with a readiness (startup) probe is not ready (started) until it passes."""
+        p = prober.ContainerProbes()
+        if c.HasField("readinessProbe"):
+            p.readiness.result = False
+        if c.HasField("startupProbe"):
+            p.startup.result = False
+        return p
+
     async def _probe(self, pod, c: v1.Container, running, state) -> float:
         key = (pod.metadata.uid, c.name)
-        probes = self.probes.setdefault(key, prober.ContainerProbes())
+        probes = self.probes.get(key)
+        if probes is None:  # adopted after a kubelet restart: probe from scratch
+            probes = self.probes[key] = self.fresh_probes(c)
         started_at = running.started_at if isinstance(running.started_at, (int, float)) and running.started_at \
             else (meta.parse_time(str(running.started_at or "")) or meta.now()).timestamp()
         started_mono = time.monotonic() - max(0.0, time.time() - started_at)
@@ -283,7 +295,7 @@ class PodSyncer:
             return await self.exec_capture(running.id, cmd)
         if c.HasField("startupProbe") and probes.startup.result is not True:
             await prober.step(probes.startup, c.startupProbe, c, state.pod_ip, exec_fn, started_mono)
-            if probes.startup.result is False:
+            if probes.startup.failures >= (c.startupProbe.failureThreshold or 3):
                 return await self._unhealthy(pod, c, running, "Startup", probes.startup.message)
             return 1.0
         if c.HasField("livenessProbe"):
@@ -303,7 +315,7 @@ class PodSyncer:
         self.recorder.event(pod, "Warning", "Unhealthy", f"{which} probe failed: {message}")
         self.recorder.event(pod, "Normal", "Killing",
                             f"Container {c.name} failed {which.lower()} probe, will be restarted")
-        self.probes[(pod.metadata.uid, c.name)] = prober.ContainerProbes()
+        self.probes[(pod.metadata.uid, c.name)] = self.fresh_probes(c)
         await self.runtime.stop(running.id, self.grace(pod))
         return 0.5
 
