@@ -240,6 +240,16 @@ async def main(args) -> int:
         finally:
             await cluster.stop()
         await bench_scheduling(root, args.sched_pods, args.nodes, args.concurrency, raw_txn)
+        if not args.no_kubelet:
+            from bench import podstartup
+            node_cluster = Cluster(root / "node-cluster")
+            await node_cluster.start()
+            try:
+                node_cluster.spawn("scheduler", "--config", str(node_cluster.config), "--leader-elect", "false")
+                node_cluster.spawn("controller-manager", "--config", str(node_cluster.config), "--leader-elect", "false")
+                await podstartup.run(node_cluster, report, pods=args.startup_pods)
+            finally:
+                await node_cluster.stop()
     lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
     Path(__file__).with_name("last-run.md").write_text(
@@ -259,4 +269,6 @@ if __name__ == "__main__":
     ap.add_argument("--events", type=int, default=100)
     ap.add_argument("--sched-pods", type=int, default=10000)
     ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--startup-pods", type=int, default=30)
+    ap.add_argument("--no-kubelet", action="store_true", help="skip the real-kubelet benchmarks (needs root, runc)")
     sys.exit(asyncio.run(main(ap.parse_args())))

@@ -195,6 +195,7 @@ spec:
         cs = await wait_for(crashlooping, 60, what="crash restarted twice")
         assert cs.lastState.terminated.reason == "Error"
         await wait_for(lambda: _waiting_reason(c, "crash", "CrashLoopBackOff"), 30, what="CrashLoopBackOff shown")
+        assert any(e.startswith("BackOff: Back-off restarting failed container c") for e in await events_of(c, "crash"))
         await wait_for(lambda: _phase(c, "once", "Failed"), 30, what="Never + exit 1 -> Failed")
         await wait_for(lambda: _phase(c, "done", "Succeeded"), 30, what="OnFailure + exit 0 -> Succeeded")
         assert (await c.pods("default").get("done")).status.containerStatuses[0].state.terminated.reason == "Completed"

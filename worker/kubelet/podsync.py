@@ -189,6 +189,9 @@ class PodSyncer:
         wait = self.backoff.waiting(key)
         if wait > 0:
             delay = self.backoff.delay(key)
+            if self.waiting.get(key, ("",))[0] != "CrashLoopBackOff":
+                self.recorder.event(pod, "Warning", "BackOff",
+                                    f"Back-off restarting failed container {c.name} in pod {pod.metadata.name}")
             self.waiting[key] = ("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed container={c.name} "
                                  f"pod={pod.metadata.name}_{pod.metadata.namespace}({uid})")
             return wait
@@ -198,6 +201,8 @@ class PodSyncer:
         uid = pod.metadata.uid
         key = (uid, c.name)
         if self.pull_backoff.waiting(key) > 0:
+            if self.waiting.get(key, ("",))[0] != "ImagePullBackOff":
+                self.recorder.event(pod, "Normal", "BackOff", f'Back-off pulling image "{c.image}"')
             self.waiting[key] = ("ImagePullBackOff", f'Back-off pulling image "{c.image}"')
             return self.pull_backoff.waiting(key)
         if not await self._ensure_image(pod, c):
