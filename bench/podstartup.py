@@ -38,7 +38,7 @@ async def sweep(root: Path, bridge: str) -> None:
         uids.add(c.labels.get("kubelab.pod.uid"))
         await rt.stop(c.id, 1)
         await rt.remove(c.id)
-    for uid in uids - {None}:
+    for uid in (uids | set(rt.sandbox_uids())) - {None}:
         await rt.remove_sandbox(uid)
     await PodNetwork(root / "network", bridge=bridge).cleanup_all(remove_bridge=True)
 

@@ -94,6 +94,7 @@ class ControlPlane:
     env: dict
     proc: subprocess.Popen
     children: list
+    port: int = 0
 
     def kubelab(self, *args, check=True, timeout=60, input=None) -> subprocess.CompletedProcess:
         r = subprocess.run(KUBELAB + list(args), env=self.env, capture_output=True, text=True,
@@ -127,21 +128,22 @@ def stop_group(p: subprocess.Popen, timeout: float = 15) -> None:
         pass
 
 
-def launch_control_plane(d: Path, *extra: str) -> ControlPlane:
+def launch_control_plane(d: Path, *extra: str, port: int = 0) -> ControlPlane:
     """`kubelab control-plane` in its own process group; returns once it says it is ready."""
-    port = free_port()
+    port = port or free_port()
     env = dict(os.environ, KUBELAB_CONFIG=str(d / "admin.conf"), PYTHONPATH=str(ROOT))
-    log = open(d / "control-plane.log", "wb")
+    log = open(d / "control-plane.log", "ab")
+    mark = (d / "control-plane.log").stat().st_size if (d / "control-plane.log").exists() else 0
     proc = subprocess.Popen(KUBELAB + ["control-plane", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}",
                                        *extra],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    cp = ControlPlane(d, d / "admin.conf", env, proc, [])
+    cp = ControlPlane(d, d / "admin.conf", env, proc, [], port)
     try:
         end = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"control plane exited: {(d / 'control-plane.log').read_text()[-2000:]}")
-            if (d / "admin.conf").exists() and b"ready." in (d / "control-plane.log").read_bytes():
+            if (d / "admin.conf").exists() and b"ready." in (d / "control-plane.log").read_bytes()[mark:]:
                 return cp
             if time.monotonic() > end:
                 raise RuntimeError(f"control plane not ready: {(d / 'control-plane.log').read_text()[-2000:]}")

@@ -61,7 +61,7 @@ async def sweep(node: Node) -> None:
         uids.add(c.labels.get("kubelab.pod.uid"))
         await rt.stop(c.id, 1)
         await rt.remove(c.id)
-    for uid in uids - {None}:
+    for uid in (uids | set(rt.sandbox_uids())) - {None}:
         await rt.remove_sandbox(uid)
     await PodNetwork(node.root / "network", bridge=node.bridge).cleanup_all(remove_bridge=True)
 
@@ -440,3 +440,32 @@ async def _phase(c, name, phase):
 async def _waiting_reason(c, name, reason):
     p = await c.pods("default").get(name)
     return any(cs.state.waiting.reason == reason for cs in p.status.containerStatuses)
+
+
+async def test_pods_keep_running_while_the_api_server_is_away(node):
+    """Stop the whole control plane: containers keep running, and what happened meanwhile
+    (a container that finished) reaches the API once the control plane is back."""
+    from .conftest import launch_control_plane, stop_control_plane
+    async with node.cp.client() as c:
+        await create(c, """
+apiVersion: v1
+kind: Pod
+metadata: {name: patient}
+spec:
+  restartPolicy: Never
+  containers: [{name: c, image: busybox, imagePullPolicy: Never, command: [sh, -c, "sleep 6; exit 0"]}]
+""")
+        await running(c, "patient")
+    cp = node.cp
+    children, kubelet = list(cp.children), node.proc
+    cp.children.clear()  # keep the kubelet running while the control plane goes
+    stop_control_plane(cp)
+    await asyncio.sleep(9)  # the container exits while nobody can be told
+    assert kubelet.poll() is None, "the kubelet must survive the API server's absence"
+    fresh = launch_control_plane(cp.data_dir, "--node-monitor-grace-period", "5", "--node-monitor-period", "1",
+                                 port=cp.port)
+    cp.proc = fresh.proc
+    cp.children.extend(children)
+    async with cp.client() as c:
+        await wait_for(lambda: _phase(c, "patient", "Succeeded"), 60, what="status caught up: Succeeded")
+        await c.pods("default").delete("patient", grace_period=0)

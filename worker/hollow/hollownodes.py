@@ -40,6 +40,9 @@ class HollowNodes(Controller):
         self.leases = {n: NodeLease(client, n, duration=lease_duration) for n in self.names}
         self.next_ip: dict[str, int] = {}
         self.pods = self.watch(Informer(client.pods("")), self._key_if_ours)
+        # a node the lifecycle controller marked Unknown while we were paused says Ready again,
+        # as a kubelet does on its next status update
+        self.nodes = self.watch(Informer(client.nodes()), self._node_key_if_not_ready)
 
     def node_ip(self, name: str) -> str:
         i = self.index[name]
@@ -57,6 +60,12 @@ class HollowNodes(Controller):
 
     def _key_if_ours(self, pod: v1.Pod):
         return meta.key_of(pod) if pod.spec.nodeName in self.index else None
+
+    def _node_key_if_not_ready(self, node: v1.Node):
+        if node.metadata.name not in self.index:
+            return None
+        ready = next((c for c in node.status.conditions if c.type == "Ready"), None)
+        return None if ready is not None and ready.status == "True" else ("node", node.metadata.name)
 
     async def register(self) -> None:
         sem = asyncio.Semaphore(self.register_concurrency)
@@ -87,7 +96,9 @@ class HollowNodes(Controller):
         except Exception as e:  # noqa: BLE001 - the next round retries
             log.debug("lease %s: %s", name, e)
 
-    async def reconcile(self, key: str) -> float | None:
+    async def reconcile(self, key) -> float | None:
+        if isinstance(key, tuple):
+            return await self._report_ready(key[1])
         pod = self.pods.get(key)
         if pod is None or pod.spec.nodeName not in self.index:
             return None
@@ -106,6 +117,19 @@ class HollowNodes(Controller):
             await pods.update_status(pod)
         except (NotFound, Conflict):
             pass  # the informer will bring the newer version
+        return None
+
+    async def _report_ready(self, name: str) -> float | None:
+        from worker.kubelet.nodestatus import set_healthy_conditions
+        try:
+            node = await self.client.nodes().get(name)
+        except NotFound:
+            return None
+        set_healthy_conditions(node, meta.now())
+        try:
+            await self.client.nodes().update_status(node)
+        except Conflict:
+            return 0.5
         return None
 
     async def run(self) -> None:

@@ -191,6 +191,8 @@ class Kubelet:
         for uid in {c.labels.get(LABEL_UID) for c in containers} - wanted - {None}:
             log.info("removing containers of pod %s, which no longer exists", uid)
             await self.syncer.terminate(None, uid, grace=2)
+        for uid in set(self.runtime.sandbox_uids()) - wanted:  # a teardown cut short by a restart
+            await self.syncer.terminate(None, uid, grace=0)
 
     # -- node --
     async def _register(self) -> None:

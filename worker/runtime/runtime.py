@@ -293,6 +293,11 @@ class Runtime:
         shutil.rmtree(cdir, ignore_errors=True)
         await asyncio.to_thread(cgroups.remove, cgroup_path)
 
+    def sandbox_uids(self) -> list[str]:
+        """Pods that still have a sandbox here (pins, shm), with or without containers."""
+        d = self.sandboxes.dir
+        return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
     async def remove_sandbox(self, pod_uid: str) -> None:
         """The pod is gone: remove its remaining containers, namespace pins, shm and cgroup."""
         for st in await self.list():
