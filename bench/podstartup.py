@@ -14,6 +14,7 @@ import psutil
 
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
+from worker.kubelet.reset import reset_node
 
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 
@@ -26,21 +27,6 @@ def startup_pod(i: int) -> v1.Pod:
     c = p.spec.containers.add(name="c", image="busybox", imagePullPolicy="Never")
     c.command.extend(["sleep", "3600"])
     return p
-
-
-async def sweep(root: Path, bridge: str) -> None:
-    from worker.network import PodNetwork
-    from worker.runtime.images import ImageStore
-    from worker.runtime.runtime import Runtime
-    rt = Runtime(root, runc_root=root / "runc", images=ImageStore(root / "img"))
-    uids = set()
-    for c in await rt.list():
-        uids.add(c.labels.get("kubelab.pod.uid"))
-        await rt.stop(c.id, 1)
-        await rt.remove(c.id)
-    for uid in (uids | set(rt.sandbox_uids())) - {None}:
-        await rt.remove_sandbox(uid)
-    await PodNetwork(root / "network", bridge=bridge).cleanup_all(remove_bridge=True)
 
 
 async def run(cluster, report, *, pods: int = 30, interval: float = 0.5) -> None:
@@ -115,4 +101,4 @@ async def run(cluster, report, *, pods: int = 30, interval: float = 0.5) -> None
             kubelet.kill()
             kubelet.wait()
         cluster.procs.remove(kubelet)
-        await sweep(root, bridge)
+        await reset_node(root, bridge=bridge, image_dir=root / "img")

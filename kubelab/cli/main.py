@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "controller-manager": ("master.controllers.cmd", "Run the controller manager"),
     "hollow-nodes": ("worker.hollow.cmd", "Run simulated nodes (like kwok) for scale tests"),
     "kubelet": ("worker.kubelet.cmd", "Run the kubelet (node agent) on this host"),
+    "reset": ("worker.kubelet.reset", "Remove a node's containers, pod networks and bridge"),
     "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
 }
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
+
+from kubelab.daemon import run_until_signalled
 
 from .server import APIServer, Options
 
@@ -28,10 +29,4 @@ async def run(args) -> int:
                             cache_capacity=args.watch_cache_size,
                             default_toleration_seconds=args.default_toleration_seconds))
     await srv.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await srv.stop()
-    return 0
+    return await run_until_signalled(asyncio.Event().wait(), cleanup=srv.stop)

@@ -18,10 +18,11 @@ from kubelab.api import kinds
 from kubelab.errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, already_exists, conflict,
                             not_found)
 from kubelab.etcd.client import Compare, EtcdClient, Op
+from kubelab.etcd.txn import prefix_end
 from kubelab.selectors import FieldSelector, LabelSelector
 
 from . import registry
-from .watchcache import WatchCache, _prefix_end
+from .watchcache import WatchCache
 
 EVENT_TTL_SECONDS = 3600
 UPDATE_RETRIES = 16
@@ -148,7 +149,7 @@ class Store:
 
     async def _list_etcd(self, ns, labels, fields, limit, token, resource_version):
         prefix = (self.prefix + (f"{ns}/" if ns else "")).encode()
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         start, rev = prefix, 0
         if token:
             rev, start = decode_continue(token, prefix)

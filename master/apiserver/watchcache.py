@@ -18,6 +18,7 @@ from kubelab.api import kinds
 from kubelab.api.v1 import api_pb2
 from kubelab.errors import Gone, Timeout
 from kubelab.etcd.client import CompactedError, EtcdClient
+from kubelab.etcd.txn import prefix_end
 from kubelab.selectors import FieldSelector, LabelSelector, field_set
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class WatchCache:
 
     async def _relist(self) -> None:
         start = self.prefix.encode()
-        end = _prefix_end(start)
+        end = prefix_end(start)
         rev, store = 0, {}
         while True:
             res = await self.etcd.range(start, range_end=end, limit=self.page_size, revision=rev)
@@ -323,12 +324,3 @@ def parse_rv(rv: str) -> int:
         return n
     except ValueError:
         raise BadRequest(f'invalid resource version "{rv}"') from None
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    b = bytearray(prefix)
-    for i in range(len(b) - 1, -1, -1):
-        if b[i] < 0xFF:
-            b[i] += 1
-            return bytes(b[: i + 1])
-    return b"\x00"

@@ -4,12 +4,9 @@ kube-controller-manager Lease: namespace, nodeipam (pod CIDRs) and nodelifecycle
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 
 from kubelab.client.client import Client
-from kubelab.client.leaderelection import LeaderElector
+from kubelab.daemon import add_leader_election_flags, leader_elected, run_until_signalled
 
 from .namespace import NamespaceController
 from .nodeipam import NodeIpamController
@@ -26,21 +23,16 @@ CONTROLLERS = {
 def register(sub, parents) -> None:
     p = sub.add_parser("controller-manager", parents=parents, help="Run the controller manager")
     p.add_argument("--controllers", default="*", help="comma-separated controllers to run, * for all")
-    p.add_argument("--leader-elect", default="true", choices=("true", "false"))
-    p.add_argument("--identity", default=None)
+    add_leader_election_flags(p)
     p.add_argument("--node-monitor-grace-period", type=float, default=50.0,
                    help="seconds without a lease renewal before a node is NotReady (Unknown)")
     p.add_argument("--node-monitor-period", type=float, default=5.0)
     p.add_argument("--cluster-cidr", default="10.244.0.0/16")
-    p.add_argument("--lease-duration", type=float, default=15.0)
-    p.add_argument("--renew-deadline", type=float, default=10.0)
-    p.add_argument("--retry-period", type=float, default=2.0)
     p.set_defaults(func=run, daemon=True)
 
 
 async def run(args) -> int:
     client = Client.connect(args.config)
-    identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
     names = list(CONTROLLERS) if args.controllers == "*" else args.controllers.split(",")
     unknown = [n for n in names if n not in CONTROLLERS]
     if unknown:
@@ -51,17 +43,5 @@ async def run(args) -> int:
         controllers = [CONTROLLERS[n](client, args) for n in names]
         await asyncio.gather(*(c.run() for c in controllers))
 
-    main = asyncio.create_task(
-        LeaderElector(client, "kube-controller-manager", identity, lease_duration=args.lease_duration,
-                      renew_deadline=args.renew_deadline, retry_period=args.retry_period).run(lead)
-        if args.leader_elect == "true" else lead())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
-    try:
-        await main
-    except asyncio.CancelledError:
-        pass
-    finally:
-        await client.close()
-    return 0
+    return await run_until_signalled(leader_elected(client, "kube-controller-manager", args, lead),
+                                     cleanup=client.close)

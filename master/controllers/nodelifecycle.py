@@ -16,6 +16,7 @@ import logging
 from typing import Callable
 
 from kubelab import meta
+from kubelab.api.tolerations import tolerates
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
 from kubelab.client.events import EventRecorder
@@ -25,14 +26,6 @@ from kubelab.errors import ApiError, Conflict, NotFound
 log = logging.getLogger("nodelifecycle")
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
-
-
-def tolerates(t: v1.Toleration, taint: v1.Taint) -> bool:
-    if t.effect and t.effect != taint.effect:
-        return False
-    if t.operator == "Exists":
-        return not t.key or t.key == taint.key
-    return t.key == taint.key and t.value == taint.value
 
 
 def eviction_delay(pod: v1.Pod, taints: list[v1.Taint]) -> float | None:

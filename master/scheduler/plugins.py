@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from kubelab.api.tolerations import tolerates
 from kubelab.api.v1 import objects_pb2 as v1
 
 from .cache import NodeInfo, PodRequest
@@ -26,14 +27,6 @@ def node_unschedulable(pod, req, info: NodeInfo) -> str | None:
     if not info.unschedulable or any(tolerates(t, UNSCHEDULABLE_TAINT) for t in req.tolerations):
         return None
     return "node(s) were unschedulable"
-
-
-def tolerates(t: v1.Toleration, taint: v1.Taint) -> bool:
-    if t.effect and t.effect != taint.effect:
-        return False
-    if t.operator == "Exists":
-        return not t.key or t.key == taint.key
-    return t.key == taint.key and t.value == taint.value
 
 
 def taint_toleration(pod, req, info: NodeInfo) -> str | None:

@@ -17,6 +17,7 @@ import pytest
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.cli.manifest import parse_doc
 from kubelab.errors import NotFound
+from worker.kubelet.reset import reset_node
 
 from .conftest import KUBELAB, launch_control_plane, stop_control_plane, stop_group, wait_for
 from .test_runtime import registry  # noqa: F401 - the local registry fixture
@@ -50,22 +51,6 @@ class Node:
         return (self.cp.data_dir / "kubelet.log").read_text()[-3000:]
 
 
-async def sweep(node: Node) -> None:
-    """Remove what the kubelet left behind (it leaves containers running by design)."""
-    from worker.network import PodNetwork
-    from worker.runtime.images import ImageStore
-    from worker.runtime.runtime import Runtime
-    rt = Runtime(node.root, runc_root=node.root / "runc", images=ImageStore(node.root / "img"))
-    uids = set()
-    for c in await rt.list():
-        uids.add(c.labels.get("kubelab.pod.uid"))
-        await rt.stop(c.id, 1)
-        await rt.remove(c.id)
-    for uid in (uids | set(rt.sandbox_uids())) - {None}:
-        await rt.remove_sandbox(uid)
-    await PodNetwork(node.root / "network", bridge=node.bridge).cleanup_all(remove_bridge=True)
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     d = tmp_path_factory.mktemp("kubelet")
@@ -84,7 +69,7 @@ def node(tmp_path_factory):
             pass
         n.stop()
         stop_control_plane(cp)
-        asyncio.run(sweep(n))
+        asyncio.run(reset_node(n.root, bridge=n.bridge, image_dir=n.root / "img"))
 
 
 def pod_from(text: str) -> v1.Pod:
@@ -125,7 +110,7 @@ async def test_node_registers_ready_with_a_pod_cidr(node):
         n = await wait_for(ready, 60, what="node Ready with a podCIDR")
         assert n.status.nodeInfo.containerRuntimeVersion.startswith("runc://")
         assert n.status.capacity["cpu"] == str(os.cpu_count())
-        lease = await c.leases("kube-node-lease").get(NODE)
+        lease = await wait_for(lambda: c.leases("kube-node-lease").get(NODE), 30, what="the node's Lease")
         assert lease.spec.holderIdentity == NODE and lease.spec.leaseDurationSeconds == 4
 
 

@@ -1,10 +1,8 @@
 """`kubelab hollow-nodes --count N`: run N simulated nodes in the foreground."""
 from __future__ import annotations
 
-import asyncio
-import signal
-
 from kubelab.client.client import Client
+from kubelab.daemon import run_until_signalled
 
 from .hollownodes import HollowNodes
 
@@ -29,15 +27,5 @@ async def run(args) -> int:
     hollow = HollowNodes(client, args.count, prefix=args.prefix,
                          capacity={"cpu": args.cpu, "memory": args.memory, "pods": args.pods},
                          lease_duration=args.lease_duration, renew_interval=args.renew_interval)
-    main = asyncio.create_task(hollow.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
     print(f"running {args.count} hollow nodes ({args.prefix}0..{args.prefix}{args.count - 1})", flush=True)
-    try:
-        await main
-    except asyncio.CancelledError:
-        pass
-    finally:
-        await client.close()
-    return 0
+    return await run_until_signalled(hollow.run(), cleanup=client.close)

@@ -1,12 +1,11 @@
 """`kubelab kubelet`: the node agent, with its container runtime and pod network on this host."""
 from __future__ import annotations
 
-import asyncio
-import signal
 import socket
 from pathlib import Path
 
 from kubelab.client.client import Client
+from kubelab.daemon import run_until_signalled
 
 from .kubelet import Kubelet, KubeletConfig
 
@@ -66,15 +65,5 @@ async def run(args) -> int:
     kubelet = Kubelet(client, cfg, runtime=runtime, images=images, network=network,
                       runtime_version=await runtime.version(), cluster_ca=client_cfg.ca_pem)
     kubelet.syncer.insecure_registries = tuple(args.insecure_registry)
-    main = asyncio.create_task(kubelet.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
     print(f"kubelet for node {cfg.node_name} ({cfg.node_ip}), root {root}, manifests {cfg.manifest_dir}", flush=True)
-    try:
-        await main
-    except asyncio.CancelledError:
-        pass
-    finally:
-        await client.close()
-    return 0
+    return await run_until_signalled(kubelet.run(), cleanup=client.close)

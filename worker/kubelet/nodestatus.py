@@ -103,9 +103,9 @@ async def register_node(client: Client, cfg: NodeConfig, *, clock: Callable[[], 
     try:
         created = await nodes.create(node)
         return await nodes.update_status(_with_status(created, node))
-    except AlreadyExists:
-        pass
-    for _ in range(5):
+    except (AlreadyExists, Conflict):
+        pass  # it exists (a restarted kubelet), or changed under us (nodeipam set podCIDR): adopt it
+    for _ in range(10):
         live = await nodes.get(cfg.name)
         for k, v in node.metadata.labels.items():
             live.metadata.labels[k] = v
@@ -121,6 +121,7 @@ async def register_node(client: Client, cfg: NodeConfig, *, clock: Callable[[], 
 
 
 def _with_status(live: v1.Node, desired: v1.Node) -> v1.Node:
+    """The status a fresh registration posts (create leaves status to the status verb)."""
     live.status.CopyFrom(desired.status)
     return live
 
