@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:  # `kubelab run x --image=y -- cmd args`: everything after -- is the container's
         i = argv.index("--")
         argv, passthrough = argv[:i], argv[i + 1:]
-    cmd = next((a for a in argv if not a.startswith("-")), None)
+    # the command is the first word that names one, so global flags may come first
+    # (`kubelab --config c get pods`); else the first non-flag word, to report it as unknown
+    cmd = next((a for a in argv if a in COMMANDS), None) or next((a for a in argv if not a.startswith("-")), None)
     if cmd is None or cmd not in COMMANDS:
         if cmd is not None:
             print(f'error: unknown command "{cmd}" for "kubelab"\n', file=sys.stderr)

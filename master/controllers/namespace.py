@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-from kubelab import meta
 from kubelab.api import kinds
 from kubelab.client.client import Client
 from kubelab.client.controller import Controller
@@ -44,7 +43,7 @@ class NamespaceController(Controller):
                 except NotFound:
                     pass
         if remaining:
-            self._set_condition(ns, f"Some resources are remaining: {remaining} objects")
+            log.info("namespace %s: %d objects remaining", name, remaining)
             return self.recheck
         try:
             fresh = await self.client.namespaces().get(name)
@@ -54,7 +53,3 @@ class NamespaceController(Controller):
         await self.client.namespaces().update(fresh)
         log.info("namespace %s: content deleted, finalized", name)
         return None
-
-    def _set_condition(self, ns, message: str) -> None:
-        log.info("namespace %s: %s", ns.metadata.name, message)
-        _ = meta  # conditions are informative only; the finalizer drives deletion

@@ -30,6 +30,8 @@ def register(sub, parents) -> None:
     p.add_argument("--image-dir", default="/var/lib/kubelab",
                    help="where images live (shared by `kubelab image`; default /var/lib/kubelab)")
     p.add_argument("--insecure-registry", action="append", default=[], help="registry host:port pulled without TLS")
+    p.add_argument("--container-runtime-endpoint", default="",
+                   help="unix:///path of a `kubelab runtime` daemon (default: the runtime runs in this process)")
     p.set_defaults(func=run, daemon=True)
 
 
@@ -55,8 +57,13 @@ async def run(args) -> int:
                         lease_renew_interval=args.lease_renew_interval, status_interval=args.node_status_interval,
                         backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels,
                         port=args.port)
-    images = ImageStore(Path(args.image_dir))
-    runtime = Runtime(root, runc_root=Path(args.runc_root or root / "runc"), images=images)
+    if args.container_runtime_endpoint:
+        from worker.runtime.remote import RemoteImageStore, RemoteRuntime
+        images = RemoteImageStore(args.container_runtime_endpoint)
+        runtime = RemoteRuntime(args.container_runtime_endpoint)
+    else:
+        images = ImageStore(Path(args.image_dir))
+        runtime = Runtime(root, runc_root=Path(args.runc_root or root / "runc"), images=images)
     network = PodNetwork(root / "network", bridge=args.bridge, netns_dir=Path(args.netns_dir),
                          cluster_cidr=args.cluster_cidr)
     from kubelab.client.config import load_default

@@ -241,8 +241,6 @@ class PodSyncer:
             return False
         if present and policy != "Always":
             return True
-        if present and policy == "Always" and self._local_only(c.image):
-            return True
         self.recorder.event(pod, "Normal", "Pulling", f'Pulling image "{c.image}"')
         t0 = time.monotonic()
         try:
@@ -258,10 +256,6 @@ class PodSyncer:
         self.recorder.event(pod, "Normal", "Pulled", f'Successfully pulled image "{c.image}" in '
                                                      f"{time.monotonic() - t0:.3f}s")
         return True
-
-    @staticmethod
-    def _local_only(image: str) -> bool:
-        return False
 
     def spec(self, pod, c: v1.Container, attempt: int, state, log_path: Path):
         from worker.runtime.runtime import ContainerSpec
