@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f'error: unknown command "{cmd}" for "kubelab"\n', file=sys.stderr)
         print(usage(), file=sys.stderr if cmd else sys.stdout)
         return 1 if cmd else (0 if argv else 1)
+    i = argv.index(cmd)
+    argv = [cmd] + argv[:i] + argv[i + 1:]  # flags given before the command belong to it
     module = importlib.import_module(COMMANDS[cmd][0])
     parser = argparse.ArgumentParser(prog="kubelab")
     sub = parser.add_subparsers(dest="command", required=True)
