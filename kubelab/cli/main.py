@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "controller-manager": ("master.controllers.cmd", "Run the controller manager"),
     "hollow-nodes": ("worker.hollow.cmd", "Run simulated nodes (like kwok) for scale tests"),
     "kubelet": ("worker.kubelet.cmd", "Run the kubelet (node agent) on this host"),
+    "runtime": ("worker.runtime.server", "Run the container runtime daemon (CRI-shaped gRPC on a unix socket)"),
     "reset": ("worker.kubelet.reset", "Remove a node's containers, pod networks and bridge"),
     "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
 }

@@ -124,6 +124,7 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
         pumps = [asyncio.create_task(pump(proc.stdout, "stdout")), asyncio.create_task(pump(proc.stderr, "stderr"))]
         feeder = asyncio.create_task(feed())
         done = asyncio.gather(*pumps)
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" log
         try:
             yield pb.ExecResponse(started=True)
             while not (done.done() and out.empty()):
@@ -215,13 +216,6 @@ class RuntimeServer:
             self.server = None
         self.path.unlink(missing_ok=True)
 
-    async def serve(self) -> None:
-        await self.start()
-        try:
-            await self.server.wait_for_termination()
-        finally:
-            await self.stop()
-
 
 async def run(args) -> int:
     root = Path(args.root_dir)
@@ -234,10 +228,7 @@ async def run(args) -> int:
     print(f"container runtime ({version}) on {args.listen}, root {root}, "
           f"{len(await runtime.list())} containers found", flush=True)
 
-    async def serve():
-        await server.server.wait_for_termination()
-
-    return await run_until_signalled(serve(), cleanup=server.stop)
+    return await run_until_signalled(asyncio.Event().wait(), cleanup=server.stop)
 
 
 if __name__ == "__main__":  # `python -m worker.runtime.server --root-dir ... --listen unix:///...`
