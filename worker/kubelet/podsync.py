@@ -120,9 +120,14 @@ class PodSyncer:
                 await self.runtime.start(latest.id)
             break  # init containers run one at a time, in order
         if init_done:
+            # create every app container first, then start them together: the heavy part of
+            # a start (runc create, the monitor) is then over before any app process runs
+            created: list = []
             for c in pod.spec.containers:
                 again.append(await self._keep(pod, c, by_name.get(c.name, []), state,
-                                              always=pod.spec.restartPolicy == "Always"))
+                                              always=pod.spec.restartPolicy == "Always", defer=created))
+            for c, cid in created:
+                await self._run(pod, c, cid)
         by_name = await self.containers_of(uid)
         views = {c.name: self.view(uid, c.name, by_name.get(c.name, []))
                  for c in list(pod.spec.initContainers) + list(pod.spec.containers)}
@@ -167,12 +172,13 @@ class PodSyncer:
             out.append((src, m.mountPath, m.readOnly))
         return out
 
-    async def _keep(self, pod, c: v1.Container, attempts: list, state, *, always: bool) -> float:
+    async def _keep(self, pod, c: v1.Container, attempts: list, state, *, always: bool,
+                    defer: list | None = None) -> float:
         """Keep one container going per the restart policy; returns when to look again."""
         uid = pod.metadata.uid
         latest = attempts[0] if attempts else None
         if latest is None:
-            return await self._start(pod, c, attempts, state)
+            return await self._start(pod, c, attempts, state, defer=defer)
         if latest.state == "created":
             await self.runtime.start(latest.id)
             return 1.0
@@ -195,9 +201,10 @@ class PodSyncer:
             self.waiting[key] = ("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed container={c.name} "
                                  f"pod={pod.metadata.name}_{pod.metadata.namespace}({uid})")
             return wait
-        return await self._start(pod, c, attempts, state)
+        return await self._start(pod, c, attempts, state, defer=defer)
 
-    async def _start(self, pod, c: v1.Container, attempts: list, state) -> float:
+    async def _start(self, pod, c: v1.Container, attempts: list, state, *, defer: list | None = None) -> float:
+        """Create the container's next attempt and start it (or leave the start to the caller)."""
         uid = pod.metadata.uid
         key = (uid, c.name)
         if self.pull_backoff.waiting(key) > 0:
@@ -220,6 +227,13 @@ class PodSyncer:
             self.backoff.next(key)
             return self.backoff.waiting(key)
         self.recorder.event(pod, "Normal", "Created", f"Created container {c.name}")
+        if defer is not None:
+            defer.append((c, cid))
+            return 1.0
+        return await self._run(pod, c, cid)
+
+    async def _run(self, pod, c: v1.Container, cid: str) -> float:
+        key = (pod.metadata.uid, c.name)
         try:
             await self.runtime.start(cid)
         except Exception as e:  # noqa: BLE001
