@@ -45,6 +45,21 @@ def guess_node_ip() -> str:
             return "127.0.0.1"
 
 
+async def wait_for_runtime(runtime, timeout: float = 60.0) -> str:
+    """The runtime's version, once it answers (a runtime daemon may start after the kubelet)."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        try:
+            return await runtime.version()
+        except Exception as e:  # noqa: BLE001
+            if loop.time() > end:
+                raise RuntimeError(f"the container runtime did not answer in {timeout:.0f}s: {e}") from None
+            print(f"waiting for the container runtime: {e}", flush=True)
+            await asyncio.sleep(1)
+
+
 async def run(args) -> int:
     from worker.network import PodNetwork
     from worker.runtime.images import ImageStore
@@ -70,7 +85,7 @@ async def run(args) -> int:
     client_cfg = load_default(args.config)
     client = Client.from_config(client_cfg)
     kubelet = Kubelet(client, cfg, runtime=runtime, images=images, network=network,
-                      runtime_version=await runtime.version(), cluster_ca=client_cfg.ca_pem)
+                      runtime_version=await wait_for_runtime(runtime), cluster_ca=client_cfg.ca_pem)
     kubelet.syncer.insecure_registries = tuple(args.insecure_registry)
     print(f"kubelet for node {cfg.node_name} ({cfg.node_ip}), root {root}, manifests {cfg.manifest_dir}", flush=True)
     return await run_until_signalled(kubelet.run(), cleanup=client.close)
