@@ -311,6 +311,38 @@ spec:
             await c.pods("default").delete(name, grace_period=0)
 
 
+async def test_host_network_and_host_path(node, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host.txt").write_text("written on the node\n")
+    async with node.cp.client() as c:
+        await create(c, f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostly}}
+spec:
+  hostNetwork: true
+  volumes: [{{name: data, hostPath: {{path: "{shared}"}}}}]
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: Never
+    command: [sh, -c, "cat /data/from-host.txt; echo from-pod > /data/from-pod.txt; exec sleep 3600"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+""")
+        pod = await running(c, "hostly")
+        assert pod.status.podIP == "127.0.0.1"  # the node's IP: it shares the node's network
+        assert "written on the node" in node.cp.kubelab("logs", "hostly").stdout
+        await wait_for(lambda: (shared / "from-pod.txt").exists(), 20, what="the pod writing to the hostPath")
+        links = node.cp.kubelab("exec", "hostly", "--", "ip", "-o", "link").stdout
+        host = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        host_ifaces = {ln.split(":")[1].strip().split("@")[0] for ln in host.splitlines()}
+        pod_ifaces = {ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()}
+        assert pod_ifaces - {"lo"} and pod_ifaces <= host_ifaces  # the node's own interfaces, not eth0 of a pod
+        await c.pods("default").delete("hostly", grace_period=0)
+        await gone(c, "hostly", 30)
+
+
 async def test_static_pod_and_mirror(node):
     manifests = node.root / "manifests"
     manifests.mkdir(parents=True, exist_ok=True)
