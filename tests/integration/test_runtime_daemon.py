@@ -130,6 +130,8 @@ async def test_runtime_daemon(tmp_path):
         info = images.get("busybox")  # synchronous, as ImageStore.get
         assert info is not None and info.ref == BUSYBOX
         assert images.get("docker.io/library/nothing:here") is None
+        assert (await images.status("busybox")).digest == info.digest  # the kubelet's async form
+        assert await images.status("docker.io/library/nothing:here") is None
         assert [i.ref for i in images.list()] == [BUSYBOX]
 
         # errors keep their classes and messages across the wire
@@ -180,7 +182,7 @@ async def test_runtime_daemon(tmp_path):
 
         listed = {c.id: c for c in await rt.list()}
         assert set(listed) == {echo, sleeper} and listed[sleeper].state == "running"
-        assert rt.sandbox_uids() == [uid]
+        assert rt.sandbox_uids() == [uid] and await rt.list_sandboxes() == [uid]
 
         # containers outlive the daemon: stop it, start it again, they are still there
         for c in clients:

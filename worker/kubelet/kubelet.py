@@ -191,7 +191,7 @@ class Kubelet:
         for uid in {c.labels.get(LABEL_UID) for c in containers} - wanted - {None}:
             log.info("removing containers of pod %s, which no longer exists", uid)
             await self.syncer.terminate(None, uid, grace=2)
-        for uid in set(self.runtime.sandbox_uids()) - wanted:  # a teardown cut short by a restart
+        for uid in set(await self.runtime.list_sandboxes()) - wanted:  # a teardown cut short by a restart
             await self.syncer.terminate(None, uid, grace=0)
 
     # -- node --

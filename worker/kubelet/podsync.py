@@ -247,7 +247,7 @@ class PodSyncer:
 
     async def _ensure_image(self, pod, c: v1.Container) -> bool:
         key = (pod.metadata.uid, c.name)
-        present = self.images.get(c.image) is not None
+        present = await self.images.status(c.image) is not None
         policy = c.imagePullPolicy or "IfNotPresent"
         if policy == "Never" and not present:
             self.waiting[key] = ("ErrImageNeverPull", f'Container image "{c.image}" is not present with pull policy of Never')

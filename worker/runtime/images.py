@@ -128,6 +128,10 @@ class ImageStore:
     def list(self) -> list[ImageInfo]:
         return sorted((self._info(r, d) for r, d in self._entries()), key=lambda i: i.ref)
 
+    async def status(self, ref: str) -> ImageInfo | None:
+        """get() as a coroutine, the shape the kubelet calls (the remote store needs a round trip)."""
+        return self.get(ref)
+
     def get(self, ref: str) -> ImageInfo | None:
         """The local image named ref (any spelling), or by image ID / digest (a unique prefix
         of at least 4 hex digits, with or without `sha256:`); None when absent."""

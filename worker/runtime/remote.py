@@ -231,6 +231,10 @@ class RemoteRuntime:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
+    async def list_sandboxes(self) -> list[str]:
+        """sandbox_uids() without blocking the caller's event loop: what the kubelet uses."""
+        return list((await _call(self._stub.ListPodSandboxes(pb.ListPodSandboxesRequest()))).pod_uids)
+
     async def remove_sandbox(self, pod_uid: str) -> None:
         await _call(self._stub.RemovePodSandbox(pb.PodSandboxRequest(pod_uid=pod_uid)))
 
@@ -403,6 +407,11 @@ class RemoteImageStore:
             resp = self._sync_stub().ImageStatus(pb.ImageRequest(ref=ref), timeout=SYNC_TIMEOUT)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+        return image_from_pb(resp.image) if resp.HasField("image") else None
+
+    async def status(self, ref: str) -> ImageInfo | None:
+        """get() without blocking the caller's event loop: what the kubelet uses."""
+        resp = await _call(self._stub.ImageStatus(pb.ImageRequest(ref=ref)))
         return image_from_pb(resp.image) if resp.HasField("image") else None
 
     def list(self) -> list[ImageInfo]:

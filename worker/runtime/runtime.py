@@ -293,6 +293,10 @@ class Runtime:
         shutil.rmtree(cdir, ignore_errors=True)
         await asyncio.to_thread(cgroups.remove, cgroup_path)
 
+    async def list_sandboxes(self) -> list[str]:
+        """sandbox_uids() as a coroutine, the shape the kubelet calls (remote runtimes need a round trip)."""
+        return self.sandbox_uids()
+
     def sandbox_uids(self) -> list[str]:
         """Pods that still have a sandbox here (pins, shm), with or without containers."""
         d = self.sandboxes.dir
