@@ -4,6 +4,8 @@ kubelet leaves containers running on purpose when it stops (they outlive it); th
 lab, a test or a user takes a node down for good."""
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 
@@ -26,12 +28,73 @@ async def reset_node(root: Path, *, bridge: str = "cni0", image_dir: Path | None
     return removed
 
 
+MOUNT_PATTERN = re.compile(r"/(containers/[0-9a-f]{16,}/rootfs|sandboxes/[0-9a-f-]{16,}/(shm|ipc|uts|etc)[^ ]*)$")
+
+
+async def sweep_host(*, cgroup_parent: str = "kubelab", netns_dir: Path = Path("/var/run/netns"),
+                     bridge: str = "cni0") -> dict:
+    """Everything kubelab left on this host, found by its marks rather than by a root dir (for a
+    root dir that is already gone): processes in kubelab's cgroups and the container monitors,
+    container and sandbox mounts, kl-* network namespaces, the bridge and the KUBELAB-* rules."""
+    import os
+    import signal
+    import tempfile
+    import time
+    from worker.network import PodNetwork
+    done = {"processes": 0, "mounts": 0, "netns": 0}
+    cg = Path("/sys/fs/cgroup")
+    parents = [d for d in cg.glob(f"*/{cgroup_parent}") if d.is_dir()] + (
+        [cg / cgroup_parent] if (cg / cgroup_parent / "cgroup.procs").exists() else [])
+    pids = set()
+    for d in parents:
+        for procs in d.rglob("cgroup.procs"):
+            pids |= {int(x) for x in procs.read_text().split() if x.strip()}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"worker.runtime.monitor" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:
+            pass
+    pids.discard(os.getpid())
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            done["processes"] += 1
+        except ProcessLookupError:
+            pass
+    time.sleep(0.5)
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for m in sorted((m for m in mounts if MOUNT_PATTERN.search(m)), key=len, reverse=True):
+        if subprocess.run(["umount", "-l", m], capture_output=True).returncode == 0:
+            done["mounts"] += 1
+    if netns_dir.is_dir():
+        for ns in netns_dir.glob("kl-*"):
+            if subprocess.run(["ip", "netns", "delete", ns.name], capture_output=True).returncode == 0:
+                done["netns"] += 1
+    for d in parents:
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    with tempfile.TemporaryDirectory() as state:
+        await PodNetwork(Path(state), bridge=bridge).cleanup_all(remove_bridge=True)
+    return done
+
+
 def register(sub, parents) -> None:
     p = sub.add_parser("reset", parents=parents,
                        help="Remove a node's containers, pod networks and bridge (stop the kubelet first)")
     p.add_argument("--root-dir", default="/var/lib/kubelab")
     p.add_argument("--runc-root", default="")
     p.add_argument("--bridge", default="cni0")
+    p.add_argument("--all", action="store_true",
+                   help="also sweep the whole host for kubelab's containers, mounts and namespaces "
+                        "(for a root dir that was deleted while containers ran)")
     p.set_defaults(func=run)
 
 
@@ -39,4 +102,8 @@ async def run(args) -> int:
     root = Path(args.root_dir)
     n = await reset_node(root, bridge=args.bridge, runc_root=Path(args.runc_root) if args.runc_root else None)
     print(f"removed {n} containers and the pod networks under {root}; bridge {args.bridge} and its rules are gone")
+    if args.all:
+        done = await sweep_host(bridge=args.bridge)
+        print(f"host sweep: killed {done['processes']} processes, unmounted {done['mounts']} mounts, "
+              f"deleted {done['netns']} network namespaces")
     return 0
