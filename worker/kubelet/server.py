@@ -8,7 +8,6 @@ of the cluster CA, and only the API server and cluster admins are let in.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import grpc
 
 from kubelab import pki
 from kubelab.api.v1 import api_pb2
+from worker.runtime.execstream import relay
 
 
 log = logging.getLogger("kubelet.server")
@@ -124,42 +124,11 @@ class KubeletServer:
                             f"cannot exec in a stopped container: {s.container or c.labels.get('kubelab.container.name')}",
                             trailing_metadata=(("reason", "BadRequest"),))
         proc = await self.kubelet.runtime.exec(c.id, list(s.command), tty=s.tty, stdin=s.stdin)
-        out: asyncio.Queue = asyncio.Queue()
-
-        async def pump(stream, kind):
-            if stream is None:
-                return
-            while True:
-                data = await stream.read(32768)
-                if not data:
-                    return
-                await out.put(api_pb2.ExecResponse(**{kind: data}))
-
-        async def feed():
-            async for r in requests:
-                if r.WhichOneof("msg") == "stdin" and proc.stdin is not None:
-                    proc.stdin.write(r.stdin)
-                    await proc.stdin.drain()
-                elif r.WhichOneof("msg") == "stdinClose" and proc.stdin is not None:
-                    proc.stdin.close()
-
-        pumps = [asyncio.create_task(pump(proc.stdout, "stdout")), asyncio.create_task(pump(proc.stderr, "stderr"))]
-        feeder = asyncio.create_task(feed())
-        done = asyncio.gather(*pumps)
         try:
-            while not (done.done() and out.empty()):
-                getter = asyncio.create_task(out.get())
-                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            code = await proc.wait()
-            yield api_pb2.ExecResponse(exitCode=code)
+            async for msg in relay(proc, requests, message=lambda kind, data: api_pb2.ExecResponse(**{kind: data})):
+                yield msg
+            yield api_pb2.ExecResponse(exitCode=await proc.wait())
         finally:
-            feeder.cancel()
-            for t in pumps:
-                t.cancel()
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()

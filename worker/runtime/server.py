@@ -24,6 +24,7 @@ from kubelab.runtime.v1 import runtime_pb2 as pb
 from kubelab.runtime.v1 import runtime_pb2_grpc as pb_grpc
 
 from . import remote
+from .execstream import relay
 from .images import ImageStore
 from .runtime import Runtime
 
@@ -104,41 +105,13 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "exec: the first message must be start")
         s = first.start
         proc = await _guard(ctx, self.rt.exec(s.id, list(s.cmd), tty=s.tty, stdin=s.stdin))
-        out: asyncio.Queue = asyncio.Queue()
-
-        async def pump(stream, kind):
-            if stream is None:
-                return
-            while data := await stream.read(32768):
-                await out.put(pb.ExecResponse(**{kind: data}))
-
-        async def feed():
-            async for r in requests:
-                kind = r.WhichOneof("msg")
-                if kind == "stdin" and proc.stdin is not None:
-                    proc.stdin.write(r.stdin)
-                    await proc.stdin.drain()
-                elif kind == "stdin_close" and proc.stdin is not None:
-                    proc.stdin.close()
-
-        pumps = [asyncio.create_task(pump(proc.stdout, "stdout")), asyncio.create_task(pump(proc.stderr, "stderr"))]
-        feeder = asyncio.create_task(feed())
-        done = asyncio.gather(*pumps)
-        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" log
-        try:
+        try:  # leaving early (the client cancels the stream) is how a client kills the process
             yield pb.ExecResponse(started=True)
-            while not (done.done() and out.empty()):
-                getter = asyncio.create_task(out.get())
-                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            async for msg in relay(proc, requests, message=lambda kind, data: pb.ExecResponse(**{kind: data}),
+                                   close_field="stdin_close"):
+                yield msg
             yield pb.ExecResponse(exit_code=await proc.wait())
-        finally:  # also when the client cancels the stream: that is how it kills the process
-            feeder.cancel()
-            for t in pumps:
-                t.cancel()
+        finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
