@@ -8,7 +8,6 @@ import secrets
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 

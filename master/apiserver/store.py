@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from kubelab import meta
 from kubelab.api import kinds
-from kubelab.errors import (BadRequest, Conflict, Forbidden, Gone, NotFound, already_exists, conflict,
+from kubelab.errors import (BadRequest, Conflict, Forbidden, Gone, already_exists, conflict,
                             not_found)
 from kubelab.etcd.client import Compare, EtcdClient, Op
 from kubelab.etcd.txn import prefix_end
