@@ -175,6 +175,20 @@ class ResourceClient(Generic[T]):
 
     async def list(self, *, label_selector: str = "", field_selector: str = "", limit: int = 0,
                    continue_token: str = "", resource_version: str = "") -> ObjectList[T]:
+        """One page with a limit (or a continue token): the caller follows continue_token.
+        Without either, every object: the server cuts responses by size as well as by limit,
+        so this follows the continue tokens itself (all pages at the first one's revision)."""
+        page = await self._list_page(label_selector, field_selector, limit, continue_token, resource_version)
+        if limit or continue_token:
+            return page
+        items = page.items
+        while page.continue_token:
+            page = await self._list_page(label_selector, field_selector, 0, page.continue_token, "")
+            items.extend(page.items)
+        return ObjectList(items, page.resource_version)
+
+    async def _list_page(self, label_selector: str, field_selector: str, limit: int, continue_token: str,
+                         resource_version: str) -> ObjectList[T]:
         r = await self.client.call("List", api_pb2.ListRequest(
             resource=self.kind.resource, namespace=self.namespace, labelSelector=label_selector,
             fieldSelector=field_selector, limit=limit, continue_token=continue_token,
@@ -184,12 +198,12 @@ class ResourceClient(Generic[T]):
 
     async def list_all(self, *, label_selector: str = "", field_selector: str = "",
                        page_size: int = 500) -> ObjectList[T]:
-        """Every object, paged with limit + continue at one revision."""
+        """Every object, paged with limit + continue at one revision (a page may hold fewer
+        than page_size objects when they are large: the server bounds a response in bytes)."""
         items: list[T] = []
         token, rv = "", ""
         while True:
-            page = await self.list(label_selector=label_selector, field_selector=field_selector,
-                                   limit=page_size, continue_token=token)
+            page = await self._list_page(label_selector, field_selector, page_size, token, "")
             items.extend(page.items)
             rv = rv or page.resource_version
             token = page.continue_token

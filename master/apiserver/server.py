@@ -24,7 +24,7 @@ from kubelab.etcd.client import EtcdClient
 from .proxy import KubeletProxy
 from .registry import PROTECTED_NAMESPACES
 from .service import SERVICE, ApiService, generic_handler
-from .store import Store
+from .store import LIST_PAGE_BYTES, Store
 from .watchcache import WatchCache
 
 log = logging.getLogger("apiserver")
@@ -39,6 +39,7 @@ class Options:
     bookmark_interval: float = 30.0
     compaction_interval: float = 300.0
     default_toleration_seconds: int = 300  # added to pods for the not-ready/unreachable taints
+    list_page_bytes: int = LIST_PAGE_BYTES  # bytes of objects in one List response, at most
 
 
 class APIServer:
@@ -61,11 +62,14 @@ class APIServer:
                                capacity=self.opts.cache_capacity,
                                bookmark_interval=self.opts.bookmark_interval)
             self.caches[kind.resource] = cache
-        ns_store = Store(kinds.BY_RESOURCE["namespaces"], self.etcd, self.caches["namespaces"])
+        page = self.opts.list_page_bytes
+        ns_store = Store(kinds.BY_RESOURCE["namespaces"], self.etcd, self.caches["namespaces"],
+                         list_page_bytes=page)
         for kind in kinds.KINDS:
             if kind.stored:
                 self.stores[kind.resource] = (ns_store if kind.resource == "namespaces" else
-                                              Store(kind, self.etcd, self.caches[kind.resource], ns_store))
+                                              Store(kind, self.etcd, self.caches[kind.resource], ns_store,
+                                                    list_page_bytes=page))
         await self._wait_for_etcd()
         await asyncio.gather(*(c.start() for c in self.caches.values()))
         await self._default_namespaces()

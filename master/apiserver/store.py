@@ -17,7 +17,9 @@ from kubelab import meta
 from kubelab.api import kinds
 from kubelab.errors import (BadRequest, Conflict, Forbidden, Gone, already_exists, conflict,
                             not_found)
-from kubelab.etcd.client import Compare, EtcdClient, Op
+from kubelab.etcd import rpc_pb2
+from kubelab.etcd.client import CompactedError, Compare, EtcdClient, Op
+from kubelab.etcd.pager import PAGE_BYTES, range_pages
 from kubelab.etcd.txn import prefix_end
 from kubelab.selectors import FieldSelector, LabelSelector
 
@@ -26,17 +28,22 @@ from .watchcache import WatchCache
 
 EVENT_TTL_SECONDS = 3600
 UPDATE_RETRIES = 16
+# One List response carries at most this many bytes of objects (the rest comes with a continue
+# token), well under the 64 MiB a client accepts; Options.list_page_bytes changes it.
+LIST_PAGE_BYTES = PAGE_BYTES
+MAX_LIST_LIMIT = 10000  # a larger `limit` is served as this many per page, as a continue walk
 
 
 class Store:
     def __init__(self, kind: kinds.Kind, etcd: EtcdClient, cache: WatchCache | None,
-                 namespaces: "Store | None" = None):
+                 namespaces: "Store | None" = None, *, list_page_bytes: int = LIST_PAGE_BYTES):
         self.kind = kind
         self.strategy = registry.STRATEGIES[kind.resource]
         self.etcd = etcd
         self.cache = cache
         self.namespaces = namespaces  # to check that a namespace exists before a create
         self.prefix = f"/registry/{kind.resource}/"
+        self.list_page_bytes = list_page_bytes
         self._lease = (0, 0.0)  # events: (etcd lease id, valid until)
 
     # -- keys and bytes --
@@ -54,16 +61,25 @@ class Store:
         registry.check_size(raw, self.kind, obj.metadata.name)
         return raw
 
-    async def _read(self, namespace: str, name: str, expected_rv: str = "") -> tuple[Message, bytes, int]:
-        """Current object; from the watch cache when it already holds the expected version."""
+    async def _read(self, namespace: str, name: str, expected_rv: str = "") -> tuple[Message, bytes, int, bool]:
+        """Current object, raw bytes, mod_revision, and whether it came from the watch cache
+        (it does when the cache holds the expected version; a write then still compares it
+        in etcd, and a no-op must confirm it there, the cache may be behind)."""
         if self.cache is not None and expected_rv:
             e = self.cache.get(namespace if self.kind.namespaced else "", name)
             if e is not None and str(e.rv) == expected_rv:
-                return self.decode(e.raw, e.rv), e.raw, e.rv
+                return self.decode(e.raw, e.rv), e.raw, e.rv, True
         kv, _ = await self.etcd.get(self.key(namespace, name))
         if kv is None:
             raise not_found(self.kind.resource, name)
-        return self.decode(kv.value, kv.mod_revision), kv.value, kv.mod_revision
+        return self.decode(kv.value, kv.mod_revision), kv.value, kv.mod_revision, False
+
+    async def _put(self, key: bytes, raw: bytes) -> rpc_pb2.RequestOp:
+        """The put of an object; events are written with the current event lease on every write
+        (as Kubernetes' event TTL applies on update too), so a repeating event expires an hour
+        after its last update instead of never."""
+        lease = await self._event_lease() if self.kind.resource == "events" else 0
+        return Op.put(key, raw, lease=lease)
 
     # -- create --
     async def create(self, namespace: str, obj: Message) -> bytes:
@@ -73,41 +89,57 @@ class Store:
                 raise BadRequest("the namespace of the provided object does not match the namespace "
                                  "sent on the request")
             m.namespace = m.namespace or namespace or "default"
-            await self.check_namespace(m.namespace)
+        ns_rev = await self.check_namespace(m.namespace) if self.kind.namespaced else 0
         if not m.name and m.generateName:
             m.name = registry.generate_name(m.generateName)
         self.strategy.prepare_create(obj)
         self.strategy.validate(obj)
-        for attempt in range(5):
+        renames = 0
+        for _ in range(UPDATE_RETRIES):
             raw = self.encode(obj)
             key = self.key(m.namespace, m.name)
-            lease = await self._event_lease() if self.kind.resource == "events" else 0
-            res = await self.etcd.txn([Compare.create_revision(key, "==", 0)],
-                                      [Op.put(key, raw, lease=lease)])
+            guards, otherwise = [Compare.create_revision(key, "==", 0)], []
+            if ns_rev:
+                # the namespace as checked, in the same transaction: a namespace marked for
+                # deletion (or deleted) since the check fails the create instead of gaining content
+                ns_key = self.namespaces.key("", m.namespace)
+                guards.append(Compare.mod_revision(ns_key, "==", ns_rev))
+                otherwise = [Op.get(ns_key, keys_only=True)]
+            res = await self.etcd.txn(guards, [await self._put(key, raw)], otherwise)
             if res.succeeded:
                 return raw + meta.rv_suffix(res.revision)
-            if m.generateName and attempt < 4:
+            if ns_rev:
+                now = res.responses[0].kvs
+                if not now or now[0].mod_revision != ns_rev:
+                    # the namespace changed (or the cache was behind): check it again in etcd
+                    ns_rev = await self.check_namespace(m.namespace, fresh=True)
+                    continue
+            if m.generateName and renames < 4:
+                renames += 1
                 m.name = registry.generate_name(m.generateName)
                 continue
             raise already_exists(self.kind.resource, m.name)
-        raise AssertionError("unreachable")
+        raise conflict(self.kind.resource, m.name)
 
-    async def check_namespace(self, namespace: str) -> None:
+    async def check_namespace(self, namespace: str, *, fresh: bool = False) -> int:
+        """The namespace's mod_revision if content may be created in it (0 when this store
+        does not check); NotFound or Forbidden (Terminating) otherwise."""
         if self.namespaces is None:
-            return
-        ns = None
-        e = self.namespaces.cache.get("", namespace) if self.namespaces.cache else None
+            return 0
+        ns, rev = None, 0
+        e = self.namespaces.cache.get("", namespace) if self.namespaces.cache and not fresh else None
         if e is not None:
-            ns = self.namespaces.decode(e.raw, e.rv)
+            ns, rev = self.namespaces.decode(e.raw, e.rv), e.rv
         else:
             kv, _ = await self.etcd.get(self.namespaces.key("", namespace))
             if kv is not None:
-                ns = self.namespaces.decode(kv.value, kv.mod_revision)
+                ns, rev = self.namespaces.decode(kv.value, kv.mod_revision), kv.mod_revision
         if ns is None:
             raise not_found("namespaces", namespace)
-        if ns.status.phase == "Terminating":
+        if ns.status.phase == "Terminating" or ns.metadata.deletionTimestamp:
             raise Forbidden(f'{self.kind.resource} "{namespace}" is forbidden: unable to create new content '
                             f'in namespace {namespace} because it is being terminated')
+        return rev
 
     async def _event_lease(self) -> int:
         """Events expire after an hour, through an etcd lease shared by ten minutes of events."""
@@ -127,6 +159,16 @@ class Store:
 
     async def list(self, namespace: str, label_selector: str, field_selector: str, *, limit: int = 0,
                    continue_token: str = "", resource_version: str = "") -> tuple[list[bytes], int, str, int | None]:
+        """One page of a LIST: (items, resourceVersion, continue token, remaining count or None).
+
+        A page holds at most `limit` objects (0: no limit; above MAX_LIST_LIMIT: that many) and
+        at most list_page_bytes of them (always at least one). Whatever does not fit comes with
+        a continue token, as in Kubernetes a client must follow the token until it is empty,
+        with or without a limit; every page of one walk reads etcd at the first page's revision.
+        """
+        if limit < 0:
+            raise BadRequest(f"limit: Invalid value: {limit}: must be greater than or equal to 0")
+        limit = min(limit, MAX_LIST_LIMIT)
         labels = LabelSelector.parse(label_selector)
         fields = FieldSelector.parse(field_selector, self.kind.field_selectors, self.kind.kind)
         ns = namespace if self.kind.namespaced else ""
@@ -143,7 +185,13 @@ class Store:
                 if self.cache.applied_rv < want:
                     return await self._list_etcd(ns, labels, fields, limit, "", "")
             entries, rv = self.cache.list(ns, labels, fields)
-            entries.sort(key=lambda e: (e.namespace, e.name))
+            if (limit and len(entries) > limit) or sum(len(e.raw) for e in entries) > self.list_page_bytes:
+                # More than one page. A continue token names an etcd revision to read the rest
+                # at, and the cache's may already be compacted (an idle resource's cache stays
+                # at its last event), so the walk starts from etcd now instead: a newer state,
+                # which both "0" and "not older than N" allow.
+                return await self._list_etcd(ns, labels, fields, limit, "", "")
+            entries.sort(key=lambda e: f"{e.namespace}/{e.name}" if e.namespace else e.name)  # etcd key order
             return [e.raw + meta.rv_suffix(e.rv) for e in entries], rv, "", None
         return await self._list_etcd(ns, labels, fields, limit, continue_token, resource_version)
 
@@ -158,34 +206,43 @@ class Store:
                 rev = int(resource_version)
             except ValueError:
                 raise BadRequest(f'invalid resource version "{resource_version}"') from None
+            if rev < 0:
+                raise BadRequest(f'invalid resource version "{resource_version}"')
         filtering = not (labels.empty() and fields.empty())
         items: list[bytes] = []
-        page = max(limit, 500) if filtering else (limit or 1000)
-        while True:
-            try:
-                res = await self.etcd.range(start, range_end=end, limit=page, revision=rev)
-            except Exception as e:  # noqa: BLE001
-                if "compacted" in str(e).lower():
-                    raise Gone("The provided continue parameter is too old to display a consistent list "
-                               "result. You can start a new list without the continue parameter, or use "
-                               "the continue token in this response to retrieve the remainder of the "
-                               "results.") from None
-                raise
-            rev = rev or res.revision
-            for i, kv in enumerate(res.kvs):
-                if filtering and not self._matches(kv.value, labels, fields):
-                    continue
-                items.append(kv.value + meta.rv_suffix(kv.mod_revision))
-                if limit and len(items) >= limit:
-                    more = res.more or i < len(res.kvs) - 1
-                    if more:
-                        nxt = kv.key + b"\x00"
-                        remaining = None if filtering else res.count - (i + 1)
-                        return items, rev, encode_continue(rev, nxt, prefix), remaining
-                    return items, rev, "", None
-            if not res.more or not res.kvs:
+        size, nxt = 0, b""
+        try:
+            async for page in range_pages(self.etcd, start, end, revision=rev, max_bytes=self.list_page_bytes,
+                                          max_count=max(limit, 500) if filtering else (limit or 1000)):
+                rev = page.revision
+                for i, kv in enumerate(page.kvs):
+                    if filtering and not self._matches(kv.value, labels, fields):
+                        continue
+                    item = kv.value + meta.rv_suffix(kv.mod_revision)
+                    if items and size + len(item) > self.list_page_bytes:
+                        nxt = kv.key  # this one starts the next page
+                        break
+                    items.append(item)
+                    size += len(item)
+                    if limit and len(items) >= limit:
+                        if page.more or i < len(page.kvs) - 1:
+                            nxt = kv.key + b"\x00"
+                        break
+                if nxt or (limit and len(items) >= limit):
+                    break
+            if not nxt:
                 return items, rev, "", None
-            start = res.kvs[-1].key + b"\x00"
+            remaining = None
+            if not filtering:
+                remaining = (await self.etcd.range(nxt, range_end=end, revision=rev, count_only=True)).count
+            return items, rev, encode_continue(rev, nxt, prefix), remaining
+        except CompactedError:
+            if token:
+                raise Gone("The provided continue parameter is too old to display a consistent list "
+                           "result. You can start a new list without the continue parameter, or use "
+                           "the continue token in this response to retrieve the remainder of the "
+                           "results.") from None
+            raise Gone(f"too old resource version: {resource_version}") from None
 
     def _matches(self, raw: bytes, labels: LabelSelector, fields: FieldSelector) -> bool:
         try:
@@ -203,8 +260,12 @@ class Store:
         if self.kind.namespaced:
             namespace = obj.metadata.namespace or namespace or "default"
         expected = obj.metadata.resourceVersion
+        key = self.key(namespace, name)
+        cached_ok = True
         for _ in range(UPDATE_RETRIES):
-            old, old_raw, old_rv = await self._read(namespace, name, expected)
+            # after a failed compare, read etcd itself: the object may be changed or gone
+            old, old_raw, old_rv, cached = await self._read(namespace, name, expected if cached_ok else "")
+            cached_ok = False
             if expected and expected != str(old_rv):
                 raise conflict(self.kind.resource, name)
             if status:
@@ -214,37 +275,46 @@ class Store:
                 new.CopyFrom(obj)
                 self.strategy.prepare_update(new, old)
             self.strategy.validate(new, old)
-            key = self.key(namespace, name)
-            if new.metadata.deletionTimestamp and self._finalized(new):
+            if self._delete_on_update(new, old):
                 res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [Op.delete(key)])
                 if res.succeeded:
                     return self.encode(new) + meta.rv_suffix(res.revision)
-            else:
-                raw = self.encode(new)
-                if raw == old_raw:
-                    return raw + meta.rv_suffix(old_rv)  # no-op updates keep the resourceVersion
-                res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [Op.put(key, raw)])
-                if res.succeeded:
-                    return raw + meta.rv_suffix(res.revision)
-            if expected:
-                raise conflict(self.kind.resource, name)
-            expected = ""
+                continue
+            raw = self.encode(new)
+            if raw == old_raw:
+                # no-op updates keep the resourceVersion; one read from the cache is confirmed
+                # in etcd first, or a stale rv (or a deleted object) would get success
+                if not cached or (await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [])).succeeded:
+                    return raw + meta.rv_suffix(old_rv)
+                continue
+            res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [await self._put(key, raw)])
+            if res.succeeded:
+                return raw + meta.rv_suffix(res.revision)
         raise conflict(self.kind.resource, name)
 
-    def _finalized(self, obj: Message) -> bool:
-        """An object marked for deletion goes once nothing holds it back."""
-        if obj.metadata.finalizers:
+    def _delete_on_update(self, new: Message, old: Message) -> bool:
+        """Kubernetes' rule: an object marked for deletion goes with the update that removes
+        its last finalizer, once its grace period is over (0: nothing else to wait for; a pod
+        gets 0 when unbound or finished, or when its kubelet confirmed the containers stopped).
+        A namespace also waits for its spec.finalizers (the namespace controller's)."""
+        m = new.metadata
+        if not old.metadata.deletionTimestamp or m.finalizers:
+            return False
+        if old.metadata.deletionGracePeriodSeconds != 0:
             return False
         if self.kind.resource == "namespaces":
-            return not obj.spec.finalizers
-        return self.kind.resource != "pods"  # pods go when their kubelet confirms (delete, grace 0)
+            return not new.spec.finalizers
+        return True
 
     # -- binding (pods/binding) --
     async def bind(self, namespace: str, binding) -> bytes:
         name = binding.metadata.name
         expected = binding.metadata.resourceVersion
+        key = self.key(namespace, name)
+        cached_ok = True
         for _ in range(UPDATE_RETRIES):
-            pod, _, rv = await self._read(namespace, name, expected)
+            pod, _, rv, _ = await self._read(namespace, name, expected if cached_ok else "")
+            cached_ok = False
             if expected and expected != str(rv):
                 raise conflict("pods/binding", name)
             if pod.metadata.deletionTimestamp:
@@ -255,20 +325,17 @@ class Store:
                                f'is already assigned to node "{pod.spec.nodeName}"')
             pod.spec.nodeName = binding.target.name
             set_condition(pod.status.conditions, "PodScheduled", "True")
-            key = self.key(namespace, name)
             raw = self.encode(pod)
             res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [Op.put(key, raw)])
             if res.succeeded:
                 return raw + meta.rv_suffix(res.revision)
-            if expected:
-                raise conflict("pods/binding", name)
         raise conflict("pods/binding", name)
 
     # -- delete --
     async def delete(self, namespace: str, name: str, *, grace: int | None = None,
                      uid: str = "", resource_version: str = "") -> bytes:
         for _ in range(UPDATE_RETRIES):
-            obj, _, rv = await self._read(namespace, name)
+            obj, _, rv, _ = await self._read(namespace, name)
             if uid and obj.metadata.uid != uid:
                 raise Conflict(f'Operation cannot be fulfilled on {self.kind.resource} "{name}": '
                                f'Precondition failed: UID in precondition: {uid}, UID in object meta: '
@@ -285,7 +352,7 @@ class Store:
             if not mark:
                 return self.encode(obj) + meta.rv_suffix(rv)  # already terminating, nothing to change
             raw = self.encode(obj)
-            res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [Op.put(key, raw)])
+            res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [await self._put(key, raw)])
             if res.succeeded:
                 return raw + meta.rv_suffix(res.revision)
         raise conflict(self.kind.resource, name)

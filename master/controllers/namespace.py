@@ -10,7 +10,7 @@ from kubelab.api import kinds
 from kubelab.client.client import Client
 from kubelab.client.controller import Controller
 from kubelab.client.informer import Informer
-from kubelab.errors import NotFound
+from kubelab.errors import Conflict, NotFound
 
 log = logging.getLogger("namespace-controller")
 
@@ -36,12 +36,14 @@ class NamespaceController(Controller):
             objs = (await rc.list_all()).items
             remaining += len(objs)
             for obj in objs:
-                if obj.metadata.deletionTimestamp:
-                    continue
+                # Objects already marked are deleted again too, as Kubernetes' namespace deleter
+                # does (DeleteCollection on every pass): a delete of a marked object changes
+                # nothing while its finalizers or grace period hold it, and removes one that
+                # nothing holds any more (say, marked by an older API server that left it).
                 try:
-                    await rc.delete(obj.metadata.name)
-                except NotFound:
-                    pass
+                    await rc.delete(obj.metadata.name, uid=obj.metadata.uid)
+                except (NotFound, Conflict):
+                    pass  # gone, or a new object of that name: the next pass sees it
         if remaining:
             log.info("namespace %s: %d objects remaining", name, remaining)
             return self.recheck
