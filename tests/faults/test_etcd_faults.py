@@ -1,0 +1,173 @@
+"""Faults under the API server's storage: etcd killed (-9) and restarted under load, and etcd
+compacted past the revision of the API server's own watch. What watchers saw through the API
+server is judged against etcd's own history (tests/faults/conftest.py)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.errors import ServiceUnavailable
+from kubelab.etcd.client import EtcdClient
+from tests.faults.conftest import (DEADLINE, Load, Recorders, Verdict, judge, pod, pod_history, pod_state,
+                                   run_load, wait_until)
+from tests.integration.conftest import start_apiserver
+
+NS = "faults"
+WATCHERS = 6
+
+
+def namespace(name: str) -> v1.Namespace:
+    ns = v1.Namespace()
+    ns.metadata.name = name
+    return ns
+
+
+def figures(test: str, load: Load, recs: Recorders, verdict: Verdict, **extra) -> str:
+    line = (f"FAULT {test}: events checked {verdict.checked}, lost {verdict.lost}, duplicated "
+            f"{verdict.duplicated}, unexpected {verdict.unexpected}, out of order {verdict.out_of_order}; "
+            f"writers' errors {dict(load.errors)}; watchers' errors "
+            f"{[dict(r.errors) for r in recs.recorders]}, Gone {[r.gone for r in recs.recorders]}, "
+            f"rewatches {[r.rewatches for r in recs.recorders]}"
+            + "".join(f"; {k} {v}" for k, v in extra.items()))
+    print(line)
+    return line
+
+
+async def test_etcd_killed_and_restarted_under_load(fault_etcd, tmp_path):
+    """etcd is SIGKILLed while 240 pods are created, relabelled and deleted under six
+    watchers, and started again on its data dir. Meanwhile clients get ServiceUnavailable
+    from the API server; afterwards every write they were told succeeded is in etcd, and
+    every watcher saw exactly etcd's history, per pod, from its start revision."""
+    n = 240
+    api = await start_apiserver(fault_etcd, tmp_path, bookmark_interval=0.5)
+    clients = [api.new_client() for _ in range(WATCHERS)]
+    recs = None
+    try:
+        await api.client.namespaces().create(namespace(NS))
+        recs = Recorders(clients, NS)
+        await recs.started()
+        load = Load()
+        rc = api.client.pods(NS)
+        writer = asyncio.create_task(run_load(rc, NS, range(n), load))
+        await wait_until(lambda: load.done >= n // 3 or writer.done(), "a third of the load")
+        assert not writer.done(), "the load finished before etcd could be killed under it"
+        fault_etcd.kill9()
+        # The API server stays up and says what is wrong, with the reason clients retry on.
+        with pytest.raises(ServiceUnavailable, match="etcd"):
+            await rc.create(pod(NS, "probe"))
+        await wait_until(lambda: load.errors["ServiceUnavailable"] >= 8 or writer.done(),
+                         "the load's clients to be told ServiceUnavailable")
+        await fault_etcd.restart()
+        restarted = time.monotonic()
+        await asyncio.wait_for(writer, DEADLINE)
+
+        start = min(r.segments[0].start_rv for r in recs.recorders)
+        history, _ = await pod_history(fault_etcd.endpoint, start)
+        last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
+        await recs.reached(last)
+        converged = time.monotonic() - restarted
+        await recs.stop()
+
+        verdict = Verdict()
+        for r in recs.recorders:
+            verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
+        figures("etcd-kill", load, recs, verdict, converge_s=f"{converged:.1f}",
+                history_events=len(history))
+        assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
+        # Nothing was compacted and the cache's window holds every event since the watchers
+        # started: none of them had reason to be told Gone, nor any other error.
+        assert [r.gone for r in recs.recorders] == [0] * WATCHERS
+        assert [dict(r.errors) for r in recs.recorders] == [{}] * WATCHERS
+        # What clients were told, and only that, is in etcd.
+        assert set(load.errors) <= {"ServiceUnavailable", "AlreadyExists after a failed attempt",
+                                    "NotFound after a failed attempt"}, load.errors
+        final = await pod_state(fault_etcd.endpoint, 0, NS)
+        assert set(final) == {f"{NS}/p{i}" for i in range(n)} - {f"{NS}/{x}" for x in load.deleted}
+        listed = {p.metadata.name: p for p in (await rc.list()).items}
+        for name, uid in load.created.items():
+            if uid and name not in load.deleted:
+                assert listed[name].metadata.uid == uid, f"{name} is not the object its create returned"
+            if int(name[1:]) % 3 == 0:
+                assert listed[name].metadata.labels["step"] == "2", f"{name} lost its acknowledged update"
+        assert len({p.metadata.uid for p in listed.values()}) == len(listed)
+    finally:
+        if recs is not None:
+            await recs.stop()
+        for c in clients:
+            await c.close()
+        await api.client.close()
+        await api.server.stop(0)
+
+
+async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, tmp_path):
+    """An API server is cut off from etcd (its etcd connection goes through a relay) while a
+    second API server on the same etcd keeps writing; etcd is then compacted past the first
+    server's watch position and the cut is healed. The first server's watch cache must find
+    its etcd watch compacted and relist; its six watchers are told Gone, relist and watch
+    again, and miss nothing: each list equals etcd's state at its revision, each watch run
+    equals etcd's history, and the changes made after the relist are all seen."""
+    relay = await tcp_relay(fault_etcd.client_port)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    api = await start_apiserver(SimpleNamespace(endpoint=relay.endpoint), tmp_path / "a", bookmark_interval=0.5)
+    other = await start_apiserver(fault_etcd, tmp_path / "b", bookmark_interval=0.5)
+    clients = [api.new_client() for _ in range(WATCHERS)]
+    recs = None
+    try:
+        await other.client.namespaces().create(namespace(NS))
+        await wait_until(lambda: api.server.caches["namespaces"].get("", NS) is not None,
+                         "the first API server to see the namespace")
+        recs = Recorders(clients, NS)
+        await recs.started()
+        load = Load()
+        await run_load(other.client.pods(NS), NS, range(0, 45), load)
+        start = min(r.segments[0].start_rv for r in recs.recorders)
+        # the first lists' revisions are about to be compacted: read etcd's state at them now
+        listings = {r.segments[0].start_rv: await pod_state(fault_etcd.endpoint, r.segments[0].start_rv, NS)
+                    for r in recs.recorders}
+
+        await relay.cut()
+        with pytest.raises(ServiceUnavailable, match="etcd"):
+            await api.client.pods(NS).get("p0")
+        await run_load(other.client.pods(NS), NS, range(45, 90), load)  # unseen by the cut-off server
+        before, compact_at = await pod_history(fault_etcd.endpoint, start)
+        async with EtcdClient(fault_etcd.endpoint) as etcd:
+            await etcd.compact(compact_at, physical=True)
+        await relay.heal()
+        healed = time.monotonic()
+
+        await wait_until(lambda: all(r.gone for r in recs.recorders), "every watcher to be told Gone")
+        relisted = time.monotonic() - healed
+        await run_load(api.client.pods(NS), NS, range(90, 135), load)  # through the healed server
+        after, _ = await pod_history(fault_etcd.endpoint, compact_at)
+        history = before + after
+        last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
+        await recs.reached(last)
+        converged = time.monotonic() - healed
+        await recs.stop()
+
+        verdict = Verdict()
+        for r in recs.recorders:
+            verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last, listings))
+        figures("compaction", load, recs, verdict, relist_s=f"{relisted:.1f}", converge_s=f"{converged:.1f}",
+                compacted_at=compact_at)
+        assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
+        final = await pod_state(fault_etcd.endpoint, 0, NS)
+        for r in recs.recorders:
+            assert len(r.segments) >= 2, f"{r.name} never relisted"
+            # the relist came after the compaction, and the watch after it saw every later change
+            assert r.segments[-1].start_rv >= compact_at
+            assert r.state() == final, f"{r.name}'s view differs from etcd's"
+        assert [dict(r.errors) for r in recs.recorders] == [{}] * WATCHERS
+    finally:
+        if recs is not None:
+            await recs.stop()
+        for c in clients:
+            await c.close()
+        for h in (api, other):
+            await h.client.close()
+            await h.server.stop(0)
