@@ -362,13 +362,15 @@ class Watch:
     Watch is garbage (a bare `async for` left with break).
     """
 
-    __slots__ = ("_client", "_request", "_call", "_closed", "revision", "__weakref__")
+    __slots__ = ("_client", "_request", "_call", "_closed", "_write_lock", "revision", "__weakref__")
 
     def __init__(self, client: EtcdClient, request: rpc_pb2.WatchRequest):
         self._client = client
         self._request = request
         self._call = None
         self._closed = False
+        # grpc.aio allows one write in flight per stream; a second concurrent write fails
+        self._write_lock = asyncio.Lock()
         self.revision = 0  # etcd's revision when the watch was created
 
     async def start(self) -> int:
@@ -379,7 +381,8 @@ class Watch:
                 raise EtcdError("watch is closed")
             try:
                 self._call = self._client._watch()
-                await self._call.write(self._request)
+                async with self._write_lock:  # taken at once: nobody else has the call yet
+                    await self._call.write(self._request)
             except grpc.RpcError as e:
                 self._cancel()
                 raise _translate(e) from None
@@ -394,16 +397,21 @@ class Watch:
         return self.revision
 
     async def request_progress(self) -> None:
-        """Ask etcd for a progress notification (an empty batch) as soon as the watch is caught up."""
+        """Ask etcd for a progress notification (an empty batch) as soon as the watch is caught up.
+
+        Safe to call from several tasks at once: the writes are serialized. A failed request
+        raises EtcdError but leaves the watch open: if the stream itself broke, reading it
+        says so; a lost progress request must not cost the events still to come."""
         await self.start()
-        try:
-            await self._call.write(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
-        except grpc.RpcError as e:
-            self._cancel()
-            raise _translate(e) from None
-        except grpc.aio.UsageError:
-            self._cancel()
-            raise EtcdError("etcd client closed") from None
+        async with self._write_lock:
+            if self._closed:
+                raise EtcdError("watch is closed")
+            try:
+                await self._call.write(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+            except grpc.RpcError as e:
+                raise _translate(e) from None
+            except grpc.aio.UsageError as e:
+                raise EtcdError(f"progress request not sent: {e}") from None
 
     def __aiter__(self) -> Watch:
         return self
