@@ -8,6 +8,9 @@ import signal
 import socket
 from typing import Awaitable, Callable
 
+FLAG_NAMES = {"lease_duration": "--lease-duration", "renew_deadline": "--renew-deadline",
+              "retry_period": "--retry-period"}
+
 
 async def run_until_signalled(main: Awaitable, *, cleanup: Callable[[], Awaitable] | None = None) -> int:
     """Run `main` until it ends or the process is asked to stop; always run `cleanup`."""
@@ -28,9 +31,30 @@ async def run_until_signalled(main: Awaitable, *, cleanup: Callable[[], Awaitabl
 def add_leader_election_flags(p) -> None:
     p.add_argument("--leader-elect", default="true", choices=("true", "false"))
     p.add_argument("--identity", default=None, help="leader election identity (default host_pid)")
-    p.add_argument("--lease-duration", type=float, default=15.0)
-    p.add_argument("--renew-deadline", type=float, default=10.0)
+    p.add_argument("--lease-duration", type=float, default=15.0,
+                   help="seconds a candidate waits, after it last saw the lease change, before taking it")
+    p.add_argument("--renew-deadline", type=float, default=10.0,
+                   help="seconds the leader keeps acting after its last renewal (< --lease-duration)")
     p.add_argument("--retry-period", type=float, default=2.0)
+
+
+def leader_election_error(args) -> str | None:
+    """The error to print for leader election flags that cannot work (checked before connecting)."""
+    if args.leader_elect != "true":
+        return None
+    from kubelab.client.leaderelection import InvalidLeaderElectionConfig, validate
+    try:
+        validate(args.lease_duration, args.renew_deadline, args.retry_period, names=FLAG_NAMES)
+    except InvalidLeaderElectionConfig as e:
+        return f"error: invalid {e.field}: {e.detail}"
+    if args.identity == "":
+        return "error: invalid --identity: must not be empty"
+    return None
+
+
+def identity(args) -> str:
+    """This process's leader election identity: --identity, else host_pid as kube components do."""
+    return args.identity or f"{socket.gethostname()}_{os.getpid()}"
 
 
 def leader_elected(client, lease_name: str, args, lead: Callable[[], Awaitable[None]]) -> Awaitable[None]:
@@ -38,6 +62,6 @@ def leader_elected(client, lease_name: str, args, lead: Callable[[], Awaitable[N
     if args.leader_elect != "true":
         return lead()
     from kubelab.client.leaderelection import LeaderElector
-    identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
-    return LeaderElector(client, lease_name, identity, lease_duration=args.lease_duration,
-                         renew_deadline=args.renew_deadline, retry_period=args.retry_period).run(lead)
+    return LeaderElector(client.leases("kube-system"), lease_name, identity(args),
+                         lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+                         retry_period=args.retry_period).run(lead)

@@ -4,9 +4,10 @@ kube-controller-manager Lease: namespace, nodeipam (pod CIDRs) and nodelifecycle
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from kubelab.client.client import Client
-from kubelab.daemon import add_leader_election_flags, leader_elected, run_until_signalled
+from kubelab.daemon import add_leader_election_flags, leader_elected, leader_election_error, run_until_signalled
 
 from .namespace import NamespaceController
 from .nodeipam import NodeIpamController
@@ -32,12 +33,17 @@ def register(sub, parents) -> None:
 
 
 async def run(args) -> int:
-    client = Client.connect(args.config)
     names = list(CONTROLLERS) if args.controllers == "*" else args.controllers.split(",")
     unknown = [n for n in names if n not in CONTROLLERS]
     if unknown:
-        print(f"error: unknown controllers: {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})")
+        print(f"error: unknown controllers: {', '.join(unknown)} (known: {', '.join(CONTROLLERS)})",
+              file=sys.stderr)
         return 1
+    err = leader_election_error(args)
+    if err:
+        print(err, file=sys.stderr)
+        return 1
+    client = Client.connect(args.config)
 
     async def lead():
         controllers = [CONTROLLERS[n](client, args) for n in names]

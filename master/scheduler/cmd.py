@@ -1,8 +1,11 @@
 """`kubelab scheduler`: run the scheduler with leader election on the kube-scheduler Lease."""
 from __future__ import annotations
 
+import sys
+
 from kubelab.client.client import Client
-from kubelab.daemon import add_leader_election_flags, leader_elected, run_until_signalled
+from kubelab.daemon import (add_leader_election_flags, identity, leader_elected, leader_election_error,
+                            run_until_signalled)
 
 from .scheduler import Scheduler
 
@@ -15,8 +18,13 @@ def register(sub, parents) -> None:
 
 
 async def run(args) -> int:
+    err = leader_election_error(args)
+    if err:
+        print(err, file=sys.stderr)
+        return 1
     client = Client.connect(args.config)
+    me = identity(args)
 
     async def lead():
-        await Scheduler(client, percentage_of_nodes=args.percentage_of_nodes_to_score).run()
+        await Scheduler(client, percentage_of_nodes=args.percentage_of_nodes_to_score, identity=me).run()
     return await run_until_signalled(leader_elected(client, "kube-scheduler", args, lead), cleanup=client.close)

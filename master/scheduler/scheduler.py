@@ -35,13 +35,14 @@ def nodes_to_find(total: int, percentage: int = 0) -> int:
 
 class Scheduler:
     def __init__(self, client: Client, *, parallel_binds: int = 64, percentage_of_nodes: int = 0,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, identity: str = ""):
         self.client = client
         self.cache = Cache()
         self.queue = SchedulingQueue()
         self.pods = Informer(client.pods(""))
         self.nodes = Informer(client.nodes())
-        self.recorder = EventRecorder(client, SCHEDULER_NAME)
+        # the instance in source.host, as kube-scheduler's reportingInstance: which replica bound
+        self.recorder = EventRecorder(client, SCHEDULER_NAME, host=identity)
         self.binds = asyncio.Semaphore(parallel_binds)
         self.percentage = percentage_of_nodes
         self.rng = rng or random.Random()
