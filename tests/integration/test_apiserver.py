@@ -8,7 +8,8 @@ import pytest
 
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
-from kubelab.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Gone, Invalid, NotFound
+from kubelab.errors import (AlreadyExists, BadRequest, Conflict, Forbidden, Gone, Invalid, NotFound,
+                            RequestEntityTooLarge, ServiceUnavailable)
 
 from .conftest import start_apiserver, wait_for
 
@@ -74,7 +75,12 @@ async def test_validation_errors_name_the_field(api):
         await api.client.pods("nope").create(pod("x", ns="nope"))
     p = pod("big")
     p.metadata.annotations["a"] = "x" * (2 * 1024 * 1024)
-    with pytest.raises(Exception):
+    with pytest.raises(Invalid, match='pods "big" is invalid: metadata.annotations: Too long'):
+        await api.client.pods("default").create(p)
+    p = pod("big")
+    for i in range(16):  # 1.6 MB in all, over the 1.5 MiB object limit
+        p.spec.containers[0].env.add(name=f"E{i}", value="y" * 100_000)
+    with pytest.raises(RequestEntityTooLarge, match='pods "big" is too large'):
         await api.client.pods("default").create(p)
     assert (await api.client.pods("default").list()).items == []
 
@@ -164,7 +170,9 @@ async def test_watch_selector_transitions_and_bookmarks(api):
     await pods.create(pod("w"))
     await api.client.bind("default", "w", "n1")  # now matches: ADDED
     await wait_for(lambda: ("ADDED", "w") in seen, 10, what="ADDED after binding")
-    await wait_for(lambda: ("BOOKMARK", "") in seen, 10, what="a bookmark")
+    # the first event is the initial bookmark; a later one can only come from the timed loop
+    await wait_for(lambda: ("BOOKMARK", "") in seen[seen.index(("ADDED", "w")):], 30,
+                   what="a timed bookmark after the ADDED event")
     await pods.delete("w", grace_period=0)
     await asyncio.wait_for(t, 10)
     assert seen[0] == ("BOOKMARK", "") and seen[-1] == ("DELETED", "w")
@@ -176,8 +184,10 @@ async def test_watch_too_old_is_gone(etcd, tmp_path):
         pods = h.client.pods("default")
         first = await pods.create(pod("p0"))
         for i in range(1, 10):
-            await pods.create(pod(f"p{i}"))
-        await asyncio.sleep(0.3)
+            last = await pods.create(pod(f"p{i}"))
+        cache = h.server.caches["pods"]
+        await wait_for(lambda: cache.applied_rv >= int(last.metadata.resourceVersion), 30,
+                       what="the cache to apply every create (p0 then falls out of its 5 events)")
         with pytest.raises(Gone, match="too old resource version"):
             async for _ in pods.watch(resource_version=first.metadata.resourceVersion):
                 pass
@@ -270,13 +280,13 @@ async def test_mtls_is_required(api):
         root_certificates=api.server.opts.pki_dir.joinpath("ca.crt").read_bytes()))
     c = Client(ch, timeout=5)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(ServiceUnavailable):  # the handshake fails without a client certificate
             await c.namespaces().list()
     finally:
         await c.close()
     insecure = Client.insecure(api.address, timeout=5)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(ServiceUnavailable):
             await insecure.namespaces().list()
     finally:
         await insecure.close()
@@ -291,8 +301,234 @@ async def test_watch_from_a_list_revision_moved_by_other_kinds(api):
     listed = await api.client.pods("default").list(limit=10)  # read from etcd: etcd's revision
     stream = api.client.pods("default").watch(resource_version=listed.resource_version, allow_bookmarks=False)
     got = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0.2)
     await api.client.pods("default").create(pod("late"))
-    ev = await asyncio.wait_for(got, 2.5)  # well under the cache's 3 s wait
-    assert (ev.type, ev.object.metadata.name) == ("ADDED", "late")
-    await stream.aclose()
+    try:
+        # a cache that could not prove it reached the revision answers Timeout instead
+        ev = await asyncio.wait_for(got, 60)
+        assert (ev.type, ev.object.metadata.name) == ("ADDED", "late")
+    finally:
+        got.cancel()
+        await stream.aclose()
+
+
+def blob_pod(name, size, labels=None):
+    p = pod(name, labels=labels)
+    p.metadata.annotations["blob"] = "x" * size
+    return p
+
+
+async def raw_pages(client, **req):
+    """Every List response of a continue walk, as sent (item bytes per page)."""
+    from kubelab.api.v1 import api_pb2
+    pages, token = [], ""
+    while True:
+        r = await client.call("List", api_pb2.ListRequest(resource="pods", namespace="default",
+                                                          continue_token=token, **req))
+        pages.append([len(a.value) for a in r.items])
+        token = r.continue_token
+        if not token:
+            return pages
+        req.pop("resourceVersion", None)  # a continuation names its revision in the token
+
+
+async def test_list_responses_are_bounded_in_bytes(etcd, tmp_path):
+    """With a 32 KiB budget, 12 objects of 10 KB come three to a response, with continue
+    tokens, whichever way the list is served; the client library still returns them all."""
+    budget = 32 << 10
+    h = await start_apiserver(etcd, tmp_path, list_page_bytes=budget)
+    try:
+        pods = h.client.pods("default")
+        for i in range(12):
+            last = await pods.create(blob_pod(f"b{i:02d}", 10_000, labels={"big": "y" if i % 4 else "n"}))
+        want = sorted(f"b{i:02d}" for i in range(12))
+        cache = h.server.caches["pods"]
+        await wait_for(lambda: cache.applied_rv >= int(last.metadata.resourceVersion), 30, what="the cache")
+        for req, count in (({}, 12), ({"limit": 500}, 12), ({"labelSelector": "big=y"}, 9),
+                           ({"resourceVersion": "0"}, 12),  # what the watch cache would serve whole
+                           ({"resourceVersion": last.metadata.resourceVersion}, 12)):
+            pages = await raw_pages(h.client, **req)
+            assert len(pages) > 1, req
+            assert all(sum(p) <= budget for p in pages), (req, pages)
+            assert sum(len(p) for p in pages) == count, (req, pages)
+        assert sorted(p.metadata.name for p in (await pods.list()).items) == want
+        assert sorted(p.metadata.name for p in (await pods.list(resource_version="0")).items) == want
+        assert len((await pods.list(label_selector="big=y")).items) == 9
+        assert sorted(p.metadata.name for p in (await pods.list_all(page_size=5)).items) == want
+        first = await pods.list(limit=5)
+        assert len(first.items) == 3 and first.continue_token and first.remaining == 9
+    finally:
+        await h.client.close()
+        await h.server.stop(0)
+
+
+async def test_list_limit_is_validated_and_clamped(api):
+    pods = api.client.pods("default")
+    for i in range(3):
+        await pods.create(pod(f"l{i}"))
+    with pytest.raises(BadRequest, match="limit: Invalid value: -1"):
+        await pods.list(limit=-1)
+    huge = await pods.list(limit=1 << 62)
+    assert [p.metadata.name for p in huge.items] == ["l0", "l1", "l2"] and not huge.continue_token
+
+
+async def test_event_keeps_its_ttl_lease_through_updates(api, etcd_client):
+    events = api.client.events("default")
+    ev = v1.Event()
+    ev.metadata.name = "web.1"
+    ev.involvedObject.kind, ev.involvedObject.name = "Pod", "web"
+    ev.reason, ev.count = "BackOff", 1
+    created = await events.create(ev)
+    key = b"/registry/events/default/web.1"
+    kv, _ = await etcd_client.get(key)
+    assert kv.lease
+    for n in (2, 3):
+        created.count = n  # a repeating event: the recorder bumps the count
+        created = await events.update(created)
+        kv, _ = await etcd_client.get(key)
+        assert kv.lease, f"update {n} wrote the event without a lease: it would never expire"
+        info = await etcd_client.lease_time_to_live(kv.lease)
+        assert 3600 <= info.ttl <= info.granted_ttl
+
+
+async def test_delete_preconditions(api):
+    pods = api.client.pods("default")
+    p = await pods.create(pod("pre"))
+    with pytest.raises(Conflict, match="Precondition failed: UID in precondition: nope"):
+        await pods.delete("pre", uid="nope")
+    p.metadata.labels["v"] = "2"
+    newer = await pods.update(p)
+    with pytest.raises(Conflict, match="the object has been modified"):
+        await pods.delete("pre", resource_version=p.metadata.resourceVersion)
+    await pods.delete("pre", uid=newer.metadata.uid, resource_version=newer.metadata.resourceVersion)
+    with pytest.raises(NotFound):
+        await pods.get("pre")
+
+
+async def test_binding_a_pod_being_deleted_is_a_conflict(api):
+    pods = api.client.pods("default")
+    p = pod("doomed")
+    p.metadata.finalizers.append("example.com/hold")
+    await pods.create(p)
+    marked = await pods.delete("doomed")
+    assert marked.metadata.deletionTimestamp
+    with pytest.raises(Conflict, match="is being deleted, cannot be assigned to a host"):
+        await api.client.bind("default", "doomed", "n1")
+    assert not (await pods.get("doomed")).spec.nodeName
+
+
+async def drop_finalizers(rc, name):
+    obj = await rc.get(name)
+    del obj.metadata.finalizers[:]
+    return await rc.update(obj)
+
+
+async def test_finalizers_hold_a_deletion_until_the_last_is_removed(api):
+    pods = api.client.pods("default")
+    # unbound: grace 0 at once, so the finalizer is all that holds it
+    p = pod("unbound")
+    p.metadata.finalizers.extend(["example.com/a", "example.com/b"])
+    await pods.create(p)
+    marked = await pods.delete("unbound")
+    assert marked.metadata.deletionTimestamp and marked.metadata.deletionGracePeriodSeconds == 0
+    one = await pods.get("unbound")
+    one.metadata.finalizers.remove("example.com/a")
+    assert (await pods.update(one)).metadata.finalizers == ["example.com/b"]
+    await drop_finalizers(pods, "unbound")
+    with pytest.raises(NotFound):
+        await pods.get("unbound")
+
+    # bound: the finalizer goes first, then the kubelet's confirmation (grace 0) deletes it
+    p = pod("bound")
+    p.metadata.finalizers.append("example.com/a")
+    await pods.create(p)
+    await api.client.bind("default", "bound", "n1")
+    assert (await pods.delete("bound")).metadata.deletionGracePeriodSeconds == 30
+    await drop_finalizers(pods, "bound")
+    assert (await pods.get("bound")).metadata.deletionTimestamp  # the kubelet has not confirmed yet
+    await pods.delete("bound", grace_period=0)
+    with pytest.raises(NotFound):
+        await pods.get("bound")
+
+    # bound: the kubelet confirms first, then the finalizer's removal deletes it
+    p = pod("confirmed")
+    p.metadata.finalizers.append("example.com/a")
+    await pods.create(p)
+    await api.client.bind("default", "confirmed", "n1")
+    await pods.delete("confirmed")
+    assert (await pods.delete("confirmed", grace_period=0)).metadata.deletionGracePeriodSeconds == 0
+    await drop_finalizers(pods, "confirmed")
+    with pytest.raises(NotFound):
+        await pods.get("confirmed")
+
+    # another kind
+    leases = api.client.leases("default")
+    lease = v1.Lease()
+    lease.metadata.name = "held"
+    lease.metadata.finalizers.append("example.com/a")
+    await leases.create(lease)
+    assert (await leases.delete("held")).metadata.deletionTimestamp
+    assert (await leases.get("held")).metadata.finalizers == ["example.com/a"]
+    await drop_finalizers(leases, "held")
+    with pytest.raises(NotFound):
+        await leases.get("held")
+
+
+@pytest.fixture
+async def namespace_controller(api):
+    from master.controllers.namespace import NamespaceController
+    client = api.new_client()
+    task = asyncio.create_task(NamespaceController(client, recheck=0.2).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+async def test_namespace_with_a_finalized_pod_goes_away(api, namespace_controller):
+    nss, pods = api.client.namespaces(), api.client.pods("fin")
+    await nss.create(namespace("fin"))
+    p = pod("held", ns="fin")
+    p.metadata.finalizers.append("example.com/a")
+    await pods.create(p)
+    await pods.create(pod("free", ns="fin"))
+    await nss.delete("fin")
+
+    async def only_held_left():
+        return [p.metadata.name for p in (await pods.list()).items] == ["held"]
+    await wait_for(only_held_left, 30, what="the controller to delete all but the held pod")
+    assert (await pods.get("held")).metadata.deletionTimestamp
+    assert (await nss.get("fin")).status.phase == "Terminating"
+    await drop_finalizers(pods, "held")
+
+    async def gone():
+        try:
+            await nss.get("fin")
+        except NotFound:
+            return True
+        return False
+    await wait_for(gone, 30, what='namespace "fin" to be removed')
+
+
+async def test_namespace_controller_deletes_objects_left_marked(api, etcd_client, namespace_controller):
+    """A pod marked for deletion with nothing holding it any more (as an older API server left
+    pods whose last finalizer was removed) is deleted by the namespace controller's pass."""
+    nss, pods = api.client.namespaces(), api.client.pods("left")
+    await nss.create(namespace("left"))
+    await pods.create(pod("stale", ns="left"))
+    key = b"/registry/pods/left/stale"
+    kv, _ = await etcd_client.get(key)
+    stale = v1.Pod.FromString(kv.value)
+    stale.metadata.deletionTimestamp = "2026-01-01T00:00:00Z"
+    stale.metadata.deletionGracePeriodSeconds = 0
+    await etcd_client.put(key, stale.SerializeToString())
+    await nss.delete("left")
+
+    async def gone():
+        try:
+            await nss.get("left")
+        except NotFound:
+            return True
+        return False
+    await wait_for(gone, 30, what='namespace "left" to be removed')
