@@ -129,7 +129,10 @@ class LeaderElector:
         record = lease.spec.SerializeToString(deterministic=True)
         if record != self._observed:
             self._observed, self._observed_at = record, self.monotonic()
-        self._observed_holder = lease.spec.holderIdentity
+        holder = lease.spec.holderIdentity
+        if holder != self._observed_holder and holder and holder != self.identity:
+            log.info("%s: %s sees the leader is %s", self.name, self.identity, holder)
+        self._observed_holder = holder
 
     def _wrote(self, lease: v1.Lease) -> None:
         self._observe(lease)
