@@ -26,7 +26,7 @@ while that fails) and then closes every client stream, which rewatch, get Gone a
 
 Memory. A client stream holds its initial events (the snapshot of a watch from "0", or the
 ring buffer's replay) as references, encoded only as the stream drains, and at most
-max_pending live events (default: the ring's capacity) and max_pending_bytes. A consumer that
+max_pending live events (default: half the ring's capacity) and max_pending_bytes. A consumer that
 falls further behind is closed and rewatches from its last resourceVersion, as in Kubernetes.
 (A watch from "0" closed before its initial events are through has no safe resume point: its
 client must list again.)
@@ -190,7 +190,9 @@ class WatchCache:
         self.prefix = prefix  # "/registry/pods/"
         self.capacity = capacity
         self.bookmark_interval = bookmark_interval
-        self.max_pending = max_pending or capacity  # more than the ring holds cannot be replayed anyway
+        # Half the ring: a stream dropped for falling this far behind still finds its next
+        # events in the ring when it rewatches, unless the ring turns over meanwhile.
+        self.max_pending = max_pending or max(1, capacity // 2)
         self.max_pending_bytes = max_pending_bytes
         self.page_size = page_size
         self.page_bytes = page_bytes

@@ -232,6 +232,21 @@ async def test_watch_from_revision_sees_puts_and_deletes_with_prev_kv(kv):
         assert batch.events == [] and batch.revision == r6
 
 
+async def test_concurrent_progress_requests_keep_the_watch(kv):
+    """grpc.aio allows one write in flight per stream: request_progress serializes them, so
+    many callers at once neither fail nor break the watch."""
+    async with kv.watch("/pr/", prefix=True) as w:
+        r1 = await kv.put("/pr/a", "1")
+        for _ in range(5):
+            await asyncio.gather(*(w.request_progress() for _ in range(8)))
+        r2 = await kv.put("/pr/b", "2")
+        assert [e.kv.mod_revision for e in await take(w, 2)] == [r1, r2]
+        await w.request_progress()
+        while (batch := await asyncio.wait_for(w.__anext__(), 10)).events:
+            pass
+        assert batch.revision >= r2
+
+
 async def test_watch_single_key_and_range(kv):
     async with kv.watch("/s/a") as one, kv.watch("/s/b", range_end="/s/d") as rng:
         for k in ("/s/a", "/s/ab", "/s/b", "/s/c", "/s/d"):
@@ -412,12 +427,13 @@ def test_etcd_dies_with_its_parent(tmp_path):
     pid = None
     try:
         pid = int(parent.stdout.readline())
-        assert psutil.Process(pid).name() == "etcd"
+        etcd_proc = psutil.Process(pid)  # etcd must be running now: NoSuchProcess fails the test
+        assert etcd_proc.name() == "etcd"
         parent.kill()
         parent.wait()
-        assert psutil.wait_procs([psutil.Process(pid)], timeout=10)[1] == []
-    except psutil.NoSuchProcess:
-        pass
+        # the Process object, not the pid: a recycled pid cannot pass for etcd still running
+        gone, alive = psutil.wait_procs([etcd_proc], timeout=10)
+        assert alive == [] and gone == [etcd_proc]
     finally:
         parent.kill()
         parent.wait()

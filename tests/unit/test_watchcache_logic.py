@@ -138,5 +138,5 @@ async def test_queue_initial_events_lazily_then_bounded_live_events():
     assert q.bytes == 0 and await q.get() is None
 
 
-def test_max_pending_defaults_to_the_ring():
-    assert WatchCache(PODS, ScriptedEtcd([], 1, []), PREFIX, capacity=50).max_pending == 50
+def test_max_pending_defaults_to_half_the_ring():
+    assert WatchCache(PODS, ScriptedEtcd([], 1, []), PREFIX, capacity=50).max_pending == 25
