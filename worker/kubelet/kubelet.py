@@ -19,13 +19,13 @@ from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
 from kubelab.client.events import EventRecorder
 from kubelab.client.informer import Informer
-from kubelab.errors import AlreadyExists, ApiError, NotFound
+from kubelab.errors import AlreadyExists, Conflict, NotFound
 
 from .backoff import Backoff
 from .nodestatus import NodeConfig, NodeLease, fill_status, register_node, set_healthy_conditions
 from .podsync import LABEL_UID, PodSyncer
 from .podworkers import PodWorkers
-from .staticpods import StaticPods, is_mirror, mirror_of
+from .staticpods import HASH_ANNOTATION, MIRROR_ANNOTATION, StaticPods, is_mirror, mirror_of
 from .statusmanager import StatusManager
 
 log = logging.getLogger("kubelet")
@@ -86,6 +86,8 @@ class Kubelet:
         self.pods = Informer(client.pods(""), field_selector=f"spec.nodeName={cfg.node_name}")
         self.static = StaticPods(cfg.manifest_dir, cfg.node_name)
         self.static_pods: dict[str, v1.Pod] = {}
+        self._scanned = False  # static pods read once: until then no mirror is judged an orphan
+        self._mirrors_dirty = asyncio.Event()
         self.lease = NodeLease(client, cfg.node_name, duration=cfg.lease_duration)
         self.node_cfg = NodeConfig(cfg.node_name, cfg.node_ip, capacity=host_capacity(), labels=dict(cfg.labels),
                                    node_info={"kernelVersion": platform.release(), "osImage": os_image(),
@@ -106,8 +108,9 @@ class Kubelet:
     # -- the desired pods: API pods bound here, plus static pods --
     def _api_pod(self, pod: v1.Pod, deleted: bool = False) -> None:
         if is_mirror(pod):
-            if deleted:
-                asyncio.get_running_loop().create_task(self._ensure_mirrors())
+            # a mirror marked for deletion, outdated, orphaned or gone: only the mirror changes,
+            # never the static pod's containers
+            self._mirrors_dirty.set()
             return
         self.workers.update(pod.metadata.uid, None if deleted else pod)
 
@@ -117,8 +120,11 @@ class Kubelet:
         if pod is not None and pod.metadata.deletionTimestamp and uid not in self.static_pods:
             try:  # the containers are gone: confirm, and the API server removes the pod
                 await self.client.pods(pod.metadata.namespace).delete(pod.metadata.name, grace_period=0, uid=uid)
-            except (NotFound, ApiError) as e:
-                log.debug("confirming deletion of %s: %s", pod.metadata.name, e)
+            except NotFound:
+                pass
+            except Conflict:  # another pod of that name now: ours is gone already
+                pass
+            # anything else (the API server away) raises: the pod worker retries the confirmation
 
     async def _scan_static(self) -> None:
         while True:
@@ -128,40 +134,66 @@ class Kubelet:
                     log.info("static pod %s/%s from %s", pod.metadata.namespace, pod.metadata.name, self.cfg.manifest_dir)
                 self.status.static.add(uid)
                 self.workers.update(uid, pod)
-            removed = [self.static_pods[uid] for uid in set(self.static_pods) - set(found)]
-            self.static_pods = found  # before deleting mirrors: their DELETED events re-check this
-            for old in removed:
-                self.workers.update(old.metadata.uid, None)
-                await self._delete_mirror(old)
-            await self._ensure_mirrors()
+            removed = set(self.static_pods) - set(found)
+            self.static_pods = found  # before the mirrors are reconciled: they are judged against it
+            for uid in removed:
+                self.workers.update(uid, None)
+                self.status.static.discard(uid)
+            self._scanned = True
+            self._mirrors_dirty.set()
             await asyncio.sleep(self.cfg.static_scan_interval)
 
-    async def _ensure_mirrors(self) -> None:
-        for pod in list(self.static_pods.values()):
-            pods = self.client.pods(pod.metadata.namespace)
+    async def _mirror_loop(self) -> None:
+        """Keep one current mirror pod per static pod, and none for static pods that are gone."""
+        while True:
+            await self._mirrors_dirty.wait()
+            self._mirrors_dirty.clear()
+            if not self._scanned:
+                continue
             try:
-                live = await pods.get(pod.metadata.name)
-                if live.metadata.annotations.get("kubernetes.io/config.mirror") == pod.metadata.annotations[
-                        "kubernetes.io/config.hash"]:
-                    continue
-                await pods.delete(pod.metadata.name, grace_period=0)  # an outdated mirror: replace it
-            except NotFound:
-                pass
+                await self._reconcile_mirrors()
             except Exception as e:  # noqa: BLE001 - no API server yet: static pods run anyway
-                log.debug("mirror pod %s: %s", pod.metadata.name, e)
-                return
+                log.debug("mirror pods: %s; retrying", e)
+                await asyncio.sleep(1)
+                self._mirrors_dirty.set()
+
+    async def _reconcile_mirrors(self) -> None:
+        wanted = {(p.metadata.namespace, p.metadata.name): p for p in self.static_pods.values()}
+        if self.pods.synced.is_set():  # mirrors whose static pod is gone (the manifest was removed)
+            for live in self.pods.list():
+                key = (live.metadata.namespace, live.metadata.name)
+                if is_mirror(live) and key not in wanted:
+                    log.info("deleting mirror pod %s/%s: its static pod is gone", *key)
+                    await self._delete_mirror(live)
+        for (ns, name), pod in wanted.items():
+            pods = self.client.pods(ns)
+            try:
+                live = await pods.get(name)
+            except NotFound:
+                live = None
+            if live is not None:
+                current = is_mirror(live) and live.metadata.annotations[MIRROR_ANNOTATION] == \
+                    pod.metadata.annotations[HASH_ANNOTATION] and not live.metadata.deletionTimestamp
+                if current:
+                    continue
+                if not is_mirror(live):
+                    log.warning("pod %s/%s exists and is not a mirror pod: static pod %s not mirrored",
+                                ns, name, pod.metadata.uid)
+                    continue
+                # deleted by someone (a graceful delete waits for us) or outdated: replace it
+                await self._delete_mirror(live)
             try:
                 await pods.create(mirror_of(pod))
             except AlreadyExists:
-                pass
-            except Exception as e:  # noqa: BLE001
-                log.debug("mirror pod %s: %s", pod.metadata.name, e)
+                self._mirrors_dirty.set()  # made again meanwhile: look once more
 
-    async def _delete_mirror(self, pod: v1.Pod) -> None:
+    async def _delete_mirror(self, live: v1.Pod) -> None:
+        """Delete a mirror pod at once, and only the one we looked at (the uid precondition)."""
         try:
-            await self.client.pods(pod.metadata.namespace).delete(pod.metadata.name, grace_period=0)
-        except Exception:  # noqa: BLE001
-            pass
+            await self.client.pods(live.metadata.namespace).delete(live.metadata.name, grace_period=0,
+                                                                   uid=live.metadata.uid)
+        except (NotFound, Conflict):
+            pass  # gone already, or replaced
 
     # -- PLEG: relist the runtime, wake the workers of pods whose containers changed --
     async def _pleg(self) -> None:
@@ -187,12 +219,17 @@ class Kubelet:
         """Containers of pods that no source wants any more (deleted while we were down)."""
         if not self.pods.synced.is_set():
             return
-        wanted = set(self.workers.workers) | set(self.static_pods) | {p.metadata.uid for p in self.pods.list()}
-        for uid in {c.labels.get(LABEL_UID) for c in containers} - wanted - {None}:
-            log.info("removing containers of pod %s, which no longer exists", uid)
-            await self.syncer.terminate(None, uid, grace=2)
-        for uid in set(await self.runtime.list_sandboxes()) - wanted:  # a teardown cut short by a restart
-            await self.syncer.terminate(None, uid, grace=0)
+        for uid in {c.labels.get(LABEL_UID) for c in containers} - {None}:
+            if not self._wanted(uid):  # asked again for each: the loop awaits, pods come and go
+                log.info("removing containers of pod %s, which no longer exists", uid)
+                await self.syncer.terminate(None, uid, grace=2)
+        for uid in await self.runtime.list_sandboxes():  # a teardown cut short by a restart
+            if not self._wanted(uid):
+                await self.syncer.terminate(None, uid, grace=0)
+
+    def _wanted(self, uid: str) -> bool:
+        return uid in self.workers.workers or uid in self.static_pods or any(
+            p.metadata.uid == uid for p in self.pods.list())
 
     # -- node --
     async def _register(self) -> None:
@@ -251,7 +288,8 @@ class Kubelet:
         self.node_cfg.kubelet_port = port
         log.info("kubelet API on %s:%d", self.cfg.listen_address, port)
         tasks = [asyncio.create_task(self.status.run(), name="status-manager"),
-                 asyncio.create_task(self._scan_static(), name="static-pods")]
+                 asyncio.create_task(self._scan_static(), name="static-pods"),
+                 asyncio.create_task(self._mirror_loop(), name="mirror-pods")]
         try:
             await self._register()
             self.pods.add_handler(self._api_pod, lambda old, new: self._api_pod(new),

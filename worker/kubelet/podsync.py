@@ -7,6 +7,7 @@ timers and probe counters.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
@@ -353,21 +354,30 @@ class PodSyncer:
     # -- termination --
     async def terminate(self, pod: v1.Pod | None, uid: str, grace: int | None = None) -> None:
         """Stop every container (SIGTERM, then SIGKILL after the grace period), remove them and the
-        sandbox. `pod` is None for orphans found in the runtime."""
-        by_name = await self.containers_of(uid)
+        sandbox. `pod` is None for orphans found in the runtime. Raises when a container could not
+        be stopped or removed (the pod worker retries), so a pod is never confirmed gone while one
+        of its containers still runs."""
         g = grace if grace is not None else (self.grace(pod) if pod is not None else 0)
-        import asyncio
-        running = [c for cs in by_name.values() for c in cs if c.state in ("running", "created")]
-        if pod is not None:
-            for c in running:
-                self.recorder.event(pod, "Normal", "Killing", f"Stopping container {c.labels.get(LABEL_CONTAINER)}")
-        await asyncio.gather(*(self.runtime.stop(c.id, g) for c in running), return_exceptions=True)
-        for cs in by_name.values():
-            for c in cs:
-                try:
-                    await self.runtime.remove(c.id)
-                except Exception as e:  # noqa: BLE001
-                    log.warning("removing container %s: %s", c.id, e)
+        for _ in range(3):  # a pass can find a container that a cancelled sync was still making
+            by_name = await self.containers_of(uid)
+            if not by_name:
+                break
+            running = [c for cs in by_name.values() for c in cs if c.state in ("running", "created", "unknown")]
+            if pod is not None:
+                for c in running:
+                    self.recorder.event(pod, "Normal", "Killing", f"Stopping container {c.labels.get(LABEL_CONTAINER)}")
+            results = await asyncio.gather(*(self.runtime.stop(c.id, g) for c in running), return_exceptions=True)
+            for c, r in zip(running, results):
+                if isinstance(r, BaseException):
+                    log.warning("stopping container %s of pod %s: %s", c.id[:12], uid, r)
+            for cs in by_name.values():
+                for c in cs:
+                    await self.runtime.remove(c.id)  # kills what stop could not (runc delete --force)
+            g = 0
+        else:
+            left = await self.containers_of(uid)
+            if left:
+                raise RuntimeError(f"pod {uid}: containers {sorted(left)} still there after terminating")
         await self.runtime.remove_sandbox(uid)
         if pod is None or not pod.spec.hostNetwork:
             await self.network.teardown_pod(uid)
