@@ -257,3 +257,88 @@ async def test_first_list_retried_until_etcd_answers(etcd, etcd_client, caches):
     assert sorted(cache.store) == ["default/p0"]
     later = await put_pod(etcd_client, "p1")
     await wait_for(lambda: cache.applied_rv == later, 30, what="a later event")
+
+
+async def test_slow_watcher_dropped_and_resumed_without_loss(etcd_client, caches):
+    cache = await caches(WatchCache(PODS, etcd_client, PREFIX, capacity=40))  # streams hold 20
+    w = await cache.watch("", *EVERYTHING, str(cache.applied_rv), False)
+    revs = [await put_pod(etcd_client, f"p{i}") for i in range(5)]
+    got = await take(w, 5)
+    assert got == [("ADDED", f"p{i}", r) for i, r in enumerate(revs)]
+
+    revs += [await put_pod(etcd_client, f"p{i}") for i in range(5, 30)]  # w reads none of these
+    await wait_for(lambda: cache.applied_rv == revs[-1], 30, what="the writes applied")
+    assert w.closed and w not in cache.watchers and cache.dropped_watchers == 1
+    assert w.queue.bytes == 0 and await w.queue.get() is None
+
+    # its client rewatches from the last event it got and misses nothing
+    w2 = await cache.watch("", *EVERYTHING, str(got[-1][2]), False)
+    assert await take(w2, 25) == [("ADDED", f"p{i}", revs[i]) for i in range(5, 30)]
+
+
+async def test_watch_from_0_holds_no_copy_of_the_store(etcd_client, caches):
+    """A watch from "0" encodes its initial ADDED events only as it is read, so watchers that
+    never read hold (almost) nothing; their live events are bounded and they get closed."""
+    objects = 100
+    for i in range(objects):
+        await put_pod(etcd_client, f"p{i}", pad=20_000)
+    store_bytes = objects * 20_000
+    cache = await caches(WatchCache(PODS, etcd_client, PREFIX, capacity=40))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        idle = [await cache.watch("", *EVERYTHING, "0", True) for _ in range(10)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < store_bytes // 10, f"10 idle watches from 0 hold {held} bytes; the store is {store_bytes}"
+
+    reader = await cache.watch("", *EVERYTHING, "0", True)
+    start_rv = cache.applied_rv
+    initial = await take(reader, objects + 1)
+    assert sorted(name for t, name, _ in initial[:-1] if t == "ADDED") == sorted(f"p{i}" for i in range(objects))
+    assert initial[-1] == ("BOOKMARK", "", start_rv)
+
+    for i in range(25):  # more than a stream may hold (capacity // 2 = 20); the reader keeps up
+        r = await put_pod(etcd_client, f"p{i}", gen=1)
+        assert await take(reader, 1) == [("MODIFIED", f"p{i}", r)]
+    await wait_for(lambda: all(w.closed for w in idle), 30, what="the idle watches closed")
+    assert all(w.queue.bytes == 0 for w in idle) and cache.watchers == {reader}
+
+
+async def test_apiserver_through_an_etcd_restart(etcd, api):
+    """etcd stops and starts again on the same data dir and port: the API server answers again
+    and an open watch carries on without losing or repeating an event."""
+    pods = api.client.pods("default")
+    await pods.create(pod("before"))
+    rv = (await pods.list()).resource_version
+    seen: list[tuple[str, str]] = []
+
+    async def watch():
+        async for ev in pods.watch(resource_version=rv, allow_bookmarks=False):
+            seen.append((ev.type, ev.object.metadata.name))
+            if ev.object.metadata.name == "after4":
+                return
+
+    watching = asyncio.create_task(watch())
+    try:
+        await pods.create(pod("up"))
+        await wait_for(lambda: ("ADDED", "up") in seen, 30, what="the watch to work")
+        await etcd.stop()
+        await etcd.start()
+
+        async def create_after0():
+            try:
+                return await pods.create(pod("after0"))
+            except Exception as e:  # noqa: BLE001 - the API answers errors until its etcd client reconnects
+                return type(e).__name__ == "AlreadyExists"  # a retried create that had gone through
+        await wait_for(create_after0, 60, interval=0.3, what="the API to answer again")
+        for i in range(1, 5):
+            await pods.create(pod(f"after{i}"))
+        await asyncio.wait_for(watching, 60)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    assert seen == [("ADDED", n) for n in ("up", "after0", "after1", "after2", "after3", "after4")]
+    caches = api.server.caches.values()
+    assert all(c._task is not None and not c._task.done() for c in caches)
