@@ -7,6 +7,7 @@ import collections
 import pytest
 
 from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.errors import NotFound
 
 from .conftest import wait_for
 
@@ -31,24 +32,46 @@ def hollow(control_plane):
     return control_plane
 
 
-async def test_pending_until_nodes_then_scheduled_and_spread(control_plane, hollow):
+async def test_pending_until_nodes_then_scheduled_and_spread(control_plane, request):
     async with control_plane.client() as c:
+        # first in the module: the control plane has no nodes yet (the hollow fixture starts them)
+        assert (await c.nodes().list()).items == []
         ns = v1.Namespace()
         ns.metadata.name = "spread"
         await c.namespaces().create(ns)
+        names = [f"p{i}" for i in range(60)]
+        await asyncio.gather(*(c.pods("spread").create(pod(n, "spread")) for n in names))
+
+        async def all_pending():
+            items = (await c.pods("spread").list()).items
+            return len(items) == 60 and all(
+                p.status.phase == "Pending" and not p.spec.nodeName and any(
+                    x.type == "PodScheduled" and x.status == "False" and x.reason == "Unschedulable"
+                    and x.message.startswith("0/0 nodes are available") for x in p.status.conditions)
+                for p in items)
+        await wait_for(all_pending, 60, what="60 pods Pending, PodScheduled=False with no nodes")
+
+        request.getfixturevalue("hollow")  # now the nodes come
         await wait_for(lambda: _ready_nodes(c, 3), 60, what="3 ready hollow nodes")
-        await asyncio.gather(*(c.pods("spread").create(pod(f"p{i}", "spread")) for i in range(60)))
 
         async def all_running():
             items = (await c.pods("spread").list()).items
-            return len(items) == 60 and all(p.status.phase == "Running" and p.status.podIP for p in items) and items
+            return len(items) == 60 and all(p.status.phase == "Running" for p in items) and items
         items = await wait_for(all_running, 60, what="60 pods Running")
         per_node = collections.Counter(p.spec.nodeName for p in items)
         assert len(per_node) == 3 and min(per_node.values()) >= 15, per_node
-        ips = [p.status.podIP for p in items]
-        assert len(set(ips)) == len(ips)
-        events = (await c.events("spread").list(field_selector="reason=Scheduled")).items
-        assert len(events) >= 60 and "Successfully assigned spread/" in events[0].message
+        # each pod bound once, and its Scheduled event names the node it is on
+        node_of = {p.metadata.name: p.spec.nodeName for p in items}
+
+        async def scheduled_events():
+            evs = (await c.events("spread").list(field_selector="reason=Scheduled")).items
+            return len({e.involvedObject.name for e in evs}) == 60 and evs
+        events = await wait_for(scheduled_events, 30, what="a Scheduled event for every pod")
+        assert sorted(e.involvedObject.name for e in events) == sorted(names)
+        for e in events:
+            assert e.count == 1, (e.involvedObject.name, e.count)
+            assert e.message == f"Successfully assigned spread/{e.involvedObject.name} to " \
+                                f"{node_of[e.involvedObject.name]}", e.message
 
 
 async def test_unschedulable_reason_and_retry(control_plane, hollow):
@@ -78,24 +101,43 @@ async def test_unschedulable_reason_and_retry(control_plane, hollow):
 
 async def test_two_schedulers_one_leader(control_plane, hollow):
     second = control_plane.start("scheduler", "--identity", "second-scheduler", log="scheduler2.log")
-    async with control_plane.client() as c:
-        lease = await c.leases("kube-system").get("kube-scheduler")
-        assert lease.spec.holderIdentity and lease.spec.holderIdentity != "second-scheduler"
-        ns = v1.Namespace()
-        ns.metadata.name = "two"
-        await c.namespaces().create(ns)
-        await asyncio.gather(*(c.pods("two").create(pod(f"p{i}", "two")) for i in range(20)))
+    second_log = control_plane.data_dir / "scheduler2.log"
+    try:
+        async with control_plane.client() as c:
+            async def held():
+                lease = await c.leases("kube-system").get("kube-scheduler")
+                return lease.spec.holderIdentity and lease
+            lease = await wait_for(held, 60, what="the control plane's scheduler holding the lease")
+            leader = lease.spec.holderIdentity
+            assert leader != "second-scheduler"
+            # the second one is up and campaigning before any pod arrives: it has read the lease
+            await wait_for(lambda: f"second-scheduler sees the leader is {leader}" in second_log.read_text(),
+                           60, what="the second scheduler campaigning")
+            ns = v1.Namespace()
+            ns.metadata.name = "two"
+            await c.namespaces().create(ns)
+            names = [f"p{i}" for i in range(20)]
+            await asyncio.gather(*(c.pods("two").create(pod(n, "two")) for n in names))
 
-        async def bound():
-            items = (await c.pods("two").list()).items
-            return all(p.spec.nodeName for p in items) and items
-        await wait_for(bound, 60, what="20 pods bound")
-        await asyncio.sleep(1)
-        assert (await c.leases("kube-system").get("kube-scheduler")).spec.holderIdentity == lease.spec.holderIdentity
-        scheduled = (await c.events("two").list(field_selector="reason=Scheduled")).items
-        assert sorted(e.involvedObject.name for e in scheduled) == sorted(f"p{i}" for i in range(20))
-    second.terminate()
-    second.wait(10)
+            async def bound():
+                items = (await c.pods("two").list()).items
+                return len(items) == 20 and all(p.spec.nodeName for p in items) and items
+            await wait_for(bound, 60, what="20 pods bound")
+
+            async def scheduled():
+                evs = (await c.events("two").list(field_selector="reason=Scheduled")).items
+                return len({e.involvedObject.name for e in evs}) == 20 and evs
+            events = await wait_for(scheduled, 30, what="a Scheduled event for every pod")
+            # every binding was made by the leader (events name the instance), none by the second
+            assert sorted(e.involvedObject.name for e in events) == sorted(names)
+            assert {e.source.host for e in events} == {leader}, {e.source.host for e in events}
+            after = await c.leases("kube-system").get("kube-scheduler")
+            assert after.spec.holderIdentity == leader
+            assert after.spec.leaseTransitions == lease.spec.leaseTransitions
+            assert "second-scheduler started leading" not in second_log.read_text()
+    finally:
+        second.terminate()
+        second.wait(10)
 
 
 async def test_namespace_deletion_removes_content(control_plane, hollow):
@@ -112,7 +154,7 @@ async def test_namespace_deletion_removes_content(control_plane, hollow):
             try:
                 await c.namespaces().get("gone")
                 return False
-            except Exception:
+            except NotFound:
                 return True
         await wait_for(vanished, 60, what="namespace removed")
         assert (await c.pods("gone").list()).items == []
