@@ -1,0 +1,256 @@
+"""`kubelab reset --all` (worker/kubelet/reset.py): the node half of kubeadm reset plus a sweep
+of the whole host for what kubelab left there, found by its marks (processes in kubelab's
+cgroups and container monitors, container and sandbox mounts, kl-* network namespaces, the
+bridge and its KUBELAB-* rules).
+
+A host-wide sweep must never run on the host of a test: other engineers, other tests and the
+test session itself run kubelab containers there. So the real CLI runs confined, in new PID,
+mount and network namespaces (`unshare --pid --fork --mount-proc --mount --net`), where each
+place the sweep looks holds only what this test made:
+
+- /proc is the new PID namespace's, so only the test's processes can be seen or signalled;
+- /run/netns is a private tmpfs, so the host's namespaces are not even visible;
+- mounts are private copies, so an unmount changes nothing outside;
+- the bridge, links and iptables rules live in the new network namespace;
+- /sys/fs/cgroup is a private tmpfs whose `<hierarchy>/kubelab` directories are bind mounts
+  of this test's own cgroup parent, `kubelab-test-<random>`: the sweep reads and removes real
+  cgroups, but only the test's. (The host's /sys/fs/cgroup/*/kubelab would list other
+  people's containers, as pid 0 in the cgroup v2 hierarchy when seen from a PID namespace.)
+
+Inside, the driver (this module run as a program) makes a pod the way the kubelet does (a
+pod network on cni0, a runc container with its monitor, sandbox pins and overlay), next to
+decoys that are not kubelab's (a process, a netns, a mount, a link, iptables rules), runs
+`kubelab reset --all`, and reports what it saw before and after. When the driver exits the
+namespaces die with everything in them, so nothing outlives the test even when it fails;
+the host-side fixture removes the test's cgroups and checks that nothing reached the host.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUSYBOX = "docker.io/library/busybox:latest"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+POD_CIDR = "10.244.7.0/24"
+DECOY_RULE = "decoy-not-kubelab"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, runc containers and iptables need root"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("runc", "umoci", "skopeo", "unshare", "iptables-save")),
+                       reason="needs runc, umoci, skopeo, util-linux unshare and iptables"),
+    pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static"),
+]
+
+
+# ---- inside the namespaces -----------------------------------------------------------------
+
+def sh(*argv: str) -> str:
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {res.returncode}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie of the namespace's init (the driver does not reap strangers)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
+def snapshot(tmp: Path, pids: dict[str, int], cgview: Path) -> dict:
+    links = {link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show"))}
+    mounted = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return {
+        "alive": sorted(name for name, pid in pids.items() if not dead(pid)),
+        "mounts": sorted(m.removeprefix(str(tmp)) for m in mounted
+                         if m.startswith(str(tmp)) and not m.startswith(str(cgview))),
+        "netns": sorted(os.listdir("/run/netns")),
+        "links": sorted(links),
+        "iptables": sh("iptables-save").splitlines(),
+        "cgroups": sorted({str(d.relative_to(h)) for h in cgview.iterdir() for d in h.rglob("*") if d.is_dir()}),
+    }
+
+
+def private_cgroup_view(parent: str, cgview: Path) -> None:
+    """Make /sys/fs/cgroup/<hierarchy>/kubelab (what the sweep reads) this test's own parent."""
+    staged = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        mountpoint = Path(pre.split(" ")[4])
+        if post.split(" ", 1)[0] in ("cgroup", "cgroup2") and mountpoint.parent == CGROUP_ROOT \
+                and (mountpoint / parent).is_dir():
+            stage = cgview / mountpoint.name
+            stage.mkdir(parents=True)
+            sh("mount", "--bind", str(mountpoint / parent), str(stage))
+            staged.append(stage)
+    assert staged, f"no cgroup hierarchy holds {parent}"
+    sh("mount", "-t", "tmpfs", "cgroup-view", str(CGROUP_ROOT))
+    for stage in staged:
+        target = CGROUP_ROOT / stage.name / "kubelab"
+        target.mkdir(parents=True)
+        sh("mount", "--bind", str(stage), str(target))
+
+
+async def confined(tmp: Path, images: Path, parent: str) -> dict:
+    from worker.network import PodNetwork
+    from worker.runtime import ContainerSpec, ImageStore, Runtime
+
+    Path("/run/netns").mkdir(exist_ok=True)  # iproute2 makes it on first use anyway
+    sh("mount", "-t", "tmpfs", "netns", "/run/netns")
+    net = PodNetwork(tmp / "network", bridge="cni0")
+    await net.ensure_bridge(POD_CIDR)
+    uid = str(uuid.uuid4())
+    pod = await net.setup_pod(uid, "web", "default")
+    rt = Runtime(tmp / "node", runc_root=tmp / "run" / "runc", images=ImageStore(images), cgroup_parent=parent)
+    cid = await rt.create(ContainerSpec(pod_uid=uid, pod_name="web", namespace="default", container_name="web",
+                                        image=BUSYBOX, command=["sleep", "1000"], netns_path=str(pod.netns_path),
+                                        pod_ip=pod.ip, log_path=str(tmp / "web.log")))
+    await rt.start(cid)
+    meta = json.loads((rt.containers_dir / cid / "meta.json").read_text())
+    # a container of a runtime with another cgroup parent: only its monitor marks it as kubelab's
+    other = Runtime(tmp / "node", runc_root=tmp / "run" / "runc", images=ImageStore(images),
+                    cgroup_parent=f"{parent}-other")
+    other_cid = await other.create(ContainerSpec(pod_uid=str(uuid.uuid4()), pod_name="host", namespace="default",
+                                                 container_name="host", image=BUSYBOX, command=["sleep", "1000"],
+                                                 netns_path=None, log_path=str(tmp / "host.log")))
+    await other.start(other_cid)
+    other_meta = json.loads((rt.containers_dir / other_cid / "meta.json").read_text())
+
+    decoy = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    sh("ip", "netns", "add", "decoy-ns")
+    decoy_mount = tmp / "decoy" / "containers" / "not-a-container-id" / "rootfs"
+    decoy_mount.mkdir(parents=True)
+    sh("mount", "-t", "tmpfs", "decoy", str(decoy_mount))
+    sh("ip", "link", "add", "decoy0", "type", "bridge")  # a bridge, but not the node's
+    sh("iptables", "-w", "-A", "FORWARD", "-m", "comment", "--comment", DECOY_RULE, "-j", "ACCEPT")
+    sh("iptables", "-w", "-t", "nat", "-N", "KUBE-DECOY")  # kube-proxy's, not kubelab's
+
+    cgview = tmp / "cgview"
+    private_cgroup_view(parent, cgview)
+    pids = {"container": meta["pid"], "monitor": meta["monitor_pid"], "other-monitor": other_meta["monitor_pid"],
+            "decoy": decoy.pid}
+    before = snapshot(tmp, pids, cgview)
+    reset = subprocess.run([sys.executable, "-m", "kubelab.cli.main", "reset", "--all",
+                            "--root-dir", str(tmp / "deleted-root")],
+                           capture_output=True, text=True, timeout=180, start_new_session=True)
+    # SIGKILL takes effect asynchronously and a netns (with the pod's veth) is freed after its
+    # last user: wait for the state to settle, then report it whatever it is
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = snapshot(tmp, pids, cgview)
+        if not set(after["alive"]) & {"container", "monitor", "other-monitor"} and not [ln for ln in after["links"] if ln.startswith("veth")]:
+            break
+        await asyncio.sleep(0.1)
+    return {"uid": uid, "cid": cid, "veth": pod.host_veth, "netns": pod.netns_name, "rc": reset.returncode,
+            "stdout": reset.stdout, "stderr": reset.stderr, "before": before, "after": after}
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    assert os.getpid() == 1, "the driver must run as init of its own PID namespace"
+    result = asyncio.run(confined(Path(args["tmp"]), Path(args["images"]), args["parent"]))
+    print(json.dumps(result))
+
+
+# ---- on the host ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    from worker.runtime import ImageStore
+    root = tmp_path_factory.mktemp("images")
+    asyncio.run(ImageStore(root).build_busybox())
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cgroup_parent():
+    """This test's own cgroup parents (`<parent>` and `<parent>-other`); removed afterwards (the
+    namespaces' death kills their tasks)."""
+    from worker.runtime import cgroups
+    parent = f"kubelab-test-{secrets.token_hex(4)}"
+    yield parent
+    for p in (parent, f"{parent}-other"):
+        assert cgroups.remove(p) == [], f"cgroups of {p} are still busy"
+        assert not [h for h in cgroups.hierarchies() if (h / p).exists()]
+
+
+def run_confined(tmp: Path, images: Path, parent: str) -> dict:
+    argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--propagation", "private",
+            "--net", sys.executable, "-m", "tests.integration.test_reset",
+            json.dumps({"tmp": str(tmp), "images": str(images), "parent": parent})]
+    # a session of its own: on a timeout the whole group goes, and no signal of the sweep can
+    # reach this process's group
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"confined reset did not finish in 300s: {err[-3000:]}")
+    assert proc.returncode == 0, f"confined driver failed (rc {proc.returncode}): {err[-5000:]}"
+    return json.loads(out.splitlines()[-1])
+
+
+def kubelab_rules(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if "KUBELAB" in ln or "kubelab:" in ln]
+
+
+def test_reset_all_sweeps_kubelab_leftovers_and_spares_the_rest(tmp_path, image_root, cgroup_parent):
+    r = run_confined(tmp_path, image_root, cgroup_parent)
+    before, after = r["before"], r["after"]
+    container_mounts = [f"/node/containers/{r['cid']}/rootfs"] + \
+        [f"/run/sandboxes/{r['uid']}/{name}" for name in ("ipc", "uts", "shm")]
+    decoy_mount = "/decoy/containers/not-a-container-id/rootfs"
+    pod_cgroups = [r["uid"], f"{r['uid']}/{r['cid']}"]
+
+    # what the sweep is meant to find really was there (the test cannot pass on an empty host)
+    assert before["alive"] == ["container", "decoy", "monitor", "other-monitor"]
+    assert set(container_mounts + [decoy_mount]) <= set(before["mounts"]), before["mounts"]
+    assert before["netns"] == sorted([r["netns"], "decoy-ns"])
+    assert {"cni0", r["veth"], "decoy0"} <= set(before["links"])
+    assert any("kubelab:cni0" in ln for ln in before["iptables"]), before["iptables"]
+    assert set(pod_cgroups) <= set(before["cgroups"]), before["cgroups"]
+
+    assert r["rc"] == 0, r["stderr"]
+    assert "host sweep: killed" in r["stdout"], r["stdout"]
+    # kubelab's: gone
+    # (the other runtime's container is not tracked: outside kubelab's cgroups the sweep finds
+    # only its monitor, and the container dies with the test's PID namespace)
+    assert after["alive"] == ["decoy"], after
+    assert not set(container_mounts) & set(after["mounts"]), after["mounts"]
+    assert r["netns"] not in after["netns"]
+    assert not {"cni0", r["veth"]} & set(after["links"]), after["links"]
+    assert kubelab_rules(after["iptables"]) == [], after["iptables"]
+    assert after["cgroups"] == [], after["cgroups"]
+    # not kubelab's: untouched
+    assert decoy_mount in after["mounts"]
+    assert "decoy-ns" in after["netns"]
+    assert "decoy0" in after["links"]
+    assert any(DECOY_RULE in ln for ln in after["iptables"]), after["iptables"]
+    assert ":KUBE-DECOY - [0:0]" in after["iptables"], after["iptables"]
+
+    # nothing of it reached the host: the mounts and namespaces died with the test's namespaces
+    host_mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(tmp_path) not in host_mounts
+    assert not re.search(rf"^({re.escape(r['netns'])}|decoy-ns)\b", sh("ip", "netns", "list"), re.M)
+
+
+if __name__ == "__main__":
+    main()
