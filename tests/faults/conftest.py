@@ -282,6 +282,59 @@ async def run_load(rc: ResourceClient, ns: str, names: range, load: Load, *, con
     await asyncio.gather(*(one(i) for i in names))
 
 
+class LeaseChurn:
+    """Leases renewed back to back in one namespace, as kubelets and leader electors do:
+    writes to another resource move etcd's revision past the pods watch cache's, so pod
+    watches and lists from a fresh revision make the cache ask etcd for progress. Each lease
+    is renewed at most `updates` times; stop() ends it sooner."""
+
+    def __init__(self, client: Client, ns: str, *, leases: int = 4, updates: int = 3000):
+        self.rc, self.ns, self.updates = client.leases(ns), ns, updates
+        self.renewals = 0
+        self.errors: collections.Counter = collections.Counter()
+        self.tasks = [asyncio.create_task(self._renew(f"churn{i}"), name=f"lease-churn-{i}") for i in range(leases)]
+
+    async def _renew(self, name: str) -> None:
+        lease = v1.Lease()
+        lease.metadata.name, lease.metadata.namespace = name, self.ns
+        cur = None
+        for n in range(self.updates):
+            try:
+                if cur is None:
+                    try:
+                        cur = await self.rc.create(lease)
+                    except AlreadyExists:  # an earlier attempt was applied
+                        cur = await self.rc.get(name)
+                cur.spec.holderIdentity = str(n)
+                cur = await self.rc.update(cur)
+                self.renewals += 1
+            except (ServiceUnavailable, Timeout, Conflict) as e:  # away, or our own lost answer
+                self.errors[type(e).__name__] += 1
+                cur = None if isinstance(e, Conflict) else cur
+                await asyncio.sleep(0.1)  # retry pacing while the server is away
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def lease_churn():
+    """Factory: `churn = lease_churn(client, ns)`; every churn started is stopped at teardown."""
+    made: list[LeaseChurn] = []
+
+    def make(client: Client, ns: str, **kw) -> LeaseChurn:
+        made.append(LeaseChurn(client, ns, **kw))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            await c.stop()
+
+
 async def wait_until(pred, what: str, timeout: float = DEADLINE) -> None:
     end = time.monotonic() + timeout
     while not pred():
@@ -311,6 +364,7 @@ class WatchRecorder:
         self.segments: list[Segment] = []
         self.errors: collections.Counter = collections.Counter()
         self.gone = 0
+        self.gone_at: list[float] = []  # time.monotonic() of each Gone
         self.rewatches = 0
 
     @property
@@ -338,6 +392,7 @@ class WatchRecorder:
                 self.rewatches += 1  # the server closed the stream: resume from last_rv
             except Gone:
                 self.gone += 1
+                self.gone_at.append(time.monotonic())
                 relist = True
             except (ServiceUnavailable, Timeout) as e:
                 self.errors[type(e).__name__] += 1

@@ -11,22 +11,26 @@ from kubelab.errors import ServiceUnavailable
 from tests.faults.conftest import (DEADLINE, Load, Recorders, Verdict, judge, pod_history, pod_state, run_load,
                                    wait_until)
 from tests.faults.test_etcd_faults import NS, WATCHERS, figures, namespace
+from tests.integration.conftest import start_apiserver
 
 
-async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_process):
-    """240 pods are created, relabelled and deleted under six watchers (each on its own
-    connection) while the API server is SIGKILLed and started again on the same port. Every
+async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_process, lease_churn, tmp_path):
+    """240 pods are created, relabelled and deleted under eight watchers (each on its own
+    connection, leases renewed back to back) while the API server is SIGKILLed; while it is
+    down an HA peer changes 30 more pods; then it starts again on the same port. Every
     create that succeeded exists exactly once (the uid it answered), creates retried after an
     error end in success or AlreadyExists, acknowledged updates and deletes hold; every
     watcher resumes from its last revision or relists on Gone, and misses nothing."""
-    n = 240
+    n, extra = 240, 30
     srv = await apiserver_process(fault_etcd.endpoint, "--bookmark-interval", "0.5",
                                   "--compaction-interval", "3600")
     writer_client = srv.client()
     clients = [srv.client() for _ in range(WATCHERS)]
-    recs = None
+    recs = writer = None
     try:
         await writer_client.namespaces().create(namespace(NS))
+        churn = lease_churn(writer_client, NS)
+        await wait_until(lambda: churn.renewals >= 20, "leases to be renewed")
         recs = Recorders(clients, NS)
         await recs.started()
         load = Load()
@@ -39,6 +43,15 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
             await writer_client.namespaces().get("default")
         await wait_until(lambda: load.errors["ServiceUnavailable"] >= 8 or writer.done(),
                          "the load's clients to be told ServiceUnavailable")
+        # Meanwhile a second API server on the same etcd (an HA peer) changes pods: the
+        # restarted server cannot replay those to the watchers that come back to it.
+        (tmp_path / "peer").mkdir()
+        other = await start_apiserver(fault_etcd, tmp_path / "peer")
+        try:
+            await run_load(other.client.pods(NS), NS, range(n, n + extra), load)
+        finally:
+            await other.client.close()
+            await other.server.stop(0)
         await srv.start()
         restarted = time.monotonic()
         await asyncio.wait_for(writer, DEADLINE)
@@ -49,16 +62,20 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
         await recs.reached(last)
         converged = time.monotonic() - restarted
         await recs.stop()
+        await churn.stop()
 
         verdict = Verdict()
         for r in recs.recorders:
             verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
         figures("apiserver-kill", load, recs, verdict, converge_s=f"{converged:.1f}",
-                history_events=len(history))
+                history_events=len(history), lease_renewals=churn.renewals)
         assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
         final = await pod_state(fault_etcd.endpoint, 0, NS)
         for r in recs.recorders:
             assert r.state() == final, f"{r.name}'s view differs from etcd's"
+            # the restarted server's cache starts after the peer's writes: resuming from an
+            # older revision must be refused (Gone), and the watcher relist
+            assert r.gone >= 1 and len(r.segments) == r.gone + 1, f"{r.name}: Gone {r.gone} times"
             # a dead server breaks streams, which clients see as ServiceUnavailable, nothing else
             assert set(r.errors) <= {"ServiceUnavailable"}, r.errors
         assert set(load.errors) <= {"ServiceUnavailable", "AlreadyExists after a failed attempt",
@@ -66,7 +83,7 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
 
         # No lost and no duplicated pods: exactly the pods not deleted, once each, and each one
         # whose create answered is that object (same uid), not a second one made by a retry.
-        assert set(final) == {f"{NS}/p{i}" for i in range(n)} - {f"{NS}/{x}" for x in load.deleted}
+        assert set(final) == {f"{NS}/p{i}" for i in range(n + extra)} - {f"{NS}/{x}" for x in load.deleted}
         listed = (await rc.list()).items
         by_name = {p.metadata.name: p for p in listed}
         assert len(by_name) == len(listed) == len(final)
@@ -77,6 +94,9 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
             if int(name[1:]) % 3 == 0:
                 assert by_name[name].metadata.labels["step"] == "2", f"{name} lost its acknowledged update"
     finally:
+        if writer is not None and not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
         if recs is not None:
             await recs.stop()
         for c in clients:

@@ -13,11 +13,11 @@ from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.errors import ServiceUnavailable
 from kubelab.etcd.client import EtcdClient
 from tests.faults.conftest import (DEADLINE, Load, Recorders, Verdict, judge, pod, pod_history, pod_state,
-                                   run_load, wait_until)
+                                   retrying, run_load, wait_until)
 from tests.integration.conftest import start_apiserver
 
 NS = "faults"
-WATCHERS = 6
+WATCHERS = 8
 
 
 def namespace(name: str) -> v1.Namespace:
@@ -37,46 +37,56 @@ def figures(test: str, load: Load, recs: Recorders, verdict: Verdict, **extra) -
     return line
 
 
-async def test_etcd_killed_and_restarted_under_load(fault_etcd, tmp_path):
-    """etcd is SIGKILLed while 240 pods are created, relabelled and deleted under six
-    watchers, and started again on its data dir. Meanwhile clients get ServiceUnavailable
-    from the API server; afterwards every write they were told succeeded is in etcd, and
-    every watcher saw exactly etcd's history, per pod, from its start revision."""
-    n = 240
+async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp_path):
+    """etcd is SIGKILLed three times while 240 pods are created, relabelled and deleted
+    under eight watchers (and leases are renewed back to back), and each time started again
+    on its data dir. Meanwhile clients get ServiceUnavailable from the API server; afterwards
+    every write they were told succeeded is in etcd, and every watcher saw exactly etcd's
+    history, per pod, from its start revision."""
+    n, kills = 240, 3
     api = await start_apiserver(fault_etcd, tmp_path, bookmark_interval=0.5)
     clients = [api.new_client() for _ in range(WATCHERS)]
-    recs = None
+    recs = writer = None
     try:
         await api.client.namespaces().create(namespace(NS))
+        churn = lease_churn(api.client, NS)
+        await wait_until(lambda: churn.renewals >= 20, "leases to be renewed")
         recs = Recorders(clients, NS)
         await recs.started()
-        load = Load()
+        load, probes = Load(), Load()
         rc = api.client.pods(NS)
         writer = asyncio.create_task(run_load(rc, NS, range(n), load))
-        await wait_until(lambda: load.done >= n // 3 or writer.done(), "a third of the load")
-        assert not writer.done(), "the load finished before etcd could be killed under it"
-        fault_etcd.kill9()
-        # The API server stays up and says what is wrong, with the reason clients retry on.
-        with pytest.raises(ServiceUnavailable, match="etcd"):
-            await rc.create(pod(NS, "probe"))
-        await wait_until(lambda: load.errors["ServiceUnavailable"] >= 8 or writer.done(),
-                         "the load's clients to be told ServiceUnavailable")
-        await fault_etcd.restart()
-        restarted = time.monotonic()
+        recovered = []
+        for k in range(1, kills + 1):
+            await wait_until(lambda: load.done >= n * k // (kills + 1) or writer.done(), f"{k}/{kills + 1} of the load")
+            assert not writer.done(), "the load finished before etcd could be killed under it"
+            seen = load.errors["ServiceUnavailable"]
+            fault_etcd.kill9()
+            # The API server stays up and says what is wrong, with the reason clients retry on.
+            with pytest.raises(ServiceUnavailable, match="etcd"):
+                await rc.create(pod(NS, f"probe{k}"))
+            await wait_until(lambda: load.errors["ServiceUnavailable"] >= seen + 8 or writer.done(),
+                             "the load's clients to be told ServiceUnavailable")
+            await fault_etcd.restart()
+            restarted = time.monotonic()
+            await retrying(lambda: rc.create(pod(NS, f"probe{k}")), probes)
+            recovered.append(round(time.monotonic() - restarted, 2))
         await asyncio.wait_for(writer, DEADLINE)
+        finished = time.monotonic()
 
         start = min(r.segments[0].start_rv for r in recs.recorders)
         history, _ = await pod_history(fault_etcd.endpoint, start)
         last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
         await recs.reached(last)
-        converged = time.monotonic() - restarted
+        converged = time.monotonic() - finished
         await recs.stop()
+        await churn.stop()
 
         verdict = Verdict()
         for r in recs.recorders:
             verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
-        figures("etcd-kill", load, recs, verdict, converge_s=f"{converged:.1f}",
-                history_events=len(history))
+        figures("etcd-kill", load, recs, verdict, api_recovered_s=recovered, converge_s=f"{converged:.1f}",
+                history_events=len(history), lease_renewals=churn.renewals)
         assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
         # Nothing was compacted and the cache's window holds every event since the watchers
         # started: none of them had reason to be told Gone, nor any other error.
@@ -86,7 +96,8 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, tmp_path):
         assert set(load.errors) <= {"ServiceUnavailable", "AlreadyExists after a failed attempt",
                                     "NotFound after a failed attempt"}, load.errors
         final = await pod_state(fault_etcd.endpoint, 0, NS)
-        assert set(final) == {f"{NS}/p{i}" for i in range(n)} - {f"{NS}/{x}" for x in load.deleted}
+        assert set(final) == ({f"{NS}/p{i}" for i in range(n)} - {f"{NS}/{x}" for x in load.deleted}
+                              | {f"{NS}/probe{k}" for k in range(1, kills + 1)})
         listed = {p.metadata.name: p for p in (await rc.list()).items}
         for name, uid in load.created.items():
             if uid and name not in load.deleted:
@@ -95,6 +106,9 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, tmp_path):
                 assert listed[name].metadata.labels["step"] == "2", f"{name} lost its acknowledged update"
         assert len({p.metadata.uid for p in listed.values()}) == len(listed)
     finally:
+        if writer is not None and not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
         if recs is not None:
             await recs.stop()
         for c in clients:
@@ -103,11 +117,11 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, tmp_path):
         await api.server.stop(0)
 
 
-async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, tmp_path):
+async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, lease_churn, tmp_path):
     """An API server is cut off from etcd (its etcd connection goes through a relay) while a
     second API server on the same etcd keeps writing; etcd is then compacted past the first
     server's watch position and the cut is healed. The first server's watch cache must find
-    its etcd watch compacted and relist; its six watchers are told Gone, relist and watch
+    its etcd watch compacted and relist; its eight watchers are told Gone, relist and watch
     again, and miss nothing: each list equals etcd's state at its revision, each watch run
     equals etcd's history, and the changes made after the relist are all seen."""
     relay = await tcp_relay(fault_etcd.client_port)
@@ -121,6 +135,8 @@ async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, tmp_path)
         await other.client.namespaces().create(namespace(NS))
         await wait_until(lambda: api.server.caches["namespaces"].get("", NS) is not None,
                          "the first API server to see the namespace")
+        churn = lease_churn(other.client, NS)
+        await wait_until(lambda: churn.renewals >= 20, "leases to be renewed")
         recs = Recorders(clients, NS)
         await recs.started()
         load = Load()
@@ -140,8 +156,9 @@ async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, tmp_path)
         await relay.heal()
         healed = time.monotonic()
 
-        await wait_until(lambda: all(r.gone for r in recs.recorders), "every watcher to be told Gone")
-        relisted = time.monotonic() - healed
+        # Told Gone first, then the changes it must see after its relist.
+        await wait_until(lambda: all(r.gone and len(r.segments) > r.gone for r in recs.recorders),
+                         "every watcher to be told Gone and relist")
         await run_load(api.client.pods(NS), NS, range(90, 135), load)  # through the healed server
         after, _ = await pod_history(fault_etcd.endpoint, compact_at)
         history = before + after
@@ -149,16 +166,19 @@ async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, tmp_path)
         await recs.reached(last)
         converged = time.monotonic() - healed
         await recs.stop()
+        await churn.stop()
 
         verdict = Verdict()
         for r in recs.recorders:
             verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last, listings))
-        figures("compaction", load, recs, verdict, relist_s=f"{relisted:.1f}", converge_s=f"{converged:.1f}",
-                compacted_at=compact_at)
+        relisted = [round(r.gone_at[0] - healed, 2) if r.gone_at else None for r in recs.recorders]
+        figures("compaction", load, recs, verdict, gone_after_heal_s=relisted, converge_s=f"{converged:.1f}",
+                compacted_at=compact_at, lease_renewals=churn.renewals)
         assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
         final = await pod_state(fault_etcd.endpoint, 0, NS)
         for r in recs.recorders:
-            assert len(r.segments) >= 2, f"{r.name} never relisted"
+            # resuming from its old revision, after the cache relisted, had to be refused
+            assert r.gone >= 1 and len(r.segments) == r.gone + 1, f"{r.name}: Gone {r.gone} times, {len(r.segments)} lists"
             # the relist came after the compaction, and the watch after it saw every later change
             assert r.segments[-1].start_rv >= compact_at
             assert r.state() == final, f"{r.name}'s view differs from etcd's"
