@@ -40,6 +40,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from google.protobuf.message import DecodeError
+
 from kubelab import meta
 from kubelab.api import kinds
 from kubelab.api.v1 import api_pb2
@@ -216,7 +218,7 @@ class WatchCache:
         self._watch = None  # the etcd watch being followed
         self._waiters = 0  # wait_for calls in progress
         self._progress_pending = False  # a progress request is out and nothing came back since
-        self._progress_task: asyncio.Task | None = None
+        self._progress_tasks: set[asyncio.Task] = set()
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -225,6 +227,9 @@ class WatchCache:
         ready = asyncio.ensure_future(self._ready.wait())
         try:
             await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller gave up waiting: nothing is left running
+            await self.stop()
+            raise
         finally:
             ready.cancel()
         if self._task.done():
@@ -234,10 +239,10 @@ class WatchCache:
         await self._ready.wait()
 
     async def stop(self) -> None:
-        for t in (self._task, self._progress_task):
-            if t:
-                t.cancel()
-                await asyncio.gather(t, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._progress_tasks) if t]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for w in list(self.watchers):
             w.close()
 
@@ -247,8 +252,15 @@ class WatchCache:
                 "relists": self.relists, "relistFailures": self.relist_failures,
                 "droppedWatchers": self.dropped_watchers, "watchers": len(self.watchers)}
 
-    def entry_from(self, key: bytes, raw: bytes, rv: int) -> Entry:
-        obj = self.kind.message.FromString(raw)
+    def entry_from(self, key: bytes, raw: bytes, rv: int) -> Entry | None:
+        """None, logged, for bytes that do not decode: one bad value must not wedge the cache
+        (the list or the watch would fail on it again at every retry)."""
+        try:
+            obj = self.kind.message.FromString(raw)
+        except DecodeError as e:
+            log.error("%s: %s at revision %d does not decode (%s); left out of the cache",
+                      self.kind.resource, key.decode(errors="replace"), rv, e)
+            return None
         m = obj.metadata
         return Entry(m.namespace, m.name, raw, rv, dict(m.labels),
                      field_set(obj, self.kind.field_selectors))
@@ -262,7 +274,9 @@ class WatchCache:
                                       max_count=self.page_size):
             rev = page.revision
             for kv in page.kvs:
-                store[kv.key.decode()[len(self.prefix):]] = self.entry_from(kv.key, kv.value, kv.mod_revision)
+                e = self.entry_from(kv.key, kv.value, kv.mod_revision)
+                if e is not None:
+                    store[kv.key.decode()[len(self.prefix):]] = e
         self.store = store
         self.events.clear()
         self.applied_rv = self.progress_rv = self.oldest_rv = rev
@@ -348,6 +362,9 @@ class WatchCache:
         rv = ev.kv.mod_revision
         if ev.type == "PUT":
             cur = self.entry_from(ev.kv.key, ev.kv.value, rv)
+            if cur is None:
+                self.applied_rv = max(self.applied_rv, rv)
+                return
             self.store[k] = cur
         else:
             cur = None
@@ -492,7 +509,9 @@ class WatchCache:
         if watch is None or self._progress_pending:
             return
         self._progress_pending = True
-        self._progress_task = asyncio.create_task(self._send_progress(watch))
+        task = asyncio.create_task(self._send_progress(watch))
+        self._progress_tasks.add(task)
+        task.add_done_callback(self._progress_tasks.discard)
 
     async def _send_progress(self, watch) -> None:
         try:

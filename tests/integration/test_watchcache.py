@@ -342,3 +342,18 @@ async def test_apiserver_through_an_etcd_restart(etcd, api):
     assert seen == [("ADDED", n) for n in ("up", "after0", "after1", "after2", "after3", "after4")]
     caches = api.server.caches.values()
     assert all(c._task is not None and not c._task.done() for c in caches)
+
+
+async def test_list_of_large_objects_is_paged_in_bytes(etcd_client, caches):
+    """60 pods of 1.2 MB are 72 MB, past gRPC's 64 MB message limit in one etcd reply: the
+    cache's list must come in pages bounded in bytes, or the API server cannot start."""
+    value = pod("x", pad=1_200_000).SerializeToString()
+    sem = asyncio.Semaphore(8)
+
+    async def put(i: int) -> None:
+        async with sem:
+            await etcd_client.put(f"{PREFIX}default/big{i:02d}", value)
+    await asyncio.gather(*(put(i) for i in range(60)))
+    cache = WatchCache(PODS, etcd_client, PREFIX)
+    await asyncio.wait_for(caches(cache), 120)
+    assert len(cache.store) == 60 and cache.relist_failures == 0

@@ -140,3 +140,17 @@ async def test_queue_initial_events_lazily_then_bounded_live_events():
 
 def test_max_pending_defaults_to_half_the_ring():
     assert WatchCache(PODS, ScriptedEtcd([], 1, []), PREFIX, capacity=50).max_pending == 25
+
+
+async def test_a_value_that_does_not_decode_is_left_out():
+    bad = kv("bad", 3, b"\xff\xff\xff")
+    later_bad = WatchEvent("PUT", kv("worse", 7, b"\xff\xff"), None)
+    good = WatchEvent("PUT", kv("c", 8), None)
+    etcd = ScriptedEtcd([kv("a", 2), bad], 5, [ScriptedWatch([WatchBatch(8, [later_bad, good])], None)])
+    cache = WatchCache(PODS, etcd, PREFIX)
+    await asyncio.wait_for(cache.start(), 10)
+    try:
+        await until(lambda: cache.applied_rv == 8)
+        assert sorted(cache.store) == ["default/a", "default/c"] and cache.watch_restarts == 0
+    finally:
+        await cache.stop()
