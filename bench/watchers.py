@@ -16,15 +16,21 @@ from kubelab.client.client import Client
 async def main(args) -> None:
     clients = [Client.connect(args.config) for _ in range(max(1, args.count // 100))]
     lat: list[float] = []
-    opened = 0
+    opened = resumed = 0
 
     async def watch(i: int) -> None:
-        nonlocal opened
+        nonlocal opened, resumed
         rc = clients[i % len(clients)].pods("bench")
-        stream = rc.watch(resource_version=args.rv, label_selector="app=watched", allow_bookmarks=False)
+        rv = args.rv
         opened += 1
-        async for ev in stream:
-            lat.append(time.time() - float(ev.object.metadata.annotations["sent"]))
+        while True:
+            # The server ends a stream that falls too far behind: carry on from the last event
+            # seen, as an informer does, so that no event is lost or counted twice.
+            async for ev in rc.watch(resource_version=rv, label_selector="app=watched", allow_bookmarks=False):
+                rv = ev.object.metadata.resourceVersion
+                lat.append(time.time() - float(ev.object.metadata.annotations["sent"]))
+            resumed += 1
+            await asyncio.sleep(0.1)
 
     tasks = [asyncio.create_task(watch(i)) for i in range(args.count)]
     await asyncio.sleep(1)
@@ -38,7 +44,7 @@ async def main(args) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in clients:
         await c.close()
-    print(json.dumps({"latencies": lat}), flush=True)
+    print(json.dumps({"latencies": lat, "resumed": resumed}), flush=True)
 
 
 if __name__ == "__main__":
