@@ -34,6 +34,8 @@ def register(sub, parents) -> None:
     p.add_argument("--node-monitor-period", type=float, default=5.0)
     p.add_argument("--default-toleration-seconds", type=int, default=300,
                    help="how long pods stay on an unreachable node before eviction")
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="the range node podCIDRs are cut from")
+    p.add_argument("--node-cidr-mask-size", type=int, default=24, help="prefix length of each node's podCIDR")
     p.set_defaults(func=run, daemon=True)
 
 
@@ -137,6 +139,11 @@ async def wait_healthy(config: Path, timeout: float = 60.0) -> None:
 
 
 async def run(args) -> int:
+    from master.controllers.cmd import cidr_error
+    err = cidr_error(args)
+    if err:  # refuse now rather than let the controller manager exit and restart forever
+        print(err, file=sys.stderr)
+        return 1
     data_dir = Path(args.data_dir).resolve()
     say("control-plane", f"data dir {data_dir}")
     state = setup(data_dir, args.listen)
@@ -157,7 +164,9 @@ async def run(args) -> int:
     cm = Component("controller-manager", py + ["controller-manager", "--config",
                                                str(data_dir / "controller-manager.conf"),
                                                "--node-monitor-grace-period", str(args.node_monitor_grace_period),
-                                               "--node-monitor-period", str(args.node_monitor_period)])
+                                               "--node-monitor-period", str(args.node_monitor_period),
+                                               "--cluster-cidr", args.cluster_cidr,
+                                               "--node-cidr-mask-size", str(args.node_cidr_mask_size)])
     components = [apiserver, scheduler, cm]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
