@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -188,20 +190,48 @@ def test_scheduled_pod_describe_and_delete(control_plane, hollow):
     kl(cp, "get", "ns", "cli-life", ok=False)
 
 
+class Lines:
+    """A child's stdout, line by line, with a deadline on every read (a thread does the
+    blocking reads, so a silent child fails the test instead of hanging it)."""
+
+    def __init__(self, stream):
+        self.q: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream):
+        for line in stream:
+            self.q.put(line)
+        self.q.put(None)
+
+    def until(self, pred, timeout: float, what: str) -> str:
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            try:
+                line = self.q.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"output ended before {what}: {self.seen}")
+            self.seen.append(line)
+            if pred(line):
+                return line
+        raise AssertionError(f"timed out waiting for {what}: {self.seen}")
+
+
 def test_watch_prints_a_row_per_change(control_plane):
     cp = control_plane
     kl(cp, "create", "ns", "cli-watch")
+    kl(cp, "run", "w0", "--image=busybox", "-n", "cli-watch")
     w = subprocess.Popen(KUBELAB + ["get", "pods", "-n", "cli-watch", "-w"], env=cp.env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        out = Lines(w.stdout)
+        out.until(lambda line: line.startswith("w0 "), 60, "the listed pod w0")
+        assert out.seen[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        # everything after the list was printed can only reach the output through the watch
         kl(cp, "run", "w1", "--image=busybox", "-n", "cli-watch")
-        lines = []
-        end = time.monotonic() + 30
-        while time.monotonic() < end and not any(line.startswith("w1 ") for line in lines):
-            lines.append(w.stdout.readline())
-        assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-        assert any(line.startswith("w1 ") for line in lines)
+        out.until(lambda line: line.startswith("w1 "), 60, "a row for w1, created after the list")
     finally:
         w.send_signal(signal.SIGINT)
         try:
