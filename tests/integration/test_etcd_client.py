@@ -240,9 +240,9 @@ async def test_concurrent_progress_requests_keep_the_watch(kv):
         for _ in range(5):
             await asyncio.gather(*(w.request_progress() for _ in range(8)))
         r2 = await kv.put("/pr/b", "2")
-        assert [e.kv.mod_revision for e in await take(w, 2)] == [r1, r2]
+        assert [e.kv.mod_revision for e in await take(w, 2, timeout=60)] == [r1, r2]
         await w.request_progress()
-        while (batch := await asyncio.wait_for(w.__anext__(), 10)).events:
+        while (batch := await asyncio.wait_for(w.__anext__(), 60)).events:
             pass
         assert batch.revision >= r2
 
