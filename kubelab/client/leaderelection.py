@@ -10,7 +10,8 @@ Safety rests on two local clocks, never on anyone's wall clock:
 - A candidate judges another holder's lease by when IT last saw the record change
   (monotonic time of the read that brought a new record), plus the lease duration. The
   holder's renewTime is written for people to read; a skewed holder clock cannot make it
-  look expired, nor keep it alive.
+  look expired, nor keep it alive. A lease deleted under a live holder is recreated only
+  once that holder's lease has run out by the same measure.
 - The leader acts only until renew_deadline after the START of its last successful write
   (that write can only land after it started). Every renew attempt, retries and the wait
   before it included, runs under a timeout that ends at that deadline; when it passes the
@@ -88,6 +89,7 @@ class LeaderElector:
         self.release_on_cancel = release_on_cancel
         self._observed: bytes | None = None  # the lease spec as last read or written
         self._observed_holder = ""
+        self._observed_duration = 0
         self._observed_at = 0.0  # monotonic time the record was last seen to change
         self._held: v1.Lease | None = None  # our last successful write, for the release CAS
         self._renewed_at = -math.inf  # monotonic start of our last successful acquire/renew
@@ -104,6 +106,8 @@ class LeaderElector:
         try:
             lease = await self.leases.get(self.name)
         except NotFound:
+            if self._observed_holder not in ("", self.identity) and not self._expired():
+                return False  # deleted under a live holder: it still acts until its lease runs out
             lease = v1.Lease()
             lease.metadata.name = self.name
             self._hold(lease, new=True, created=True)
@@ -115,7 +119,7 @@ class LeaderElector:
             return True
         self._observe(lease)
         s = lease.spec
-        if s.holderIdentity and s.holderIdentity != self.identity and not self._expired(s):
+        if s.holderIdentity and s.holderIdentity != self.identity and not self._expired():
             return False
         self._hold(lease, new=s.holderIdentity != self.identity, created=False)
         try:
@@ -130,6 +134,7 @@ class LeaderElector:
         if record != self._observed:
             self._observed, self._observed_at = record, self.monotonic()
         holder = lease.spec.holderIdentity
+        self._observed_duration = lease.spec.leaseDurationSeconds
         if holder != self._observed_holder and holder and holder != self.identity:
             log.info("%s: %s sees the leader is %s", self.name, self.identity, holder)
         self._observed_holder = holder
@@ -138,9 +143,9 @@ class LeaderElector:
         self._observe(lease)
         self._held = lease
 
-    def _expired(self, spec: v1.LeaseSpec) -> bool:
+    def _expired(self) -> bool:
         # the longer of the holder's declared duration and ours: never cut a holder short
-        duration = max(self.lease_duration, spec.leaseDurationSeconds)
+        duration = max(self.lease_duration, self._observed_duration)
         return self.monotonic() - self._observed_at > duration
 
     def _hold(self, lease: v1.Lease, *, new: bool, created: bool) -> None:

@@ -359,6 +359,27 @@ def test_never_two_leaders_under_random_partitions(seed):
     assert led > 0 and transitions >= 1
 
 
+def test_lease_deleted_under_a_live_leader_is_not_taken_at_once():
+    async def scenario(loop):
+        store = LeaseStore(loop)
+        a = Candidate(loop, store, "a", random.Random(8))
+        b = Candidate(loop, store, "b", random.Random(9))
+        a.start()
+        await until(loop, lambda: a.leading, 5, "a leading")
+        b.start()
+        await asyncio.sleep(30)
+        a.link.cut_off()  # a cannot recreate it, and keeps acting until its deadline
+        store.obj = None
+        deleted = loop.time()
+        await until(loop, lambda: b.leading, LEASE + RENEW + 4 * RETRY, "b leading")
+        assert b.terms[0][0] - b.link.last_change_seen(before=deleted) >= LEASE
+        assert_never_both([a, b], loop.time())
+        await a.stop()
+        await b.stop()
+
+    run_virtual(scenario)
+
+
 def test_release_on_shutdown_lets_the_next_candidate_in_at_once():
     async def scenario(loop):
         store = LeaseStore(loop)
