@@ -321,6 +321,7 @@ class WatchCache:
                     await asyncio.sleep(self._backoff.next())
         finally:
             bookmarks.cancel()
+            await asyncio.gather(bookmarks, return_exceptions=True)
 
     def _retry_later(self, what: str, e: Exception) -> None:
         self.state, self.last_error = f"retrying: {what}", f"{type(e).__name__}: {e}"
