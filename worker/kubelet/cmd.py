@@ -27,8 +27,9 @@ def register(sub, parents) -> None:
     p.add_argument("--backoff-initial", type=float, default=10.0, help="first restart backoff (seconds)")
     p.add_argument("--backoff-max", type=float, default=300.0)
     p.add_argument("--port", type=int, default=10250, help="kubelet API port (0: any free port)")
-    p.add_argument("--image-dir", default="/var/lib/kubelab",
-                   help="where images live (shared by `kubelab image`; default /var/lib/kubelab)")
+    p.add_argument("--image-dir", default="",
+                   help="where images live (default: ROOT_DIR when `kubelab image --root-dir ROOT_DIR` "
+                        "put images there, else the host's shared store /var/lib/kubelab)")
     p.add_argument("--insecure-registry", action="append", default=[], help="registry host:port pulled without TLS")
     p.add_argument("--container-runtime-endpoint", default="",
                    help="unix:///path of a `kubelab runtime` daemon (default: the runtime runs in this process)")
@@ -43,6 +44,14 @@ def guess_node_ip() -> str:
             return s.getsockname()[0]
         except OSError:
             return "127.0.0.1"
+
+
+def image_dir(flag: str, root: Path) -> Path:
+    """The node's image store: the flag; else the root dir if images were imported into it
+    (`kubelab image import --root-dir ROOT_DIR`); else the host's shared store."""
+    if flag:
+        return Path(flag)
+    return root if (root / "images" / "index.json").exists() else Path("/var/lib/kubelab")
 
 
 async def wait_for_runtime(runtime, timeout: float = 60.0) -> str:
@@ -77,7 +86,7 @@ async def run(args) -> int:
         images = RemoteImageStore(args.container_runtime_endpoint)
         runtime = RemoteRuntime(args.container_runtime_endpoint)
     else:
-        images = ImageStore(Path(args.image_dir))
+        images = ImageStore(image_dir(args.image_dir, root))
         runtime = Runtime(root, runc_root=Path(args.runc_root or root / "runc"), images=images)
     network = PodNetwork(root / "network", bridge=args.bridge, netns_dir=Path(args.netns_dir),
                          cluster_cidr=args.cluster_cidr)
