@@ -517,7 +517,7 @@ class WatchCache:
     async def _send_progress(self, watch) -> None:
         try:
             await watch.request_progress()
-        except EtcdError as e:  # the watch goes on; only the next batch or request moves waiters
+        except Exception as e:  # noqa: BLE001 - the watch goes on; the next batch lets waiters ask again
             log.debug("%s: progress request: %s", self.kind.resource, e)
             if watch is self._watch:
                 self._progress_pending = False

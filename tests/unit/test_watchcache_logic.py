@@ -154,3 +154,37 @@ async def test_a_value_that_does_not_decode_is_left_out():
         assert sorted(cache.store) == ["default/a", "default/c"] and cache.watch_restarts == 0
     finally:
         await cache.stop()
+
+
+class ProgressWatch(ScriptedWatch):
+    """Answers each progress request with a notification at `revision`; counts requests and
+    any that overlap (grpc.aio allows one write in flight on a stream)."""
+
+    def __init__(self, revision: int):
+        super().__init__([], None)
+        self.revision, self.requests, self.overlaps, self.inflight = revision, 0, 0, False
+        self.out: asyncio.Queue[WatchBatch] = asyncio.Queue()
+
+    async def request_progress(self) -> None:
+        self.overlaps += self.inflight
+        self.inflight = True
+        await asyncio.sleep(0.01)
+        self.inflight = False
+        self.requests += 1
+        self.out.put_nowait(WatchBatch(self.revision, []))
+
+    async def __anext__(self) -> WatchBatch:
+        return await self.out.get()
+
+
+async def test_waiters_share_one_progress_request():
+    watch = ProgressWatch(20)
+    cache = WatchCache(PODS, ScriptedEtcd([], 5, [watch]), PREFIX)
+    await cache.start()
+    try:
+        await until(lambda: cache._watch is watch)
+        await asyncio.wait_for(asyncio.gather(*(cache.wait_for(10 + k) for k in range(8))), 10)
+        assert (watch.requests, watch.overlaps) == (1, 0)
+        assert cache.progress_rv == 20 and cache.applied_rv == 5
+    finally:
+        await cache.stop()
