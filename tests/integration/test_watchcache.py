@@ -5,7 +5,6 @@ where a test needs etcd to vanish for the cache alone while the test keeps writi
 from __future__ import annotations
 
 import asyncio
-import time
 import tracemalloc
 
 import pytest
