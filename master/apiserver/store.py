@@ -3,6 +3,16 @@
 from its Strategy (registry.py). Objects are stored as protobuf bytes under
 /registry/<resource>/<namespace>/<name>; resourceVersion is etcd's mod_revision, so every
 write is one etcd transaction comparing it.
+
+LIST is paged in bytes as well as in objects, on both sides. Toward etcd every prefix range goes
+through kubelab.etcd.pager (each etcd reply bounded in bytes). Toward the client one response
+holds at most `limit` objects and at most list_page_bytes of them (always at least one object);
+the rest comes with a continue token, with or without a limit, as Kubernetes allows a page to
+hold fewer objects than the limit. Every page of a walk reads etcd at the first page's revision,
+so the walk is one consistent snapshot (Gone once etcd compacted it). A list the watch cache
+would answer (resourceVersion "0", or "N" without a limit) is answered from the cache when it
+fits one page; a longer one is walked from etcd at the current revision instead, which "0" and
+"not older than N" both allow, so that its continue token names a revision etcd still has.
 """
 from __future__ import annotations
 

@@ -361,7 +361,7 @@ async def test_list_responses_are_bounded_in_bytes(etcd, tmp_path):
         await h.server.stop(0)
 
 
-async def test_list_limit_is_validated_and_clamped(api):
+async def test_list_limit_is_validated_and_clamped(api, monkeypatch):
     pods = api.client.pods("default")
     for i in range(3):
         await pods.create(pod(f"l{i}"))
@@ -369,6 +369,13 @@ async def test_list_limit_is_validated_and_clamped(api):
         await pods.list(limit=-1)
     huge = await pods.list(limit=1 << 62)
     assert [p.metadata.name for p in huge.items] == ["l0", "l1", "l2"] and not huge.continue_token
+    # a limit above the server's maximum is served as pages of the maximum (2 here, in-process)
+    from master.apiserver import store
+    monkeypatch.setattr(store, "MAX_LIST_LIMIT", 2)
+    page = await pods.list(limit=1 << 62)
+    assert [p.metadata.name for p in page.items] == ["l0", "l1"] and page.continue_token
+    rest = await pods.list(limit=1 << 62, continue_token=page.continue_token)
+    assert [p.metadata.name for p in rest.items] == ["l2"] and not rest.continue_token
 
 
 async def test_event_keeps_its_ttl_lease_through_updates(api, etcd_client):

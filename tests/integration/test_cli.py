@@ -34,7 +34,7 @@ def kl(cp, *args, ok: bool | None = True, stdin: str | None = None, env: dict | 
     return r
 
 
-def until(pred, timeout: float = 60, what: str = "condition"):
+def until(pred, timeout: float = 180, what: str = "condition"):  # generous: a shared, busy machine
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         got = pred()
