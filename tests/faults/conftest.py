@@ -230,6 +230,11 @@ class Load:
     deleted: set[str] = field(default_factory=set)
     errors: collections.Counter = field(default_factory=collections.Counter)  # error class -> count
     done: int = 0  # pods whose whole script finished
+    last_rv: int = 0  # newest resourceVersion a write answered
+
+    def answered(self, obj) -> None:
+        if obj is not None:
+            self.last_rv = max(self.last_rv, int(obj.metadata.resourceVersion or 0))
 
 
 async def retrying(call, load: Load, *, ok_after_error: tuple = ()):
@@ -259,6 +264,7 @@ async def pod_script(rc: ResourceClient, ns: str, i: int, load: Load) -> None:
     name = f"p{i}"
     obj = await retrying(lambda: rc.create(pod(ns, name)), load, ok_after_error=(AlreadyExists,))
     load.created[name] = obj.metadata.uid if obj is not None else ""
+    load.answered(obj)
     if i % 3 == 0:
         async def relabel():
             cur = await rc.get(name)
@@ -266,7 +272,7 @@ async def pod_script(rc: ResourceClient, ns: str, i: int, load: Load) -> None:
                 return cur  # an attempt whose answer was lost had been applied
             cur.metadata.labels["step"] = "2"
             return await rc.update(cur)
-        await retrying(relabel, load)
+        load.answered(await retrying(relabel, load))
     elif i % 3 == 1:
         await retrying(lambda: rc.delete(name), load, ok_after_error=(NotFound,))
         load.deleted.add(name)
@@ -282,6 +288,48 @@ async def run_load(rc: ResourceClient, ns: str, names: range, load: Load, *, con
     await asyncio.gather(*(one(i) for i in names))
 
 
+class ListChecker:
+    """Lists pods while the load runs, as clients reading their own writes do: in turn from
+    the watch cache ("0") and at the newest revision `newest()` knows of (the cache waits
+    until it reflects that; a lease's revision makes it ask etcd for progress). Each answer
+    is kept with the revision it names, to be compared with etcd's state at that revision.
+    At most `lists` lists; stop() ends it sooner."""
+
+    def __init__(self, client: Client, ns: str, newest, *, lists: int = 2000):
+        self.rc, self.newest, self.lists = client.pods(ns), newest, lists
+        self.answers: list[tuple[str, int, dict[str, int]]] = []  # (asked, rv answered, key -> rv)
+        self.errors: collections.Counter = collections.Counter()
+        self.task = asyncio.create_task(self._run(), name="list-checker")
+
+    async def _run(self) -> None:
+        for i in range(self.lists):
+            asked = "0" if i % 2 else str(self.newest() or "")
+            try:
+                lst = await self.rc.list(resource_version=asked)
+            except (ServiceUnavailable, Timeout) as e:
+                self.errors[type(e).__name__] += 1
+                await asyncio.sleep(0.1)  # retry pacing while the server is away
+                continue
+            self.answers.append((asked, int(lst.resource_version), {
+                f"{p.metadata.namespace}/{p.metadata.name}": int(p.metadata.resourceVersion) for p in lst.items}))
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def judge(self, endpoint: str, ns: str) -> list[str]:
+        """Answers that differ from etcd's state at the revision they name."""
+        bad, states = [], {}
+        for asked, rv, items in self.answers:
+            if rv not in states:
+                states[rv] = await pod_state(endpoint, rv, ns)
+            state = states[rv]
+            if items != state:
+                diff = sorted(set(items.items()) ^ set(state.items()))
+                bad.append(f"list (resourceVersion {asked!r}) answered revision {rv}: differs from etcd on {diff[:4]}")
+        return bad
+
+
 class LeaseChurn:
     """Leases renewed back to back in one namespace, as kubelets and leader electors do:
     writes to another resource move etcd's revision past the pods watch cache's, so pod
@@ -291,6 +339,7 @@ class LeaseChurn:
     def __init__(self, client: Client, ns: str, *, leases: int = 4, updates: int = 3000):
         self.rc, self.ns, self.updates = client.leases(ns), ns, updates
         self.renewals = 0
+        self.last_rv = 0  # newest resourceVersion a renewal answered
         self.errors: collections.Counter = collections.Counter()
         self.tasks = [asyncio.create_task(self._renew(f"churn{i}"), name=f"lease-churn-{i}") for i in range(leases)]
 
@@ -308,6 +357,7 @@ class LeaseChurn:
                 cur.spec.holderIdentity = str(n)
                 cur = await self.rc.update(cur)
                 self.renewals += 1
+                self.last_rv = max(self.last_rv, int(cur.metadata.resourceVersion))
             except (ServiceUnavailable, Timeout, Conflict) as e:  # away, or our own lost answer
                 self.errors[type(e).__name__] += 1
                 cur = None if isinstance(e, Conflict) else cur
@@ -357,15 +407,20 @@ class Segment:
 class WatchRecorder:
     """A client watch of pods in one namespace that behaves like an informer: list, watch from
     the list's revision, rewatch from the last revision seen when the stream ends or breaks,
-    relist on Gone. Records everything it was told, for the checkers below."""
+    relist on Gone. Records everything it was told, for the checkers below.
 
-    def __init__(self, rc: ResourceClient, name: str):
-        self.rc, self.name = rc, name
+    list_rv "" lists from etcd; "0" takes the watch cache's list, as Kubernetes' reflectors
+    do. restart_every > 0 starts over with a new list after that many events (a client that
+    comes and goes), so lists and watch starts happen all through the load."""
+
+    def __init__(self, rc: ResourceClient, name: str, *, list_rv: str = "", restart_every: int = 0):
+        self.rc, self.name, self.list_rv, self.restart_every = rc, name, list_rv, restart_every
         self.segments: list[Segment] = []
         self.errors: collections.Counter = collections.Counter()
         self.gone = 0
         self.gone_at: list[float] = []  # time.monotonic() of each Gone
         self.rewatches = 0
+        self.restarts = 0
 
     @property
     def last_rv(self) -> int:
@@ -376,7 +431,7 @@ class WatchRecorder:
         while True:
             try:
                 if relist:
-                    lst = await self.rc.list()
+                    lst = await self.rc.list(resource_version=self.list_rv)
                     rv = int(lst.resource_version)
                     self.segments.append(Segment(rv, {f"{p.metadata.namespace}/{p.metadata.name}":
                                                       int(p.metadata.resourceVersion) for p in lst.items},
@@ -389,7 +444,13 @@ class WatchRecorder:
                     if ev.type != "BOOKMARK":
                         seg.events.append((f"{m.namespace}/{m.name}", ev.type, rv))
                     seg.last_rv = max(seg.last_rv, rv)
-                self.rewatches += 1  # the server closed the stream: resume from last_rv
+                    if self.restart_every and len(seg.events) >= self.restart_every:
+                        relist = True
+                        break
+                if relist:
+                    self.restarts += 1
+                else:
+                    self.rewatches += 1  # the server closed the stream: resume from last_rv
             except Gone:
                 self.gone += 1
                 self.gone_at.append(time.monotonic())
@@ -414,10 +475,15 @@ class WatchRecorder:
 
 
 class Recorders:
-    """Several WatchRecorders running as tasks; stop() cancels and awaits them."""
+    """WatchRecorders running as tasks, each on its own client: half list from etcd, half
+    from the watch cache; `restarting` more of them start over every 25 events. stop()
+    cancels and awaits them."""
 
-    def __init__(self, clients: list[Client], ns: str):
-        self.recorders = [WatchRecorder(c.pods(ns), f"w{i}") for i, c in enumerate(clients)]
+    def __init__(self, clients: list[Client], ns: str, *, restarting: int = 0):
+        steady = len(clients) - restarting
+        self.recorders = [WatchRecorder(c.pods(ns), f"w{i}", list_rv="0" if i % 2 else "",
+                                        restart_every=25 if i >= steady else 0)
+                          for i, c in enumerate(clients)]
         self.tasks = [asyncio.create_task(r.run(), name=f"recorder-{r.name}") for r in self.recorders]
 
     async def started(self) -> None:

@@ -12,12 +12,14 @@ import pytest
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.errors import ServiceUnavailable
 from kubelab.etcd.client import EtcdClient
-from tests.faults.conftest import (DEADLINE, Load, Recorders, Verdict, judge, pod, pod_history, pod_state,
-                                   retrying, run_load, wait_until)
+from tests.faults.conftest import (DEADLINE, ListChecker, Load, Recorders, Verdict, judge, pod, pod_history,
+                                   pod_state, retrying, run_load, wait_until)
 from tests.integration.conftest import start_apiserver
 
 NS = "faults"
 WATCHERS = 8
+RESTARTING = 4  # more watchers, that start over with a new list every 25 events
+LISTERS = 2  # clients listing at a revision all through the load (ListChecker)
 
 
 def namespace(name: str) -> v1.Namespace:
@@ -31,7 +33,7 @@ def figures(test: str, load: Load, recs: Recorders, verdict: Verdict, **extra) -
             f"{verdict.duplicated}, unexpected {verdict.unexpected}, out of order {verdict.out_of_order}; "
             f"writers' errors {dict(load.errors)}; watchers' errors "
             f"{[dict(r.errors) for r in recs.recorders]}, Gone {[r.gone for r in recs.recorders]}, "
-            f"rewatches {[r.rewatches for r in recs.recorders]}"
+            f"rewatches {[r.rewatches for r in recs.recorders]}, restarts {[r.restarts for r in recs.recorders]}"
             + "".join(f"; {k} {v}" for k, v in extra.items()))
     print(line)
     return line
@@ -39,22 +41,25 @@ def figures(test: str, load: Load, recs: Recorders, verdict: Verdict, **extra) -
 
 async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp_path):
     """etcd is SIGKILLed three times while 240 pods are created, relabelled and deleted
-    under eight watchers (and leases are renewed back to back), and each time started again
+    under twelve watchers (four of them starting over every 25 events; leases renewed back
+    to back), and each time started again
     on its data dir. Meanwhile clients get ServiceUnavailable from the API server; afterwards
     every write they were told succeeded is in etcd, and every watcher saw exactly etcd's
     history, per pod, from its start revision."""
     n, kills = 240, 3
     api = await start_apiserver(fault_etcd, tmp_path, bookmark_interval=0.5)
-    clients = [api.new_client() for _ in range(WATCHERS)]
+    clients = [api.new_client() for _ in range(WATCHERS + RESTARTING + LISTERS)]
     recs = writer = None
+    listers = []
     try:
         await api.client.namespaces().create(namespace(NS))
         churn = lease_churn(api.client, NS)
         await wait_until(lambda: churn.renewals >= 20, "leases to be renewed")
-        recs = Recorders(clients, NS)
+        recs = Recorders(clients[LISTERS:], NS, restarting=RESTARTING)
         await recs.started()
         load, probes = Load(), Load()
         rc = api.client.pods(NS)
+        listers = [ListChecker(c, NS, lambda: max(load.last_rv, churn.last_rv)) for c in clients[:LISTERS]]
         writer = asyncio.create_task(run_load(rc, NS, range(n), load))
         recovered = []
         for k in range(1, kills + 1):
@@ -73,6 +78,8 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
             recovered.append(round(time.monotonic() - restarted, 2))
         await asyncio.wait_for(writer, DEADLINE)
         finished = time.monotonic()
+        for lister in listers:
+            await lister.stop()
 
         start = min(r.segments[0].start_rv for r in recs.recorders)
         history, _ = await pod_history(fault_etcd.endpoint, start)
@@ -85,13 +92,17 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
         verdict = Verdict()
         for r in recs.recorders:
             verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
+        bad_lists = [b for lister in listers for b in await lister.judge(fault_etcd.endpoint, NS)]
         figures("etcd-kill", load, recs, verdict, api_recovered_s=recovered, converge_s=f"{converged:.1f}",
+                lists_checked=sum(len(x.answers) for x in listers), lists_wrong=len(bad_lists),
+                listers_errors=[dict(x.errors) for x in listers],
                 history_events=len(history), lease_renewals=churn.renewals)
         assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
+        assert not bad_lists, "lists differ from etcd's state at their revision:\n" + "\n".join(bad_lists[:10])
         # Nothing was compacted and the cache's window holds every event since the watchers
         # started: none of them had reason to be told Gone, nor any other error.
-        assert [r.gone for r in recs.recorders] == [0] * WATCHERS
-        assert [dict(r.errors) for r in recs.recorders] == [{}] * WATCHERS
+        assert [r.gone for r in recs.recorders] == [0] * len(recs.recorders)
+        assert [dict(r.errors) for r in recs.recorders] == [{}] * len(recs.recorders)
         # What clients were told, and only that, is in etcd.
         assert set(load.errors) <= {"ServiceUnavailable", "AlreadyExists after a failed attempt",
                                     "NotFound after a failed attempt"}, load.errors
@@ -109,6 +120,8 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
         if writer is not None and not writer.done():
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+        for lister in listers:
+            await lister.stop()
         if recs is not None:
             await recs.stop()
         for c in clients:
