@@ -39,6 +39,7 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
         await wait_until(lambda: load.done >= n // 3 or writer.done(), "a third of the load")
         assert not writer.done(), "the load finished before the API server could be killed under it"
         srv.kill9()
+        killed = time.monotonic()
         with pytest.raises(ServiceUnavailable):
             await writer_client.namespaces().get("default")
         await wait_until(lambda: load.errors["ServiceUnavailable"] >= 8 or writer.done(),
@@ -55,19 +56,23 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
         await srv.start()
         restarted = time.monotonic()
         await asyncio.wait_for(writer, DEADLINE)
+        finished = time.monotonic()
 
         start = min(r.segments[0].start_rv for r in recs.recorders)
         history, _ = await pod_history(fault_etcd.endpoint, start)
         last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
         await recs.reached(last)
-        converged = time.monotonic() - restarted
+        converged = time.monotonic() - finished
         await recs.stop()
         await churn.stop()
 
         verdict = Verdict()
         for r in recs.recorders:
             verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
-        figures("apiserver-kill", load, recs, verdict, converge_s=f"{converged:.1f}",
+        told_gone = [g - restarted for r in recs.recorders for g in r.gone_at if g > restarted]
+        figures("apiserver-kill", load, recs, verdict, apiserver_down_s=f"{restarted - killed:.1f}",
+                all_told_gone_within_s=f"{max(told_gone, default=0):.1f}",
+                caught_up_after_load_s=f"{converged:.1f}",
                 history_events=len(history), lease_renewals=churn.renewals)
         assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
         final = await pod_state(fault_etcd.endpoint, 0, NS)

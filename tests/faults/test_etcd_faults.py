@@ -61,12 +61,13 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
         rc = api.client.pods(NS)
         listers = [ListChecker(c, NS, lambda: max(load.last_rv, churn.last_rv)) for c in clients[:LISTERS]]
         writer = asyncio.create_task(run_load(rc, NS, range(n), load))
-        recovered = []
+        outages, recovered = [], []  # etcd down (s); etcd back to a create through the API (s)
         for k in range(1, kills + 1):
             await wait_until(lambda: load.done >= n * k // (kills + 1) or writer.done(), f"{k}/{kills + 1} of the load")
             assert not writer.done(), "the load finished before etcd could be killed under it"
             seen = load.errors["ServiceUnavailable"]
             fault_etcd.kill9()
+            killed = time.monotonic()
             # The API server stays up and says what is wrong, with the reason clients retry on.
             with pytest.raises(ServiceUnavailable, match="etcd"):
                 await rc.create(pod(NS, f"probe{k}"))
@@ -75,6 +76,7 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
             await fault_etcd.restart()
             restarted = time.monotonic()
             await retrying(lambda: rc.create(pod(NS, f"probe{k}")), probes)
+            outages.append(round(restarted - killed, 2))
             recovered.append(round(time.monotonic() - restarted, 2))
         await asyncio.wait_for(writer, DEADLINE)
         finished = time.monotonic()
@@ -93,7 +95,8 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
         for r in recs.recorders:
             verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
         bad_lists = [b for lister in listers for b in await lister.judge(fault_etcd.endpoint, NS)]
-        figures("etcd-kill", load, recs, verdict, api_recovered_s=recovered, converge_s=f"{converged:.1f}",
+        figures("etcd-kill", load, recs, verdict, etcd_down_s=outages, api_recovered_s=recovered,
+                caught_up_after_load_s=f"{converged:.1f}",
                 lists_checked=sum(len(x.answers) for x in listers), lists_wrong=len(bad_lists),
                 listers_errors=[dict(x.errors) for x in listers],
                 history_events=len(history), lease_renewals=churn.renewals)
