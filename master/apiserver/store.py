@@ -195,14 +195,15 @@ class Store:
                 if self.cache.applied_rv < want:
                     return await self._list_etcd(ns, labels, fields, limit, "", "")
             entries, rv = self.cache.list(ns, labels, fields)
-            if (limit and len(entries) > limit) or sum(len(e.raw) for e in entries) > self.list_page_bytes:
+            entries.sort(key=lambda e: f"{e.namespace}/{e.name}" if e.namespace else e.name)  # etcd key order
+            items = [e.raw + meta.rv_suffix(e.rv) for e in entries]
+            if (limit and len(items) > limit) or sum(map(len, items)) > self.list_page_bytes:
                 # More than one page. A continue token names an etcd revision to read the rest
                 # at, and the cache's may already be compacted (an idle resource's cache stays
                 # at its last event), so the walk starts from etcd now instead: a newer state,
                 # which both "0" and "not older than N" allow.
                 return await self._list_etcd(ns, labels, fields, limit, "", "")
-            entries.sort(key=lambda e: f"{e.namespace}/{e.name}" if e.namespace else e.name)  # etcd key order
-            return [e.raw + meta.rv_suffix(e.rv) for e in entries], rv, "", None
+            return items, rv, "", None
         return await self._list_etcd(ns, labels, fields, limit, continue_token, resource_version)
 
     async def _list_etcd(self, ns, labels, fields, limit, token, resource_version):

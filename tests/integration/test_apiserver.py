@@ -539,3 +539,22 @@ async def test_namespace_controller_deletes_objects_left_marked(api, etcd_client
             return True
         return False
     await wait_for(gone, 30, what='namespace "left" to be removed')
+
+
+async def test_creates_racing_a_namespace_deletion_never_land_after_it(api):
+    """Creates in flight while the namespace is marked: each one either fails (Forbidden) or
+    was written before the marking (a lower revision); none lands in a Terminating namespace.
+    (test_store.py reproduces the race deterministically with a stopped cache.)"""
+    await api.client.namespaces().create(namespace("race"))
+    pods = api.client.pods("race")
+
+    async def create(i):
+        try:
+            return int((await pods.create(pod(f"r{i}", ns="race"))).metadata.resourceVersion)
+        except Forbidden:
+            return None
+    creates = [asyncio.ensure_future(create(i)) for i in range(40)]  # they start as the delete awaits
+    marked = await api.client.namespaces().delete("race")
+    landed = [rv for rv in await asyncio.gather(*creates) if rv is not None]
+    assert all(rv < int(marked.metadata.resourceVersion) for rv in landed)
+    assert len((await pods.list()).items) == len(landed)
