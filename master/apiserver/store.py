@@ -421,6 +421,9 @@ def encode_continue(rev: int, start: bytes, prefix: bytes) -> str:
 def decode_continue(token: str, prefix: bytes) -> tuple[int, bytes]:
     try:
         d = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return int(d["rv"]), prefix + d["start"].encode("utf-8", "surrogateescape")
+        rev, start = int(d["rv"]), prefix + d["start"].encode("utf-8", "surrogateescape")
+        if rev <= 0:
+            raise ValueError("no revision")
+        return rev, start
     except Exception:  # noqa: BLE001 - any garbage is the client's error
         raise BadRequest(f'invalid continue token "{token[:40]}"') from None

@@ -136,6 +136,10 @@ async def test_list_pages_at_one_revision(api):
     assert names == [f"p{i:03d}" for i in range(25)]
     with pytest.raises(BadRequest, match="continue"):
         await pods.list(limit=10, continue_token="garbage!")
+    import base64
+    forged = base64.urlsafe_b64encode(b'{"v": 1, "rv": -3, "start": "p010"}').decode()
+    with pytest.raises(BadRequest, match="invalid continue token"):  # not a revision: never sent to etcd
+        await pods.list(limit=10, continue_token=forged)
 
 
 async def test_watch_from_resource_version(api):
