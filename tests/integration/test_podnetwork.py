@@ -70,14 +70,27 @@ def _mounted(path: Path) -> bool:
         return False
 
 
-def _cleanup(suffix: str, tmp: Path) -> None:
-    for ns in sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.exists() else []:
-        if ns.startswith((f"kltest-{suffix}", f"kl-{suffix}")):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
-            (NETNS_DIR / ns).unlink(missing_ok=True)
+def _ours(suffix: str) -> list[str]:
+    names = sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.exists() else []
+    return [ns for ns in names if ns.startswith((f"kltest-{suffix}", f"kl-{suffix}"))]
+
+
+def _cleanup(suffix: str, tmp: Path) -> list[str]:
+    """Delete the test's namespaces (the node's holds its bridge, veths and rules) and unmount
+    those of a private netns dir; return what is still there."""
+    for ns in _ours(suffix):
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        (NETNS_DIR / ns).unlink(missing_ok=True)
     for path in tmp.rglob("*"):
         if path.is_file() and _mounted(path):  # namespaces bind-mounted in a private netns dir
             subprocess.run(["umount", str(path)], capture_output=True)
+    left = [f"netns {ns}" for ns in _ours(suffix)]
+    left += [f"mount {ln.split()[4]}" for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+             if str(tmp) in ln.split()[4]]
+    # links are made in the node's namespace: none of them may show up on the host
+    host_links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout)
+    left += [f"host link {link['ifname']}" for link in host_links if suffix in link["ifname"]]
+    return left
 
 
 @pytest.fixture
@@ -90,10 +103,12 @@ async def node(tmp_path):
         await run_checked(run, ["ip", "link", "set", "lo", "up"])
         yield Node(suffix, netns, run, tmp_path / "state", tmp_path)
     finally:
-        _cleanup(suffix, tmp_path)
+        left = _cleanup(suffix, tmp_path)
+    assert not left, f"pod network test left behind: {left}"
 
 
-async def ping(netns_path: Path, ip: str, attempts: int = 3) -> bool:
+async def ping(netns_path: Path, ip: str, attempts: int = 10) -> bool:
+    # a retry, not a wait: the first success returns (a fresh veth may drop the first packets)
     for _ in range(attempts):
         proc = await asyncio.create_subprocess_exec(
             "nsenter", f"--net={netns_path}", "--", *PING, "-c1", "-W1", ip,
@@ -358,9 +373,9 @@ async def test_errors_name_the_command_and_what_it_said(node):
         await net.ensure_bridge("10.244.1.0/24")
     with pytest.raises(ValueError, match="not inside the cluster CIDR"):
         await net.ensure_bridge("10.99.1.0/24")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bridge name 'a-name-longer-than-15': must be 1-15 characters"):
         node.network(bridge="a-name-longer-than-15")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"sandbox id '\.\./etc': must be"):
         await net.teardown_pod("../etc")
 
 
