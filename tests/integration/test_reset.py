@@ -72,17 +72,20 @@ def dead(pid: int) -> bool:
         return True
 
 
-def snapshot(tmp: Path, pids: dict[str, int], cgview: Path) -> dict:
+def snapshot(tmp: Path, pids: dict[str, int], cgview: Path | None) -> dict:
     links = {link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show"))}
     mounted = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()]
+    runc_roots = sorted(tmp.glob("*/runc"))
     return {
         "alive": sorted(name for name, pid in pids.items() if not dead(pid)),
         "mounts": sorted(m.removeprefix(str(tmp)) for m in mounted
-                         if m.startswith(str(tmp)) and not m.startswith(str(cgview))),
+                         if m.startswith(str(tmp)) and not (cgview and m.startswith(str(cgview)))),
         "netns": sorted(os.listdir("/run/netns")),
         "links": sorted(links),
         "iptables": sh("iptables-save").splitlines(),
-        "cgroups": sorted({str(d.relative_to(h)) for h in cgview.iterdir() for d in h.rglob("*") if d.is_dir()}),
+        "cgroups": sorted({str(d.relative_to(h)) for h in cgview.iterdir() for d in h.rglob("*") if d.is_dir()})
+        if cgview else [],
+        "runc": {r.parent.name: sh("runc", "--root", str(r), "list", "-q").split() for r in runc_roots},
     }
 
 
@@ -115,31 +118,31 @@ def private_cgroup_view(parent: str, cgview: Path) -> None:
         sh("mount", "--bind", str(stage), str(target))
 
 
-async def confined(tmp: Path, images: Path, parent: str) -> dict:
+async def pod_on_a_node(root: Path, images: Path, parent: str, *, host_network: bool = False) -> dict:
+    """What a kubelet leaves on a node with kubelab's layout under root (runc state, sandboxes,
+    pod network state): a running runc container with its monitor, sandbox pins and overlay, on
+    a pod network of bridge cni0 unless host_network."""
     from worker.network import PodNetwork
     from worker.runtime import ContainerSpec, ImageStore, Runtime
-
-    Path("/run/netns").mkdir(exist_ok=True)  # iproute2 makes it on first use anyway
-    sh("mount", "-t", "tmpfs", "netns", "/run/netns")
-    net = PodNetwork(tmp / "network", bridge="cni0")
-    await net.ensure_bridge(POD_CIDR)
     uid = str(uuid.uuid4())
-    pod = await net.setup_pod(uid, "web", "default")
-    rt = Runtime(tmp / "node", runc_root=tmp / "run" / "runc", images=ImageStore(images), cgroup_parent=parent)
+    pod = None
+    if not host_network:
+        net = PodNetwork(root / "network", bridge="cni0")
+        await net.ensure_bridge(POD_CIDR)
+        pod = await net.setup_pod(uid, "web", "default")
+    rt = Runtime(root, runc_root=root / "runc", images=ImageStore(images), cgroup_parent=parent)
     cid = await rt.create(ContainerSpec(pod_uid=uid, pod_name="web", namespace="default", container_name="web",
-                                        image=BUSYBOX, command=["sleep", "1000"], netns_path=str(pod.netns_path),
-                                        pod_ip=pod.ip, log_path=str(tmp / "web.log")))
+                                        image=BUSYBOX, command=["sleep", "1000"],
+                                        netns_path=str(pod.netns_path) if pod else None,
+                                        pod_ip=pod.ip if pod else None, log_path=str(root / "web.log")))
     await rt.start(cid)
     meta = json.loads((rt.containers_dir / cid / "meta.json").read_text())
-    # a container of a runtime with another cgroup parent: only its monitor marks it as kubelab's
-    other = Runtime(tmp / "node", runc_root=tmp / "run" / "runc", images=ImageStore(images),
-                    cgroup_parent=f"{parent}-other")
-    other_cid = await other.create(ContainerSpec(pod_uid=str(uuid.uuid4()), pod_name="host", namespace="default",
-                                                 container_name="host", image=BUSYBOX, command=["sleep", "1000"],
-                                                 netns_path=None, log_path=str(tmp / "host.log")))
-    await other.start(other_cid)
-    other_meta = json.loads((rt.containers_dir / other_cid / "meta.json").read_text())
+    return {"uid": uid, "cid": cid, "pid": meta["pid"], "monitor": meta["monitor_pid"],
+            "veth": pod.host_veth if pod else None, "netns": pod.netns_name if pod else None}
 
+
+def decoys(tmp: Path) -> int:
+    """Things that look a little like kubelab's but are not; returns the decoy process's pid."""
     decoy = subprocess.Popen(["sleep", "1000"], start_new_session=True)
     sh("ip", "netns", "add", "decoy-ns")
     decoy_mount = tmp / "decoy" / "containers" / "not-a-container-id" / "rootfs"
@@ -148,33 +151,50 @@ async def confined(tmp: Path, images: Path, parent: str) -> dict:
     sh("ip", "link", "add", "decoy0", "type", "bridge")  # a bridge, but not the node's
     sh("iptables", "-w", "-A", "FORWARD", "-m", "comment", "--comment", DECOY_RULE, "-j", "ACCEPT")
     sh("iptables", "-w", "-t", "nat", "-N", "KUBE-DECOY")  # kube-proxy's, not kubelab's
+    return decoy.pid
 
-    cgview = tmp / "cgview"
-    private_cgroup_view(parent, cgview)
-    pids = {"container": meta["pid"], "monitor": meta["monitor_pid"], "other-monitor": other_meta["monitor_pid"],
-            "decoy": decoy.pid}
+
+async def confined(tmp: Path, images: Path, parent: str, mode: str) -> dict:
+    Path("/run/netns").mkdir(exist_ok=True)  # iproute2 makes it on first use anyway
+    sh("mount", "-t", "tmpfs", "netns", "/run/netns")
+    pod = await pod_on_a_node(tmp / "node", images, parent)
+    pids = {"container": pod["pid"], "monitor": pod["monitor"]}
+    cgview = None
+    if mode == "sweep":
+        # a runtime with another cgroup parent: only its monitor marks its container as kubelab's
+        other = await pod_on_a_node(tmp / "other-node", images, f"{parent}-other", host_network=True)
+        pids["other-monitor"] = other["monitor"]
+        gone = set(pids)
+        cgview = tmp / "cgview"
+        private_cgroup_view(parent, cgview)
+        # the root dir is gone, as when a node's directory was deleted while its containers ran
+        argv = ["reset", "--all", "--root-dir", str(tmp / "deleted-root")]
+    else:
+        other = await pod_on_a_node(tmp / "other-node", images, parent, host_network=True)
+        pids.update({"other-container": other["pid"], "other-monitor": other["monitor"]})
+        gone = {"container", "monitor"}
+        argv = ["reset", "--root-dir", str(tmp / "node")]
+    pids["decoy"] = decoys(tmp)
     before = snapshot(tmp, pids, cgview)
-    reset = subprocess.run([sys.executable, "-m", "kubelab.cli.main", "reset", "--all",
-                            "--root-dir", str(tmp / "deleted-root")],
+    reset = subprocess.run([sys.executable, "-m", "kubelab.cli.main", *argv],
                            capture_output=True, text=True, timeout=180, start_new_session=True)
     # SIGKILL takes effect asynchronously and a netns (with the pod's veth) is freed after its
     # last user: wait for the state to settle, then report it whatever it is
     deadline = time.monotonic() + (60 if reset.returncode == 0 else 0)
     while True:
         after = snapshot(tmp, pids, cgview)
-        settled = not set(after["alive"]) & {"container", "monitor", "other-monitor"} and \
-            not [ln for ln in after["links"] if ln.startswith("veth")]
+        settled = not set(after["alive"]) & gone and not [ln for ln in after["links"] if ln.startswith("veth")]
         if settled or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.1)
-    return {"uid": uid, "cid": cid, "veth": pod.host_veth, "netns": pod.netns_name, "rc": reset.returncode,
-            "stdout": reset.stdout, "stderr": reset.stderr, "before": before, "after": after}
+    return {"pod": pod, "other": other, "rc": reset.returncode, "stdout": reset.stdout, "stderr": reset.stderr,
+            "before": before, "after": after}
 
 
 def main() -> None:
     args = json.loads(sys.argv[1])
     assert os.getpid() == 1, "the driver must run as init of its own PID namespace"
-    result = asyncio.run(confined(Path(args["tmp"]), Path(args["images"]), args["parent"]))
+    result = asyncio.run(confined(Path(args["tmp"]), Path(args["images"]), args["parent"], args["mode"]))
     print(json.dumps(result))
 
 
@@ -201,10 +221,11 @@ def cgroup_parent():
         assert not [h for h in cgroups.hierarchies() if (h / p).exists()]
 
 
-def run_confined(tmp: Path, images: Path, parent: str) -> dict:
+def run_confined(tmp: Path, images: Path, parent: str, mode: str = "sweep") -> dict:
+    """Run the driver (this module) in new PID, mount and network namespaces; its report."""
     argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--propagation", "private",
             "--net", sys.executable, "-m", "tests.integration.test_reset",
-            json.dumps({"tmp": str(tmp), "images": str(images), "parent": parent})]
+            json.dumps({"tmp": str(tmp), "images": str(images), "parent": parent, "mode": mode})]
     # a session of its own: on a timeout the whole group goes, and no signal of the sweep can
     # reach this process's group
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -219,48 +240,89 @@ def run_confined(tmp: Path, images: Path, parent: str) -> dict:
     return json.loads(out.splitlines()[-1])
 
 
+DECOY_MOUNT = "/decoy/containers/not-a-container-id/rootfs"
+
+
 def kubelab_rules(lines: list[str]) -> list[str]:
     return [ln for ln in lines if "KUBELAB" in ln or "kubelab:" in ln]
 
 
+def pod_mounts(node: str, pod: dict) -> list[str]:
+    """The container's overlay root and the sandbox's pins and shm, relative to the test's tmp dir."""
+    return [f"/{node}/containers/{pod['cid']}/rootfs"] + \
+        [f"/{node}/sandboxes/{pod['uid']}/{name}" for name in ("ipc", "uts", "shm") if name != "uts" or pod["netns"]]
+
+
+def assert_pod_network_was_there_and_is_gone(r: dict) -> None:
+    pod, before, after = r["pod"], r["before"], r["after"]
+    assert pod["netns"] in before["netns"] and {"cni0", pod["veth"]} <= set(before["links"])
+    assert any("kubelab:cni0" in ln for ln in before["iptables"]), before["iptables"]
+    assert pod["netns"] not in after["netns"]
+    assert not {"cni0", pod["veth"]} & set(after["links"]), after["links"]
+    assert kubelab_rules(after["iptables"]) == [], after["iptables"]
+
+
+def assert_decoys_were_there_and_stay(r: dict) -> None:
+    for state in (r["before"], r["after"]):
+        assert "decoy" in state["alive"]
+        assert DECOY_MOUNT in state["mounts"]
+        assert "decoy-ns" in state["netns"]
+        assert "decoy0" in state["links"]
+        assert any(DECOY_RULE in ln for ln in state["iptables"]), state["iptables"]
+        assert ":KUBE-DECOY - [0:0]" in state["iptables"], state["iptables"]
+
+
+def assert_nothing_reached_the_host(tmp_path: Path, r: dict) -> None:
+    # the mounts and namespaces died with the test's namespaces
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+    assert not re.search(rf"^({re.escape(r['pod']['netns'])}|decoy-ns)\b", sh("ip", "netns", "list"), re.M)
+
+
 def test_reset_all_sweeps_kubelab_leftovers_and_spares_the_rest(tmp_path, image_root, cgroup_parent):
-    r = run_confined(tmp_path, image_root, cgroup_parent)
-    before, after = r["before"], r["after"]
-    container_mounts = [f"/node/containers/{r['cid']}/rootfs"] + \
-        [f"/run/sandboxes/{r['uid']}/{name}" for name in ("ipc", "uts", "shm")]
-    decoy_mount = "/decoy/containers/not-a-container-id/rootfs"
-    pod_cgroups = [r["uid"], f"{r['uid']}/{r['cid']}"]
+    r = run_confined(tmp_path, image_root, cgroup_parent, "sweep")
+    pod, other, before, after = r["pod"], r["other"], r["before"], r["after"]
+    mounts = pod_mounts("node", pod) + pod_mounts("other-node", other)
+    pod_cgroups = [pod["uid"], f"{pod['uid']}/{pod['cid']}"]
 
     # what the sweep is meant to find really was there (the test cannot pass on an empty host)
     assert before["alive"] == ["container", "decoy", "monitor", "other-monitor"]
-    assert set(container_mounts + [decoy_mount]) <= set(before["mounts"]), before["mounts"]
-    assert before["netns"] == sorted([r["netns"], "decoy-ns"])
-    assert {"cni0", r["veth"], "decoy0"} <= set(before["links"])
-    assert any("kubelab:cni0" in ln for ln in before["iptables"]), before["iptables"]
+    assert set(mounts) <= set(before["mounts"]), before["mounts"]
     assert set(pod_cgroups) <= set(before["cgroups"]), before["cgroups"]
 
     assert r["rc"] == 0, r["stderr"]
     assert "host sweep: killed" in r["stdout"], r["stdout"]
-    # kubelab's: gone
+    # kubelab's: gone, found by their marks alone (the root dir given does not exist)
     # (the other runtime's container is not tracked: outside kubelab's cgroups the sweep finds
     # only its monitor, and the container dies with the test's PID namespace)
     assert after["alive"] == ["decoy"], after
-    assert not set(container_mounts) & set(after["mounts"]), after["mounts"]
-    assert r["netns"] not in after["netns"]
-    assert not {"cni0", r["veth"]} & set(after["links"]), after["links"]
-    assert kubelab_rules(after["iptables"]) == [], after["iptables"]
+    assert not set(mounts) & set(after["mounts"]), after["mounts"]
     assert after["cgroups"] == [], after["cgroups"]
-    # not kubelab's: untouched
-    assert decoy_mount in after["mounts"]
-    assert "decoy-ns" in after["netns"]
-    assert "decoy0" in after["links"]
-    assert any(DECOY_RULE in ln for ln in after["iptables"]), after["iptables"]
-    assert ":KUBE-DECOY - [0:0]" in after["iptables"], after["iptables"]
+    assert_pod_network_was_there_and_is_gone(r)
+    assert_decoys_were_there_and_stay(r)
+    assert_nothing_reached_the_host(tmp_path, r)
 
-    # nothing of it reached the host: the mounts and namespaces died with the test's namespaces
-    host_mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(tmp_path) not in host_mounts
-    assert not re.search(rf"^({re.escape(r['netns'])}|decoy-ns)\b", sh("ip", "netns", "list"), re.M)
+
+def test_reset_removes_the_nodes_containers_sandboxes_and_network_only(tmp_path, image_root, cgroup_parent):
+    """`kubelab reset --root-dir` without --all: by the root dir, not by marks. Another root's
+    container, running meanwhile, is not the node's and stays."""
+    r = run_confined(tmp_path, image_root, cgroup_parent, "node")
+    pod, other, before, after = r["pod"], r["other"], r["before"], r["after"]
+    assert before["alive"] == ["container", "decoy", "monitor", "other-container", "other-monitor"]
+    assert set(pod_mounts("node", pod) + pod_mounts("other-node", other)) <= set(before["mounts"]), before["mounts"]
+    assert (before["runc"]["node"], before["runc"]["other-node"]) == ([pod["cid"]], [other["cid"]])
+
+    assert r["rc"] == 0, r["stderr"]
+    assert r["stdout"].startswith("removed 1 containers"), r["stdout"]
+    assert after["alive"] == ["decoy", "other-container", "other-monitor"], after
+    assert not set(pod_mounts("node", pod)) & set(after["mounts"]), after["mounts"]
+    assert after["runc"]["node"] == []
+    assert not (tmp_path / "node" / "sandboxes" / pod["uid"]).exists()
+    # the other root: untouched
+    assert set(pod_mounts("other-node", other)) <= set(after["mounts"]), after["mounts"]
+    assert after["runc"]["other-node"] == [other["cid"]]
+    assert_pod_network_was_there_and_is_gone(r)
+    assert_decoys_were_there_and_stay(r)
+    assert_nothing_reached_the_host(tmp_path, r)
 
 
 
