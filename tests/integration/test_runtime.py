@@ -463,7 +463,8 @@ async def test_adoption_by_a_new_runtime(tmp_path, runtime, make_runtime):
 
     # a kubelet restart: a fresh Runtime (and image store object) on the same directories
     again = make_runtime()
-    assert (again.root, again.runc.root, again.cgroup_parent) == (runtime.root, runtime.runc.root, runtime.cgroup_parent)
+    assert (again.root, again.runc.root, again.cgroup_parent) == \
+        (runtime.root, runtime.runc.root, runtime.cgroup_parent)
     found = {st.id: st for st in await again.list()}
     assert set(found) == {cid, created}
     assert found[cid].state == "running" and found[cid].labels == s.labels

@@ -325,7 +325,8 @@ def test_crash_loop_shows_waiting_with_the_last_termination():
     assert (cs.lastState.terminated.exitCode, cs.lastState.terminated.reason, cs.restartCount) == (2, "Error", 3)
 
     # running again after a restart: the previous attempt is the last state
-    cs = status(pod, [running("app", restart_count=4, last=exited("app", 137, reason="OOMKilled"))]).containerStatuses[0]
+    again = running("app", restart_count=4, last=exited("app", 137, reason="OOMKilled"))
+    cs = status(pod, [again]).containerStatuses[0]
     assert cs.state.HasField("running") and cs.lastState.terminated.reason == "OOMKilled"
     assert cs.restartCount == 4 and cs.containerID == "kubelab://app"
 
@@ -370,9 +371,10 @@ spec:
 
 def test_scan_turns_manifests_into_static_pods(tmp_path):
     (tmp_path / "etcd.yaml").write_text(POD_YAML)
-    (tmp_path / "web.json").write_text('{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, '
-                                       '"spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0, '
-                                       '"containers": [{"name": "w", "image": "busybox", "imagePullPolicy": "Always"}]}}')
+    (tmp_path / "web.json").write_text(
+        '{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, '
+        '"spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0, '
+        '"containers": [{"name": "w", "image": "busybox", "imagePullPolicy": "Always"}]}}')
     for ignored in (".etcd.yaml.swp", "README.md", "notes.txt"):
         (tmp_path / ignored).write_text("not: [a pod")
     (tmp_path / ".hidden.yaml").write_text(POD_YAML.replace("name: etcd", "name: hidden"))  # an editor's copy
