@@ -194,6 +194,8 @@ async def confined(tmp: Path, images: Path, parent: str, mode: str) -> dict:
 def main() -> None:
     args = json.loads(sys.argv[1])
     assert os.getpid() == 1, "the driver must run as init of its own PID namespace"
+    for ns, host in args["host_namespaces"].items():  # a sweep must never see the host's
+        assert os.readlink(f"/proc/self/ns/{ns}") != host, f"the driver shares the host's {ns} namespace"
     result = asyncio.run(confined(Path(args["tmp"]), Path(args["images"]), args["parent"], args["mode"]))
     print(json.dumps(result))
 
@@ -225,7 +227,8 @@ def run_confined(tmp: Path, images: Path, parent: str, mode: str = "sweep") -> d
     """Run the driver (this module) in new PID, mount and network namespaces; its report."""
     argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--propagation", "private",
             "--net", sys.executable, "-m", "tests.integration.test_reset",
-            json.dumps({"tmp": str(tmp), "images": str(images), "parent": parent, "mode": mode})]
+            json.dumps({"tmp": str(tmp), "images": str(images), "parent": parent, "mode": mode,
+                        "host_namespaces": {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("pid", "mnt", "net")}})]
     # a session of its own: on a timeout the whole group goes, and no signal of the sweep can
     # reach this process's group
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
