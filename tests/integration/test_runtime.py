@@ -272,8 +272,8 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """)
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "registry.log", "wb"))
+    with open(tmp_path / "registry.log", "wb") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 15
         while True:
