@@ -812,7 +812,7 @@ async def test_graceful_delete_of_a_mixed_set_always_completes(node):
             ("m-crash in back-off", lambda: _waiting_reason(c, "m-crash", "CrashLoopBackOff")),
             ("m-live being killed by its liveness probe", lambda: _liveness_kill_started(c, "m-live")),
         ]
-        for rnd, (moment, reached) in enumerate(moments):
+        for rnd, (moment, reached) in enumerate(moments * 2):  # each moment twice
             for d in docs:
                 await pods.create(d)
             if reached is not None:

@@ -4,6 +4,10 @@ directory, and runs one pod worker per pod that drives the container runtime (Po
 A relist of the runtime (PLEG) wakes the workers of pods whose containers changed; the
 status manager writes what they report. On restart it adopts running containers: runc
 containers outlive the kubelet, and everything it needs is in the runtime and the API.
+
+Mirror pods are the API's read-only view of static pods: deleting one never touches the static
+pod; the kubelet deletes that mirror at once (grace 0, uid precondition) and makes a new one, as
+it does for an outdated mirror, and it deletes mirrors whose static pod is gone.
 """
 from __future__ import annotations
 
