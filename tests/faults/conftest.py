@@ -174,6 +174,10 @@ class TcpRelay:
         except OSError:
             w.transport.abort()
             return
+        if self._server is None:  # cut while this connection was being set up
+            w.transport.abort()
+            uw.transport.abort()
+            return
         self._conns |= {w, uw}
         pumps = [asyncio.create_task(self._pump(r, uw)), asyncio.create_task(self._pump(ur, w))]
         self._tasks.update(pumps)

@@ -103,9 +103,11 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
         assert verdict.ok, "watchers differ from etcd's history:\n" + "\n".join(verdict.problems[:20])
         assert not bad_lists, "lists differ from etcd's state at their revision:\n" + "\n".join(bad_lists[:10])
         # Nothing was compacted and the cache's window holds every event since the watchers
-        # started: none of them had reason to be told Gone, nor any other error.
+        # started: none of them had reason to be told Gone. The only other answer a watch may
+        # get is Timeout ("Too large resource version"), when it starts from an etcd list
+        # newer than a cache still reconnecting to etcd; the client retries.
         assert [r.gone for r in recs.recorders] == [0] * len(recs.recorders)
-        assert [dict(r.errors) for r in recs.recorders] == [{}] * len(recs.recorders)
+        assert all(set(r.errors) <= {"Timeout"} for r in recs.recorders), [dict(r.errors) for r in recs.recorders]
         # What clients were told, and only that, is in etcd.
         assert set(load.errors) <= {"ServiceUnavailable", "AlreadyExists after a failed attempt",
                                     "NotFound after a failed attempt"}, load.errors
@@ -198,7 +200,8 @@ async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, lease_chu
             # the relist came after the compaction, and the watch after it saw every later change
             assert r.segments[-1].start_rv >= compact_at
             assert r.state() == final, f"{r.name}'s view differs from etcd's"
-        assert [dict(r.errors) for r in recs.recorders] == [{}] * WATCHERS
+        # (Timeout: a relist from etcd newer than the cache, which has just relisted itself)
+        assert all(set(r.errors) <= {"Timeout"} for r in recs.recorders), [dict(r.errors) for r in recs.recorders]
     finally:
         if recs is not None:
             await recs.stop()
