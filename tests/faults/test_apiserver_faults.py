@@ -16,8 +16,9 @@ from tests.integration.conftest import start_apiserver
 
 async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_process, lease_churn, tmp_path):
     """240 pods are created, relabelled and deleted under twelve watchers (each on its own
-    connection, four starting over every 25 events; leases renewed back to back) while the API server is SIGKILLed; while it is
-    down an HA peer changes 30 more pods; then it starts again on the same port. Every
+    connection, four starting over every 25 events; leases renewed back to back) while the
+    API server is SIGKILLed; while it is down an HA peer changes 30 more pods; then it
+    starts again on the same port. Every
     create that succeeded exists exactly once (the uid it answered), creates retried after an
     error end in success or AlreadyExists, acknowledged updates and deletes hold; every
     watcher resumes from its last revision or relists on Gone, and misses nothing."""
