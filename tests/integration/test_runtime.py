@@ -3,7 +3,8 @@ network namespaces made with `ip netns`, images built offline with umoci/skopeo,
 registry (Debian's docker-registry) on loopback for the pull path.
 
 Every test removes what it made (containers, mounts, sandbox pins, cgroups, netns, temp dirs)
-even when it fails, and the `runtime` fixture checks that nothing is left."""
+even when it fails, and the `make_runtime` fixture (behind `runtime`) checks that nothing is
+left: no runc container, mount, cgroup or container monitor."""
 from __future__ import annotations
 
 import asyncio
