@@ -20,9 +20,11 @@ place the sweep looks holds only what this test made:
 Inside, the driver (this module run as a program) makes a pod the way the kubelet does (a
 pod network on cni0, a runc container with its monitor, sandbox pins and overlay), next to
 decoys that are not kubelab's (a process, a netns, a mount, a link, iptables rules), runs
-`kubelab reset --all`, and reports what it saw before and after. When the driver exits the
-namespaces die with everything in them, so nothing outlives the test even when it fails;
-the host-side fixture removes the test's cgroups and checks that nothing reached the host.
+`kubelab reset --all` (or plain `kubelab reset --root-dir`, next to another root's running
+container), and reports what it saw before and after. It refuses to start unless its PID,
+mount and network namespaces differ from the host's. When the driver exits the namespaces
+die with everything in them, so nothing outlives the test even when it fails; the host-side
+fixture removes the test's cgroups and checks that nothing reached the host.
 """
 from __future__ import annotations
 
