@@ -8,9 +8,11 @@ import time
 import pytest
 
 from kubelab.errors import ServiceUnavailable
-from tests.faults.conftest import (DEADLINE, Load, Recorders, Verdict, judge, pod_history, pod_state, run_load,
-                                   wait_until)
+from tests.faults.deadline import DEADLINE, wait_until
+from tests.faults.judge import Verdict, judge, pod_history, pod_state
+from tests.faults.load import Load, run_load
 from tests.faults.test_etcd_faults import NS, RESTARTING, WATCHERS, figures, namespace
+from tests.faults.watchers import Recorders
 from tests.integration.conftest import start_apiserver
 
 

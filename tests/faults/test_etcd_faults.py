@@ -1,6 +1,6 @@
 """Faults under the API server's storage: etcd killed (-9) and restarted under load, and etcd
 compacted past the revision of the API server's own watch. What watchers saw through the API
-server is judged against etcd's own history (tests/faults/conftest.py)."""
+server is judged against etcd's own history (tests/faults/judge.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +12,10 @@ import pytest
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.errors import ServiceUnavailable
 from kubelab.etcd.client import EtcdClient
-from tests.faults.conftest import (DEADLINE, ListChecker, Load, Recorders, Verdict, judge, pod, pod_history,
-                                   pod_state, retrying, run_load, wait_until)
+from tests.faults.deadline import DEADLINE, wait_until
+from tests.faults.judge import Verdict, judge, pod_history, pod_state
+from tests.faults.load import Load, pod, retrying, run_load
+from tests.faults.watchers import ListChecker, Recorders
 from tests.integration.conftest import start_apiserver
 
 NS = "faults"
