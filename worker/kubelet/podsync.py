@@ -55,6 +55,16 @@ class PodSyncer:
         self.pods: dict[str, PodRuntimeState] = {}
         self.probes: dict[tuple, prober.ContainerProbes] = {}
         self.waiting: dict[tuple, tuple[str, str]] = {}  # (uid, container) -> (reason, message)
+        self.inflight: dict[str, set[asyncio.Task]] = {}  # uid -> runtime calls a cancelled sync left running
+
+    async def _uncut(self, uid: str, call):
+        """A runtime call that a cancelled sync must not cut in half (a runc create or start
+        killed midway can leave a container that runc knows and the runtime does not): it runs to
+        the end, and terminate() waits for it, so it finds the container the call made."""
+        t = asyncio.ensure_future(call)
+        self.inflight.setdefault(uid, set()).add(t)
+        t.add_done_callback(lambda _: self.inflight.get(uid, set()).discard(t))
+        return await asyncio.shield(t)
 
     # -- the runtime's view --
     async def containers_of(self, uid: str) -> dict[str, list]:
@@ -118,7 +128,7 @@ class PodSyncer:
                     break  # a failed init container and no restarts: the pod has failed
                 again.append(await self._start(pod, c, attempts, state))
             elif latest.state == "created":
-                await self.runtime.start(latest.id)
+                await self._uncut(uid, self.runtime.start(latest.id))
             break  # init containers run one at a time, in order
         if init_done:
             # create every app container first, then start them together: the heavy part of
@@ -181,7 +191,7 @@ class PodSyncer:
         if latest is None:
             return await self._start(pod, c, attempts, state, defer=defer)
         if latest.state == "created":
-            await self.runtime.start(latest.id)
+            await self._uncut(uid, self.runtime.start(latest.id))
             return 1.0
         if latest.state == "running":
             self.waiting.pop((uid, c.name), None)
@@ -221,7 +231,7 @@ class PodSyncer:
         log_path = self.pod_dir(uid) / "logs" / c.name / f"{attempt}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            cid = await self.runtime.create(self.spec(pod, c, attempt, state, log_path))
+            cid = await self._uncut(uid, self.runtime.create(self.spec(pod, c, attempt, state, log_path)))
         except Exception as e:  # noqa: BLE001 - a bad command or mount is the pod's problem only
             self.waiting[key] = ("CreateContainerError", str(e))
             self.recorder.event(pod, "Warning", "Failed", f"Error: {e}")
@@ -236,7 +246,7 @@ class PodSyncer:
     async def _run(self, pod, c: v1.Container, cid: str) -> float:
         key = (pod.metadata.uid, c.name)
         try:
-            await self.runtime.start(cid)
+            await self._uncut(pod.metadata.uid, self.runtime.start(cid))
         except Exception as e:  # noqa: BLE001
             self.waiting[key] = ("RunContainerError", str(e))
             self.recorder.event(pod, "Warning", "Failed", f"Error: failed to start container {c.name}: {e}")
@@ -357,6 +367,9 @@ class PodSyncer:
         sandbox. `pod` is None for orphans found in the runtime. Raises when a container could not
         be stopped or removed (the pod worker retries), so a pod is never confirmed gone while one
         of its containers still runs."""
+        pending = list(self.inflight.pop(uid, ()))
+        if pending:  # a create or start the cancelled sync began: let it finish, then stop what it made
+            await asyncio.gather(*pending, return_exceptions=True)
         g = grace if grace is not None else (self.grace(pod) if pod is not None else 0)
         for _ in range(3):  # a pass can find a container that a cancelled sync was still making
             by_name = await self.containers_of(uid)
