@@ -330,9 +330,6 @@ def test_reset_removes_the_nodes_containers_sandboxes_and_network_only(tmp_path,
     assert_nothing_reached_the_host(tmp_path, r)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="worker/kubelet/reset.py sweep_host takes the 0 that cgroup v2 lists for a task of "
-                          "another PID namespace as a pid and calls kill(0, SIGKILL): its own process group dies")
 def test_reset_all_in_a_pid_namespace_never_signals_pid_0(tmp_path, image_root, cgroup_parent):
     """A sweep run inside a PID namespace (a lab VM, this test) sees the cgroup v2 tasks of
     other namespaces as pid 0; it must skip them, not signal its own process group."""

@@ -203,8 +203,6 @@ async def test_probe_tcp_socket_open_and_refused(http_server):
     assert not ok and "Errno 111" in msg, msg  # ECONNREFUSED, as the OSError says it
 
 
-@pytest.mark.xfail(strict=True, reason="prober.step takes `now or time.monotonic()`: an injected clock at 0.0 "
-                                       "is read as 'no clock given' and the real monotonic clock is used")
 async def test_probe_step_honours_an_injected_clock_at_zero():
     probe = exec_probe(initialDelaySeconds=30)
     fn = Results((0, ""))
@@ -445,9 +443,6 @@ def test_scan_of_a_missing_directory_is_empty(tmp_path):
     assert StaticPods(tmp_path / "nothere", "n").scan() == {}
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="StaticPods.scan catches OSError, YAMLError and CLIError, but a manifest that is not "
-                          "UTF-8 raises UnicodeDecodeError (a ValueError): one bad file crashes the scan")
 def test_scan_survives_a_manifest_that_is_not_utf8(tmp_path):
     (tmp_path / "good.yaml").write_text(POD_YAML)
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
@@ -456,8 +451,6 @@ def test_scan_survives_a_manifest_that_is_not_utf8(tmp_path):
     assert str(tmp_path / "binary.yaml") in static.errors
 
 
-@pytest.mark.xfail(strict=True, reason="StaticPods.scan does not validate the pod: a manifest without "
-                                       "metadata.name becomes a pod named '-<node>' instead of an error")
 def test_scan_rejects_a_pod_without_a_name(tmp_path):
     (tmp_path / "noname.yaml").write_text(POD_YAML.replace("  name: etcd\n", ""))
     static = StaticPods(tmp_path, "n")

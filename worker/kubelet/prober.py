@@ -72,7 +72,7 @@ async def run_probe(probe: v1.Probe, container: v1.Container, pod_ip: str, exec_
 async def step(state: ProbeState, probe: v1.Probe, container: v1.Container, pod_ip: str, exec_fn,
                started_at: float, now: float | None = None) -> bool:
     """Run the probe if its period came; return True when the result changed."""
-    now = now or time.monotonic()
+    now = time.monotonic() if now is None else now
     if now - started_at < probe.initialDelaySeconds or now - state.last_run < (probe.periodSeconds or 10):
         return False
     state.last_run = now

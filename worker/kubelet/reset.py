@@ -48,7 +48,8 @@ async def sweep_host(*, cgroup_parent: str = "kubelab", netns_dir: Path = Path("
     pids = set()
     for d in parents:
         for procs in d.rglob("cgroup.procs"):
-            pids |= {int(x) for x in procs.read_text().split() if x.strip()}
+            # a task of another PID namespace shows as 0 (cgroup v2): kill(0) would hit our own group
+            pids |= {int(x) for x in procs.read_text().split() if x.strip() and int(x) > 0}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if b"worker.runtime.monitor" in (proc / "cmdline").read_bytes():
@@ -62,7 +63,7 @@ async def sweep_host(*, cgroup_parent: str = "kubelab", netns_dir: Path = Path("
             done["processes"] += 1
         except ProcessLookupError:
             pass
-    time.sleep(0.5)
+    _wait_gone(pids, deadline=time.monotonic() + 10)  # their mounts and netns pins go with them
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for m in sorted((m for m in mounts if MOUNT_PATTERN.search(m)), key=len, reverse=True):
         if subprocess.run(["umount", "-l", m], capture_output=True).returncode == 0:
@@ -107,3 +108,17 @@ async def run(args) -> int:
         print(f"host sweep: killed {done['processes']} processes, unmounted {done['mounts']} mounts, "
               f"deleted {done['netns']} network namespaces")
     return 0
+
+
+def _wait_gone(pids: set[int], *, deadline: float) -> None:
+    """Wait until none of pids is alive (a zombie counts as gone), or the deadline passes."""
+    import time
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.05)

@@ -45,7 +45,9 @@ class StaticPods:
                 pod = parse_doc(doc, str(f), 1)
                 if not isinstance(pod, v1.Pod):
                     raise CLIError(f"{f}: a static pod manifest must be a Pod")
-            except (OSError, yaml.YAMLError, CLIError) as e:
+                if not pod.metadata.name:
+                    raise CLIError(f"{f}: metadata.name: Required value")
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, CLIError) as e:
                 if self.errors.get(str(f)) != str(e):
                     log.error("static pod manifest %s: %s", f, e)
                     self.errors[str(f)] = str(e)

@@ -12,12 +12,22 @@ from typing import Callable, Sequence
 class CommandError(Exception):
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str, stdout: str = ""):
         self.argv, self.returncode, self.stderr, self.stdout = list(argv), returncode, stderr, stdout
-        super().__init__(f"{os.path.basename(argv[0])} {argv[1] if len(argv) > 1 else ''} failed "
+        super().__init__(f"{os.path.basename(argv[0])} {_subcommand(argv)} failed "
                          f"(exit {returncode}): {tool_message(stderr or stdout)}")
 
     @property
     def message(self) -> str:
         return tool_message(self.stderr or self.stdout)
+
+
+def _subcommand(argv: Sequence[str]) -> str:
+    """The first word after the global flags: `runc --root R list` -> "list"."""
+    args = list(argv[1:])
+    while args and args[0].startswith("-"):
+        flag = args.pop(0)
+        if "=" not in flag and flag in ("--root", "--log", "--log-format", "--criu"):
+            args = args[1:]  # its value
+    return args[0] if args else ""
 
 
 _LOGRUS_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')

@@ -35,8 +35,15 @@ class Runc:
     async def list(self) -> dict[str, dict]:
         if not self.root.exists():
             return {}
-        _, out, _ = await run(*self.argv("list", "--format", "json"))
-        return {c["id"]: c for c in (json.loads(out) or [])} if out.strip() else {}
+        for attempt in range(5):
+            rc, out, err = await run(*self.argv("list", "--format", "json"), check=False)
+            if rc == 0:
+                return {c["id"]: c for c in (json.loads(out) or [])} if out.strip() else {}
+            # runc lists the state directories, then stats each: one deleted in between fails
+            # the whole listing ("stat <root>/<id>: no such file or directory"); list again
+            if "no such file or directory" not in err or attempt == 4:
+                raise CommandError(self.argv("list", "--format", "json"), rc, err, out)
+        raise AssertionError("unreachable")
 
     async def start(self, cid: str) -> None:
         await run(*self.argv("start", cid))
