@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from kubelab.etcd.txn import prefix_end
 from tests.faults.deadline import DEADLINE
 
 if TYPE_CHECKING:  # watchers.py reads etcd through this module
-    from tests.faults.watchers import WatchRecorder
+    from tests.faults.watchers import Recorders, WatchRecorder
 
 PODS = b"/registry/pods/"
 # The key just past the pods prefix ("/" + 1 == "0"): a raw etcd watch on [PODS, SENTINEL]
@@ -140,3 +141,19 @@ async def judge(recorder: WatchRecorder, history: list[Change], endpoint: str, n
             v.problems.append(f"{recorder.name} reached only revision {seg.last_rv} of {upto}")
         v.add(compare(seg.events, history, ns, seg.start_rv, end, recorder.name))
     return v
+
+
+async def settle_and_judge(recs: "Recorders", churn, history: list[Change], endpoint: str, ns: str,
+                           listings: dict[int, dict[str, int]] | None = None) -> tuple[Verdict, float]:
+    """Wait until every recorder has seen the namespace's last change in `history`, stop the
+    recorders and the lease churn, and judge each recorder against etcd. Returns the verdict
+    and the monotonic time at which the last recorder got there."""
+    last = max(ch.rv for ch in history if ch.key.startswith(ns + "/"))
+    await recs.reached(last)
+    reached = time.monotonic()
+    await recs.stop()
+    await churn.stop()
+    verdict = Verdict()
+    for r in recs.recorders:
+        verdict.add(await judge(r, history, endpoint, ns, last, listings))
+    return verdict, reached

@@ -9,7 +9,7 @@ import pytest
 
 from kubelab.errors import ServiceUnavailable
 from tests.faults.deadline import DEADLINE, wait_until
-from tests.faults.judge import Verdict, judge, pod_history, pod_state
+from tests.faults.judge import pod_history, pod_state, settle_and_judge
 from tests.faults.load import Load, run_load
 from tests.faults.test_etcd_faults import NS, RESTARTING, WATCHERS, figures, namespace
 from tests.faults.watchers import Recorders
@@ -63,15 +63,8 @@ async def test_apiserver_killed_and_restarted_under_load(fault_etcd, apiserver_p
 
         start = min(r.segments[0].start_rv for r in recs.recorders)
         history, _ = await pod_history(fault_etcd.endpoint, start)
-        last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
-        await recs.reached(last)
-        converged = time.monotonic() - finished
-        await recs.stop()
-        await churn.stop()
-
-        verdict = Verdict()
-        for r in recs.recorders:
-            verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
+        verdict, reached = await settle_and_judge(recs, churn, history, fault_etcd.endpoint, NS)
+        converged = reached - finished
         told_gone = [g - restarted for r in recs.recorders for g in r.gone_at if g > restarted]
         figures("apiserver-kill", load, recs, verdict, apiserver_down_s=f"{restarted - killed:.1f}",
                 all_told_gone_within_s=f"{max(told_gone, default=0):.1f}",

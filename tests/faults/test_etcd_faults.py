@@ -13,7 +13,7 @@ from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.errors import ServiceUnavailable
 from kubelab.etcd.client import EtcdClient
 from tests.faults.deadline import DEADLINE, wait_until
-from tests.faults.judge import Verdict, judge, pod_history, pod_state
+from tests.faults.judge import Verdict, pod_history, pod_state, settle_and_judge
 from tests.faults.load import Load, pod, retrying, run_load
 from tests.faults.watchers import ListChecker, Recorders
 from tests.integration.conftest import start_apiserver
@@ -87,15 +87,8 @@ async def test_etcd_killed_and_restarted_under_load(fault_etcd, lease_churn, tmp
 
         start = min(r.segments[0].start_rv for r in recs.recorders)
         history, _ = await pod_history(fault_etcd.endpoint, start)
-        last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
-        await recs.reached(last)
-        converged = time.monotonic() - finished
-        await recs.stop()
-        await churn.stop()
-
-        verdict = Verdict()
-        for r in recs.recorders:
-            verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last))
+        verdict, reached = await settle_and_judge(recs, churn, history, fault_etcd.endpoint, NS)
+        converged = reached - finished
         bad_lists = [b for lister in listers for b in await lister.judge(fault_etcd.endpoint, NS)]
         figures("etcd-kill", load, recs, verdict, etcd_down_s=outages, api_recovered_s=recovered,
                 caught_up_after_load_s=f"{converged:.1f}",
@@ -180,15 +173,8 @@ async def test_compaction_past_the_caches_watch(fault_etcd, tcp_relay, lease_chu
         await run_load(api.client.pods(NS), NS, range(90, 135), load)  # through the healed server
         after, _ = await pod_history(fault_etcd.endpoint, compact_at)
         history = before + after
-        last = max(ch.rv for ch in history if ch.key.startswith(NS + "/"))
-        await recs.reached(last)
-        converged = time.monotonic() - healed
-        await recs.stop()
-        await churn.stop()
-
-        verdict = Verdict()
-        for r in recs.recorders:
-            verdict.add(await judge(r, history, fault_etcd.endpoint, NS, last, listings))
+        verdict, reached = await settle_and_judge(recs, churn, history, fault_etcd.endpoint, NS, listings)
+        converged = reached - healed
         relisted = [round(r.gone_at[0] - healed, 2) if r.gone_at else None for r in recs.recorders]
         figures("compaction", load, recs, verdict, gone_after_heal_s=relisted, converge_s=f"{converged:.1f}",
                 compacted_at=compact_at, lease_renewals=churn.renewals)
