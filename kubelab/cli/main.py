@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("worker.runtime.server", "Run the container runtime daemon (CRI-shaped gRPC on a unix socket)"),
     "reset": ("worker.kubelet.reset", "Remove a node's containers, pod networks and bridge"),
     "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
+    "overlay": ("worker.overlay.cmd", "Run the VXLAN overlay agent (flannel's role) on this node"),
+    "lab": ("kubelab.lab.cmd", "A local lab of namespace-bundle VMs: up --bare, status, shell, partition, heal, down"),
 }
 
 

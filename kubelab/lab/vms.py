@@ -1,0 +1,303 @@
+"""The lab's verbs on its VMs: up (bridge, namespaces, links, supervisors), status, shell,
+partition, heal and down. See the package docstring for what a lab VM is and how it lives."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubelab.lab import net
+from kubelab.lab.state import VM, LabError, LabState, load, save
+
+DEFAULT_PREFIX = "kubelab"
+PRIVATE = {"etc-kubelab": "/etc/kubelab", "var-lib-kubelab": "/var/lib/kubelab", "run": "/run"}
+READY_TIMEOUT = 30.0
+GONE_TIMEOUT = 15.0
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---- processes and namespaces
+
+def ns_id(pid: int, kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return ""
+
+
+def proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(vm: VM) -> bool:
+    """The VM's supervisor runs (a reused pid in another mount namespace does not count)."""
+    return bool(vm.pid) and ns_id(vm.pid, "mnt") == vm.mnt_ns and proc_state(vm.pid) not in ("", "Z", "X")
+
+
+def netns_id(name: str) -> str:
+    try:
+        return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
+    except OSError:
+        return ""
+
+
+def lab_processes(st: LabState) -> set[int]:
+    """Every process in a lab VM's mount or network namespace, and all their descendants
+    (containers have namespaces of their own but are children of the VM's processes)."""
+    mnts = {vm.mnt_ns for vm in st.vms if vm.mnt_ns}
+    nets = {i for i in (netns_id(vm.netns) for vm in st.vms) if i}
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+        if ns_id(pid, "mnt") in mnts or ns_id(pid, "net") in nets:
+            found.add(pid)
+    todo = list(found)
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found and c != me:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def kill_all(pids: set[int]) -> None:
+    """Pull the power: SIGKILL, then wait (with a deadline) until none is left but zombies."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + GONE_TIMEOUT
+    while True:
+        left = sorted(p for p in pids if proc_state(p) not in ("", "Z", "X"))
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"lab VM processes {left} did not exit after SIGKILL")
+        time.sleep(0.05)
+
+
+def mounted_anywhere(path: str) -> bool:
+    """Whether any mount namespace on the host mounts something at path."""
+    seen: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        ns = ns_id(int(entry), "mnt")
+        if not ns or ns in seen:
+            continue
+        seen.add(ns)
+        try:
+            with open(f"/proc/{entry}/mountinfo") as f:
+                if any(line.split()[4] == path for line in f):
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+# ---- verbs
+
+def vm_names(prefix: str, workers: int) -> list[tuple[str, str]]:
+    return [(f"{prefix}-master", "master")] + [(f"{prefix}-worker{i}", "worker") for i in range(1, workers + 1)]
+
+
+def up(d: Path, *, workers: int = 2, subnet: str = net.DEFAULT_SUBNET, bridge: str = net.DEFAULT_BRIDGE,
+       prefix: str = DEFAULT_PREFIX, out=sys.stdout) -> LabState:
+    existing = load(d)
+    if existing is not None:
+        raise LabError(f"a lab is already up ({len(existing.vms)} VMs on bridge {existing.bridge}, "
+                       f"lab dir {d}): see \"kubelab lab status\", or \"kubelab lab down\" first")
+    if not 0 <= workers <= 50:
+        raise LabError(f"invalid --workers {workers}: want 0 to 50")
+    net.check_ifname(bridge, "--bridge")
+    names = vm_names(prefix, workers)
+    if not DNS1123_LABEL.match(prefix) or len(names[-1][0]) > 63:
+        raise LabError(f'invalid --prefix "{prefix}": the VM names ({names[-1][0]}) must be DNS-1123 labels '
+                       "(lower case letters, digits and '-', at most 63 characters)")
+    network, bridge_ip, ips = net.plan(subnet, workers)
+    net.check_unrouted(network)
+    if net.link_exists(bridge):
+        raise LabError(f"link {bridge} already exists on this host: choose another bridge name with --bridge")
+    for name, _ in names:
+        if os.path.lexists(f"/run/netns/{name}"):
+            raise LabError(f"network namespace {name} already exists on this host: choose another --prefix")
+    st = LabState(bridge=bridge, subnet=str(network), prefix=prefix, bridge_ip=bridge_ip)
+    for i, ((name, role), ip) in enumerate(zip(names, ips)):
+        veth = f"{bridge[:net.IFNAMSIZ - 1 - len(str(i))]}-{i}"  # the host end, named after its bridge
+        st.vms.append(VM(name=name, role=role, ip=ip, veth=veth, dir=str(d / "vms" / name)))
+    st.rules = net.forward_rules(bridge)
+    save(d, st)  # from here on, `down` can take back whatever the rest of up makes
+    try:
+        _build(d, st, network.prefixlen, out)
+    except BaseException:
+        try:
+            down(d, out=open(os.devnull, "w"))
+        except LabError as e:
+            print(f"warning: rolling back the failed lab up: {e}", file=sys.stderr)
+        raise
+    return st
+
+
+def _build(d: Path, st: LabState, prefixlen: int, out) -> None:
+    net.make_bridge(st.bridge, st.bridge_ip, prefixlen)
+    for rule in st.rules:
+        net.add_rule(rule)
+    for target in PRIVATE.values():
+        if not os.path.isdir(target):
+            st.created_dirs.append(target)
+            save(d, st)
+            os.makedirs(target)
+    for vm in st.vms:
+        net.make_vm_link(vm.netns, vm.veth, st.bridge, vm.ip, prefixlen)
+        _start(vm)
+        save(d, st)
+    for vm in st.vms:
+        _wait_ready(vm)
+        save(d, st)
+        print(f"lab VM {vm.name} ({vm.role}) is up at {vm.ip}", file=out)
+    print(f"the lab is up on bridge {st.bridge} ({st.subnet}, the host is {st.bridge_ip}): "
+          f'try "kubelab lab shell {st.vms[0].name}"', file=out)
+
+
+def _start(vm: VM) -> None:
+    vdir = Path(vm.dir)
+    binds = []
+    for sub, target in PRIVATE.items():
+        (vdir / sub).mkdir(parents=True, exist_ok=True)
+        binds += ["--bind", f"{vdir / sub}:{target}"]
+    ready = vdir / "ready"
+    ready.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    with open(vdir / "supervisor.log", "ab") as log:
+        p = subprocess.Popen(
+            # nsenter joins the VM's network namespace (unshare --net=FILE would make a new one)
+            ["nsenter", f"--net=/run/netns/{vm.netns}", "--",
+             "unshare", "--mount", "--uts", "--propagation", "private", "--",
+             sys.executable, "-m", "kubelab.lab.supervisor", "--hostname", vm.name, "--ready", str(ready), *binds],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd="/", env=env,
+            start_new_session=True)  # its own session: it outlives the CLI and the terminal
+    vm.pid = p.pid
+    vm._popen = p  # type: ignore[attr-defined]  # only for _wait_ready in this process
+
+
+def _wait_ready(vm: VM) -> None:
+    p: subprocess.Popen = vm._popen  # type: ignore[attr-defined]
+    ready = Path(vm.dir) / "ready"
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not (ready.exists() and ready.read_text().strip()):
+        if p.poll() is not None:
+            log = (Path(vm.dir) / "supervisor.log").read_text(errors="replace").strip().splitlines()
+            raise LabError(f"lab VM {vm.name} failed to start (exit {p.returncode}): {log[-1] if log else 'no output'}")
+        if time.monotonic() > deadline:
+            raise LabError(f"lab VM {vm.name} not ready after {READY_TIMEOUT:.0f}s; see {vm.dir}/supervisor.log")
+        time.sleep(0.02)
+    vm.mnt_ns = ns_id(vm.pid, "mnt")
+
+
+def require(d: Path) -> LabState:
+    st = load(d)
+    if st is None:
+        raise LabError(f'no lab is up (lab dir {d}): start one with "kubelab lab up --bare"')
+    return st
+
+
+def vm_state(vm: VM) -> str:
+    if not alive(vm):
+        return "Stopped"
+    return "Partitioned" if vm.partitioned else "Running"
+
+
+def status(d: Path, out=sys.stdout) -> int:
+    st = load(d)
+    if st is None:
+        print(f"No lab is up (lab dir {d}).", file=out)
+        return 0
+    rows = [("NAME", "ROLE", "IP", "STATE", "PID")]
+    rows += [(vm.name, vm.role, vm.ip, vm_state(vm), str(vm.pid)) for vm in st.vms]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+    print(f"\nbridge {st.bridge}, subnet {st.subnet}, host address {st.bridge_ip}", file=out)
+    return 0
+
+
+def shell_argv(d: Path, node: str, cmd: list[str]) -> tuple[list[str], dict[str, str]]:
+    """nsenter argv and environment for a shell or command inside a VM, with this venv on PATH."""
+    st = require(d)
+    vm = st.vm(node)
+    if not alive(vm):
+        raise LabError(f"lab VM {vm.name} is not running (its supervisor {vm.pid} is gone): "
+                       '"kubelab lab down" and up again')
+    venv_bin = str(Path(sys.executable).parent)
+    env = dict(os.environ, HOSTNAME=vm.name, PATH=os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+               VIRTUAL_ENV=sys.prefix, PS1=f"root@{vm.name}:\\w# ")
+    env.pop("KUBELAB_LAB_DIR", None)
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    if any(cwd == t or cwd.startswith(t + "/") for t in PRIVATE.values()):
+        cwd = "/"  # a private tree is another directory inside the VM
+    if not cmd:
+        cmd = [os.environ.get("SHELL") or ("/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh")]
+    return ["nsenter", f"--target={vm.pid}", "--mount", "--uts", "--net", f"--wd={cwd}", "--", *cmd], env
+
+
+def set_partitioned(d: Path, node: str, partitioned: bool, out=sys.stdout) -> None:
+    st = require(d)
+    vm = st.vm(node)
+    net.set_link(vm.veth, up=not partitioned)
+    vm.partitioned = partitioned
+    save(d, st)
+    if partitioned:
+        print(f"lab VM {vm.name} partitioned: its link {vm.veth} on bridge {st.bridge} is down", file=out)
+    else:
+        print(f"lab VM {vm.name} healed: its link {vm.veth} on bridge {st.bridge} is up", file=out)
+
+
+def down(d: Path, out=sys.stdout) -> None:
+    st = load(d)
+    if st is None:
+        print(f"No lab is up (lab dir {d}).", file=out)
+        return
+    # every VM's processes first: a live mount namespace holding a copy of a netns mount
+    # makes `ip netns del` fail with "Device or resource busy"
+    kill_all(lab_processes(st))
+    for vm in st.vms:
+        net.delete_netns(vm.netns)   # takes eth0 and with it the host end of the veth
+        net.delete_link(vm.veth)
+    net.delete_link(st.bridge)
+    for rule in st.rules:
+        net.delete_rule(rule)
+    for target in st.created_dirs:
+        # another lab's VMs may still mount it (removing a mount point detaches it everywhere)
+        if os.path.isdir(target) and not os.listdir(target) and not mounted_anywhere(target):
+            os.rmdir(target)
+    shutil.rmtree(d / "vms", ignore_errors=True)
+    (d / "lab.json").unlink(missing_ok=True)
+    try:
+        d.rmdir()
+    except OSError:
+        pass  # not empty: something else lives in the lab dir; leave it
+    print(f"the lab is down: {len(st.vms)} VMs, bridge {st.bridge} and its rules are gone", file=out)
