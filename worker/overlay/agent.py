@@ -1,0 +1,125 @@
+"""The overlay agent's control loop (flanneld with the kube subnet manager and the VXLAN
+backend): a Node informer whose handlers only enqueue one key, and a reconcile that reads the
+whole desired state (this node's podCIDR and underlay, every other node's VTEP annotations)
+and the whole actual state (the device and its entries, read back from the kernel) and
+drives the one toward the other. Nothing is remembered between passes, so a restarted agent
+converges to the same entries: no duplicates, no leftovers.
+
+One pass:
+1. this node's Node and spec.podCIDR (nodeipam assigns it; until then the agent waits);
+2. the underlay (--iface / --node-ip, else the Node's InternalIP, else the default route);
+3. flannel.1 (VNI, port 8472, local = the underlay IP, MTU 50 below the underlay's, the /32);
+4. this node's annotations (backend-type, backend-data with the VTEP MAC, public-ip);
+5. for every other node: route, neighbour and FDB entry, from peers.plan().
+A periodic resync repairs whatever changed behind the agent's back.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from kubelab.client.client import Client
+from kubelab.client.controller import Controller
+from kubelab.client.informer import Informer
+from kubelab.client.workqueue import WorkQueue
+from kubelab.api.v1 import objects_pb2 as v1
+from worker.overlay import peers as pe
+from worker.overlay.netlink import VXLAN_OVERHEAD, Netlink, UnderlayError, VxlanSpec, pick_underlay
+
+log = logging.getLogger(__name__)
+KEY = "overlay"
+
+
+@dataclass
+class OverlayConfig:
+    node_name: str
+    iface: str = ""
+    node_ip: str = ""
+    device: str = "flannel.1"
+    vni: int = 1
+    port: int = 8472
+    cluster_cidr: str = "10.244.0.0/16"
+    resync: float = 30.0
+
+
+class OverlayAgent(Controller):
+    name = "overlay"
+    workers = 1  # one key, one pass at a time
+
+    def __init__(self, client: Client, cfg: OverlayConfig, netlink: Netlink | None = None):
+        super().__init__()
+        self.queue = WorkQueue(base_delay=0.2, max_delay=10.0)
+        self.client, self.cfg = client, cfg
+        self.netlink = netlink or Netlink()
+        self.cluster_cidr = ipaddress.IPv4Network(cfg.cluster_cidr)
+        self.nodes: Informer[v1.Node] = self.watch(Informer(client.nodes()), key_fn=lambda _: KEY)
+        self._waiting = "starting"  # the last "waiting for" message, logged once per change
+        self._problems: dict[str, str] = {}
+        self.passes = 0
+
+    def _wait(self, why: str) -> float:
+        if why != self._waiting:
+            log.warning("overlay: %s", why)
+            print(f"overlay: {why}", flush=True)
+            self._waiting = why
+        return self.cfg.resync
+
+    async def reconcile(self, key) -> float | None:
+        cfg = self.cfg
+        node = self.nodes.get(cfg.node_name)
+        if node is None:
+            return self._wait(f'waiting for node "{cfg.node_name}" to be registered')
+        try:
+            subnet = pe.node_pod_cidr(node, self.cluster_cidr)
+        except pe.InvalidPeer as e:
+            return self._wait(f"waiting: {e}")
+        interfaces, default = await self.netlink.interfaces()
+        try:
+            underlay = pick_underlay(interfaces, iface=cfg.iface, node_ip=cfg.node_ip or _internal_ip(node, cfg),
+                                     default_iface=default)
+        except UnderlayError as e:
+            return self._wait(str(e))
+        mac = pe.vtep_mac(cfg.node_name)
+        device = await self.netlink.ensure_vxlan(VxlanSpec(
+            cfg.device, cfg.vni, cfg.port, underlay.ip, underlay.index, underlay.mtu - VXLAN_OVERHEAD,
+            pe.vtep_ip(subnet), mac))
+        self.netlink.ensure_forwarding()
+        await self._publish(node, pe.own_annotations(device.mac, str(underlay.ip), cfg.vni))
+        peers, problems = pe.desired_peers(self.nodes.list(), cfg.node_name, vni=cfg.vni,
+                                           cluster_cidr=self.cluster_cidr)
+        for name, why in problems.items():
+            if self._problems.get(name) != why:
+                log.warning("overlay: leaving node %s out: %s", name, why)
+        self._problems = problems
+        have = await self.netlink.entries(device.index)
+        plan = pe.plan(pe.entries_for(peers), have)
+        if not plan.empty():
+            await self.netlink.apply(device.index, plan)
+            log.info("overlay: %d peers; removed %d/%d/%d and added %d/%d/%d routes/neighbours/fdb entries",
+                     len(peers), *plan.delete.counts(), *plan.add.counts())
+        if self._waiting:
+            print(f"overlay: {cfg.device} up on {underlay.name} ({underlay.ip}), subnet {subnet}", flush=True)
+            self._waiting = ""
+        self.passes += 1
+        return cfg.resync
+
+    async def _publish(self, node: v1.Node, want: dict[str, str]) -> None:
+        """Write this node's VTEP annotations when they differ. A Conflict (the kubelet updated
+        the Node meanwhile) fails the pass, which is retried with the informer's newer copy."""
+        ann = node.metadata.annotations
+        if all(ann.get(k) == v for k, v in want.items()):
+            return
+        fresh = v1.Node()
+        fresh.CopyFrom(node)
+        fresh.metadata.annotations.update(want)
+        await self.client.nodes().update(fresh)
+        log.info("overlay: published VTEP %s at %s on node %s", want[pe.BACKEND_DATA], want[pe.PUBLIC_IP],
+                 node.metadata.name)
+
+
+def _internal_ip(node: v1.Node, cfg: OverlayConfig) -> str:
+    """Without --iface or --node-ip, the address the kubelet registered (its --node-ip)."""
+    if cfg.iface:
+        return ""
+    return next((a.address for a in node.status.addresses if a.type == "InternalIP"), "")
