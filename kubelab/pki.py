@@ -291,3 +291,62 @@ def ensure_control_plane_pki(pki_dir: Path, *, sans: list[str] = ()) -> ControlP
 
         return ControlPlanePKI(d, _loaded(d, "ca"), _loaded(d, "apiserver"), _loaded(d, "kubernetes-admin"),
                                _loaded(d, "scheduler"), _loaded(d, "controller-manager"))
+
+
+# --- the anonymous client certificate -------------------------------------------------------
+
+# gRPC Python offers a TLS server two modes only: require and verify a client certificate, or
+# never ask for one (then no certificate reaches the server). To serve certificate users and
+# token/anonymous users on one port, the API server requires a certificate and also trusts
+# this well-known CA, whose key is derived from a public constant: anyone can present its
+# certificate, so it proves nothing and the API server takes no identity from it (only
+# certificates issued by the cluster CA carry a user). A client with a token, or with
+# nothing, presents it to get through the handshake.
+_ANON_SEED = int.from_bytes(hashlib.sha256(b"kubelab anonymous client, not a secret").digest(), "big")
+_ANON_EPOCH = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+ANONYMOUS_CN = "system:anonymous"
+
+
+def _anon_cert(subject: str, issuer: str, key, signer, *, ca: bool, serial: int) -> bytes:
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+         .public_key(key.public_key()).serial_number(serial)
+         .not_valid_before(_ANON_EPOCH).not_valid_after(_ANON_EPOCH + dt.timedelta(days=365 * 80))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+         .add_extension(_key_usage(signer=ca, rsa_key=False), critical=True))
+    if not ca:
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return b.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+_anon: dict[str, bytes] = {}
+
+
+def anonymous_client() -> tuple[bytes, bytes, bytes]:
+    """(ca cert, client cert, client key) of the well-known anonymous client, the same in
+    every process (the key is derived, not random; certificates differ only in signature)."""
+    if not _anon:
+        ca_key = ec.derive_private_key(_ANON_SEED, ec.SECP256R1())
+        key = ec.derive_private_key(_ANON_SEED + 1, ec.SECP256R1())
+        _anon["ca"] = _anon_cert("kubelab-anonymous-ca", "kubelab-anonymous-ca", ca_key, ca_key, ca=True, serial=1)
+        _anon["cert"] = _anon_cert(ANONYMOUS_CN, "kubelab-anonymous-ca", key, ca_key, ca=False, serial=2)
+        _anon["key"] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+    return _anon["ca"], _anon["cert"], _anon["key"]
+
+
+def issued_by(cert: bytes | str, ca_cert_pem: bytes) -> bool:
+    """Whether `cert` is signed by this CA (and within its validity)."""
+    try:
+        c = _load_cert(cert)
+        c.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_cert_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return c.not_valid_before_utc <= _now() <= c.not_valid_after_utc
+
+
+def csr_subject(csr_pem: bytes) -> tuple[str, list[str]]:
+    """(CN, O values) a CSR asks for."""
+    csr = x509.load_pem_x509_csr(csr_pem)
+    cn = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    return (cn[0] if cn else ""), orgs

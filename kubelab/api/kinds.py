@@ -48,6 +48,12 @@ KINDS: tuple[Kind, ...] = (
          field_selectors=("metadata.name", "metadata.namespace", "involvedObject.kind",
                           "involvedObject.name", "involvedObject.namespace", "involvedObject.uid",
                           "reason", "type")),
+    Kind("Secret", "secrets", v1.Secret, True, has_status=False,
+         field_selectors=("metadata.name", "metadata.namespace", "type")),
+    Kind("ConfigMap", "configmaps", v1.ConfigMap, True, short_names=("cm",), has_status=False),
+    Kind("CertificateSigningRequest", "certificatesigningrequests", v1.CertificateSigningRequest, False,
+         api_version="certificates.k8s.io/v1", short_names=("csr",),
+         field_selectors=("metadata.name", "spec.signerName")),
 )
 
 BY_RESOURCE: dict[str, Kind] = {k.resource: k for k in KINDS}

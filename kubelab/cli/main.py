@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "delete": ("kubelab.cli.delete", "Delete resources by names"),
     "logs": ("kubelab.cli.logs", "Print the logs for a container in a pod"),
     "exec": ("kubelab.cli.exec", "Execute a command in a container"),
+    "token": ("kubelab.cli.token", "Manage bootstrap tokens for joining nodes"),
     "control-plane": ("master.controlplane", "Run etcd, API server, scheduler and controller manager"),
     "apiserver": ("master.apiserver.cmd", "Run the API server"),
     "scheduler": ("master.scheduler.cmd", "Run the scheduler"),

@@ -179,6 +179,18 @@ def _name(o):
     return o.metadata.name
 
 
+def csr_condition(o) -> str:
+    """kubectl's CONDITION of a CSR: Pending, or its conditions joined, plus Issued once signed."""
+    conds = [c.type for c in o.status.conditions if c.status in ("True", "")] or ["Pending"]
+    if o.status.certificate and "Approved" in conds:
+        conds.append("Issued")
+    return ",".join(conds)
+
+
+def csr_duration(o) -> str:
+    return human_duration(o.spec.expirationSeconds) if o.spec.HasField("expirationSeconds") else "<none>"
+
+
 def _age(o):
     return age(o.metadata.creationTimestamp)
 
@@ -216,6 +228,14 @@ def columns(kind: str, wide: bool) -> list[tuple[str, object]]:
                     ("COUNT", lambda o: o.count), ("NAME", _name)]
         return [("LAST SEEN", event_last_seen), ("TYPE", lambda o: o.type), ("REASON", lambda o: o.reason),
                 ("OBJECT", event_object), ("MESSAGE", lambda o: o.message.strip())]
+    if kind == "CertificateSigningRequest":
+        return [("NAME", _name), ("AGE", _age), ("SIGNERNAME", lambda o: o.spec.signerName),
+                ("REQUESTOR", lambda o: o.spec.username), ("REQUESTEDDURATION", csr_duration),
+                ("CONDITION", csr_condition)]
+    if kind == "Secret":
+        return [("NAME", _name), ("TYPE", lambda o: o.type), ("DATA", lambda o: len(o.data)), ("AGE", _age)]
+    if kind == "ConfigMap":
+        return [("NAME", _name), ("DATA", lambda o: len(o.data) + len(o.binaryData)), ("AGE", _age)]
     return [("NAME", _name), ("AGE", _age)]
 
 

@@ -30,9 +30,10 @@ class ConfigError(Exception):
 class ClientConfig:
     server: str  # host:port of the API server
     ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
+    cert_pem: bytes = b""  # empty with a token: the API server then takes the user from the token
+    key_pem: bytes = b""
     path: Path | None = None
+    token: str = ""  # a bearer token (a bootstrap token "<id>.<secret>"), sent with every call
 
 
 def _strip_scheme(server: str) -> str:
@@ -48,8 +49,9 @@ def write_config(path, cfg: ClientConfig, *, cluster_name: str = "kubelab", user
         "apiVersion": "v1", "kind": "Config", "current-context": ctx,
         "clusters": [{"name": cluster_name, "cluster": {"server": f"https://{_strip_scheme(cfg.server)}",
                                                         "certificate-authority-data": b64(cfg.ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(cfg.cert_pem),
-                                          "client-key-data": b64(cfg.key_pem)}}],
+        "users": [{"name": user, "user": ({"client-certificate-data": b64(cfg.cert_pem),
+                                           "client-key-data": b64(cfg.key_pem)} if cfg.cert_pem else {})
+                   | ({"token": cfg.token} if cfg.token else {})}],
         "contexts": [{"name": ctx, "context": {"cluster": cluster_name, "user": user}}],
     }
     # it holds a private key: 0600 from the first byte, and replaced whole, never half-written
@@ -125,12 +127,19 @@ def load_config(path) -> ClientConfig:
         raise ConfigError(f"config {path}: missing field users[{user_name or 0}].user")
     if not cluster.get("server"):
         raise ConfigError(f"config {path}: missing field clusters[{cl_name or 0}].cluster.server")
+    token = user.get("token") or ""
+    if not isinstance(token, str):
+        raise ConfigError(f"config {path}: users[{user_name or 0}].user.token must be a string")
+    has_cert = any(user.get(k) for k in ("client-certificate", "client-certificate-data"))
+    if token and not has_cert:
+        cert = key = b""
+    else:
+        cert = _pem(user, "client-certificate", "user", path)
+        key = _pem(user, "client-key", "user", path)
     return ClientConfig(
         server=_strip_scheme(str(cluster["server"])),
         ca_pem=_pem(cluster, "certificate-authority", "cluster", path),
-        cert_pem=_pem(user, "client-certificate", "user", path),
-        key_pem=_pem(user, "client-key", "user", path),
-        path=path)
+        cert_pem=cert, key_pem=key, path=path, token=token)
 
 
 def resolve_config_path(explicit: str | None = None) -> Path:
@@ -149,14 +158,26 @@ def load_default(explicit: str | None = None) -> ClientConfig:
 
 
 def channel_credentials(cfg: ClientConfig) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=cfg.ca_pem, private_key=cfg.key_pem,
-                                        certificate_chain=cfg.cert_pem)
+    """mTLS with the config's certificate; without one, the well-known anonymous certificate
+    (see kubelab.pki.anonymous_client) gets the handshake through and the token, if any,
+    travels as `authorization: Bearer <token>` on every call."""
+    cert, key = cfg.cert_pem, cfg.key_pem
+    if not cert:
+        from kubelab.pki import anonymous_client
+        _, cert, key = anonymous_client()
+    creds = grpc.ssl_channel_credentials(root_certificates=cfg.ca_pem, private_key=key, certificate_chain=cert)
+    if cfg.token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(cfg.token))
+    return creds
 
 
 def server_credentials(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grpc.ServerCredentials:
-    """TLS that also requires a client certificate signed by the CA (mTLS): the certificate
-    is how the server learns who the caller is."""
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
+    """TLS that requires a client certificate of the cluster CA or the anonymous one (mTLS).
+    A cluster CA certificate says who the caller is; the anonymous one says nothing, and the
+    API server's authenticator then looks for a bearer token. `cert_pem` may carry the CA
+    after the serving certificate, so a joining node can read the CA from the handshake."""
+    from kubelab.pki import anonymous_client
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem.rstrip() + b"\n" + anonymous_client()[0],
                                        require_client_auth=True)
 
 

@@ -234,6 +234,52 @@ class BindingStrategy(Strategy):
             errs.append(val.unsupported("target.kind", b.target.kind, ("Node",)))
 
 
+class SecretStrategy(Strategy):
+    """stringData is folded into data (it wins on a shared key, as in Kubernetes) and never stored."""
+
+    def default(self, s: v1.Secret) -> None:
+        for k, v in s.stringData.items():
+            s.data[k] = v.encode()
+        s.ClearField("stringData")
+        s.type = s.type or "Opaque"
+
+    def prepare_update(self, s: v1.Secret, old: v1.Secret) -> None:
+        keep_server_meta(s.metadata, old.metadata)
+        self.default(s)
+
+    def validate_kind(self, s: v1.Secret, old, errs) -> None:
+        val.validate_secret(s, errs)
+        if old is not None:
+            val.validate_immutable(s, old, ("type",), errs)
+
+
+class ConfigMapStrategy(Strategy):
+    def prepare_update(self, obj, old) -> None:
+        keep_server_meta(obj.metadata, old.metadata)
+
+    def validate_kind(self, cm: v1.ConfigMap, old, errs) -> None:
+        val.validate_configmap(cm, errs)
+        if old is not None:
+            val.validate_immutable(cm, old, (), errs)
+
+
+class CSRStrategy(Strategy):
+    """spec is immutable; status (conditions, certificate) changes through UpdateStatus only.
+    spec.username/groups are set by the API service from the caller's identity."""
+
+    def prepare_create(self, csr: v1.CertificateSigningRequest) -> None:
+        super().prepare_create(csr)
+        csr.status.Clear()
+
+    def validate_kind(self, csr: v1.CertificateSigningRequest, old, errs) -> None:
+        val.validate_csr(csr, errs)
+        if old is None:
+            return
+        if csr.spec != old.spec:
+            errs.append(val.FieldError("spec", "Forbidden: field is immutable"))
+        val.validate_csr_status(csr, old, errs)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "namespaces": NamespaceStrategy(kinds.BY_RESOURCE["namespaces"]),
     "nodes": NodeStrategy(kinds.BY_RESOURCE["nodes"]),
@@ -241,6 +287,9 @@ STRATEGIES: dict[str, Strategy] = {
     "bindings": BindingStrategy(kinds.BY_RESOURCE["bindings"]),
     "leases": LeaseStrategy(kinds.BY_RESOURCE["leases"]),
     "events": EventStrategy(kinds.BY_RESOURCE["events"]),
+    "secrets": SecretStrategy(kinds.BY_RESOURCE["secrets"]),
+    "configmaps": ConfigMapStrategy(kinds.BY_RESOURCE["configmaps"]),
+    "certificatesigningrequests": CSRStrategy(kinds.BY_RESOURCE["certificatesigningrequests"]),
 }
 
 

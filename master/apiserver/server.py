@@ -1,8 +1,10 @@
 """The API server process (`kubelab apiserver`): etcd client, one watch cache and one store
-per kind, the generic API service, grpc health and reflection, served with mutual TLS only.
+per kind, the generic API service, grpc health and reflection, served with mutual TLS only
+(token and anonymous callers present the well-known anonymous certificate; see auth.py).
 
-It also owns two housekeeping loops that Kubernetes' API server owns: creating the four
-default namespaces on start, and compacting etcd's history every few minutes.
+It also owns housekeeping that Kubernetes' API server and kubeadm own: creating the four
+default namespaces and publishing kube-public/cluster-info (CA + address, for discovery by
+joining nodes) on start, and compacting etcd's history every few minutes.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Options:
     compaction_interval: float = 300.0
     default_toleration_seconds: int = 300  # added to pods for the not-ready/unreachable taints
     list_page_bytes: int = LIST_PAGE_BYTES  # bytes of objects in one List response, at most
+    advertise_address: str = ""  # host:port nodes reach this server at (cluster-info); "": listen
 
 
 class APIServer:
@@ -76,21 +79,26 @@ class APIServer:
 
         self.server = grpc.aio.server(options=server_options())
         self.proxy = KubeletProxy(self.stores, self.opts.pki_dir)
-        self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores, self.proxy)),))
+        ca_pem = (Path(self.opts.pki_dir) / "ca.crt").read_bytes() if self.opts.pki_dir is not None else None
+        self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores, self.proxy, ca_pem=ca_pem)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         if self.opts.pki_dir is not None:
             d = Path(self.opts.pki_dir)
-            creds = server_credentials((d / "ca.crt").read_bytes(), (d / "apiserver.crt").read_bytes(),
-                                       (d / "apiserver.key").read_bytes())
+            # the chain carries the CA after the serving certificate: a joining node reads it
+            # from the handshake and checks it against its --discovery-token-ca-cert-hash
+            chain = (d / "apiserver.crt").read_bytes().rstrip() + b"\n" + ca_pem
+            creds = server_credentials(ca_pem, chain, (d / "apiserver.key").read_bytes())
             self.port = self.server.add_secure_port(self.opts.listen, creds)
         else:
             self.port = self.server.add_insecure_port(self.opts.listen)
         if not self.port:
             raise RuntimeError(f"cannot listen on {self.opts.listen}")
         await self.server.start()
+        if ca_pem is not None:
+            await self._publish_cluster_info(ca_pem)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._compactor(), name="compactor"))
@@ -117,6 +125,25 @@ class APIServer:
                 await self.stores["namespaces"].create("", ns)
             except AlreadyExists:
                 pass
+
+    async def _publish_cluster_info(self, ca_pem: bytes) -> None:
+        """kube-public/cluster-info, readable without credentials: what `join` discovers."""
+        from kubelab.bootstrap.discovery import cluster_info_configmap
+        host = self.opts.listen.rpartition(":")[0]
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            import socket
+            host = socket.gethostname()  # a wildcard is not an address a node can dial
+        server = self.opts.advertise_address or f"{host}:{self.port}"
+        cm = cluster_info_configmap(ca_pem, server)
+        store = self.stores["configmaps"]
+        try:
+            await store.create("kube-public", cm)
+        except AlreadyExists:
+            old = v1.ConfigMap.FromString(await store.get("kube-public", cm.metadata.name))
+            if old.data != cm.data:
+                old.data.clear()
+                old.data.update(cm.data)
+                await store.update("kube-public", old)
 
     async def _compactor(self) -> None:
         """Compact etcd to the revision seen one interval ago, as the Kubernetes API server does."""

@@ -1,6 +1,7 @@
 """The gRPC face of the API server: the seven generic verbs for every kind.
 
-Each handler decodes the request, calls the kind's Store and answers with the stored bytes
+Every handler first admits the request (`admit`: authenticate, then authorize; the one place
+both happen), then decodes it, calls the kind's Store and answers with the stored bytes
 (never decoded and re-encoded on reads). Watch streams take already-encoded events from the
 watch cache, so its response serializer is the identity. Every error leaves as a gRPC status
 with the Kubernetes reason in trailing metadata; no input can crash the process.
@@ -16,9 +17,12 @@ from google.protobuf.message import DecodeError
 from kubelab.api import kinds
 from kubelab.api.v1 import api_pb2
 from kubelab.errors import ApiError, BadRequest, NotFound, ServiceUnavailable
+from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.etcd.client import EtcdError
 from kubelab.selectors import FieldSelector, LabelSelector
 
+from .auth import Authenticator, UserInfo
+from .authz import Attributes, authorize
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -26,9 +30,29 @@ SERVICE = "kubelab.api.v1.API"
 
 
 class ApiService:
-    def __init__(self, stores: dict[str, Store], proxy=None):
+    def __init__(self, stores: dict[str, Store], proxy=None, *, ca_pem: bytes | None = None):
         self.stores = stores
         self.proxy = proxy  # pods/log and pods/exec go to the kubelet through it
+        self.authn = Authenticator(ca_pem, stores.get("secrets"))
+
+    async def admit(self, ctx, verb: str, resource: str, namespace: str = "", name: str = "",
+                    subresource: str = "", obj=None) -> UserInfo:
+        """Authenticate the caller and authorize this request, or raise Unauthorized/Forbidden."""
+        user = await self.authn.authenticate(ctx)
+        kind = kinds.BY_RESOURCE.get(resource)
+        if kind is not None and not kind.namespaced:
+            namespace = ""
+
+        async def fetch():
+            store = self.stores.get(resource)
+            if store is None or not name:
+                return None
+            try:
+                return store.kind.message.FromString(await store.get(namespace or "default", name))
+            except NotFound:
+                return None
+        await authorize(Attributes(user, verb, resource, namespace, name, subresource, obj), fetch)
+        return user
 
     def store(self, resource: str) -> Store:
         s = self.stores.get(resource)
@@ -55,18 +79,32 @@ class ApiService:
             if req.object.type_url != b.type_url:
                 raise BadRequest("bindings: a Binding object was expected")
             binding = b.message.FromString(req.object.value)
+            await self.admit(ctx, "create", "pods", req.namespace or binding.metadata.namespace or "default",
+                             binding.metadata.name, "binding", binding)
             from .registry import STRATEGIES
             STRATEGIES["bindings"].validate(binding)
             return self.answer(pods, await pods.bind(req.namespace or binding.metadata.namespace or "default",
                                                      binding))
         store = self.store(req.resource)
-        return self.answer(store, await store.create(req.namespace, self.decode(store, req.object)))
+        obj = self.decode(store, req.object)
+        user = await self.admit(ctx, "create", req.resource, req.namespace or obj.metadata.namespace or "default",
+                                obj.metadata.name, obj=obj)
+        if isinstance(obj, v1.CertificateSigningRequest):
+            # who asked is the server's to say, never the client's (certificates.k8s.io)
+            spec = obj.spec
+            spec.username, spec.uid = user.name, ""
+            del spec.groups[:]
+            spec.groups.extend(user.groups)
+            spec.ClearField("extra")
+        return self.answer(store, await store.create(req.namespace, obj))
 
     async def Get(self, req: api_pb2.GetRequest, ctx):
+        await self.admit(ctx, "get", req.resource, req.namespace or "default", req.name)
         store = self.store(req.resource)
         return self.answer(store, await store.get(req.namespace or "default", req.name))
 
     async def List(self, req: api_pb2.ListRequest, ctx):
+        await self.admit(ctx, "list", req.resource, req.namespace)
         store = self.store(req.resource)
         items, rv, cont, remaining = await store.list(
             req.namespace, req.labelSelector, req.fieldSelector, limit=req.limit,
@@ -78,18 +116,21 @@ class ApiService:
             resp.remainingItemCount = remaining
         return resp
 
-    async def _update(self, req: api_pb2.UpdateRequest, status: bool):
+    async def _update(self, req: api_pb2.UpdateRequest, ctx, status: bool):
         store = self.store(req.resource)
         obj = self.decode(store, req.object)
+        await self.admit(ctx, "update", req.resource, req.namespace or obj.metadata.namespace or "default",
+                         obj.metadata.name, "status" if status else "", obj)
         return self.answer(store, await store.update(req.namespace, obj, status=status))
 
     async def Update(self, req, ctx):
-        return await self._update(req, False)
+        return await self._update(req, ctx, False)
 
     async def UpdateStatus(self, req, ctx):
-        return await self._update(req, True)
+        return await self._update(req, ctx, True)
 
     async def Delete(self, req: api_pb2.DeleteRequest, ctx):
+        await self.admit(ctx, "delete", req.resource, req.namespace or "default", req.name)
         store = self.store(req.resource)
         grace = req.gracePeriodSeconds if req.HasField("gracePeriodSeconds") else None
         raw = await store.delete(req.namespace or "default", req.name, grace=grace,
@@ -98,6 +139,7 @@ class ApiService:
 
     async def Watch(self, req: api_pb2.WatchRequest, ctx):
         try:
+            await self.admit(ctx, "watch", req.resource, req.namespace)
             store = self.store(req.resource)
             if store.cache is None:
                 raise BadRequest(f"{req.resource} cannot be watched")
@@ -120,6 +162,7 @@ class ApiService:
 
     async def PodLogs(self, req: api_pb2.LogsRequest, ctx):
         try:
+            await self.admit(ctx, "get", "pods", req.namespace or "default", req.name, "log")
             async for chunk in self.proxy.logs(req):
                 yield chunk
         except ApiError as e:
@@ -127,7 +170,17 @@ class ApiService:
 
     async def PodExec(self, requests, ctx):
         try:
-            async for resp in self.proxy.exec(requests):
+            first = await anext(requests, None)
+            start = first.start if first is not None and first.WhichOneof("msg") == "start" else None
+            await self.admit(ctx, "create", "pods", (start.namespace if start else "") or "default",
+                             start.name if start else "", "exec")
+
+            async def replay():
+                if first is not None:
+                    yield first
+                async for r in requests:
+                    yield r
+            async for resp in self.proxy.exec(replay()):
                 yield resp
         except ApiError as e:
             await abort(ctx, e)

@@ -239,3 +239,109 @@ def validate_node_spec(spec: v1.NodeSpec, errs: list) -> None:
             errs.append(unsupported(f"spec.taints[{i}].effect", t.effect, TAINT_EFFECTS))
     if spec.podCIDR and not re.match(r"^\d+\.\d+\.\d+\.\d+/\d+$", spec.podCIDR):
         errs.append(invalid("spec.podCIDR", spec.podCIDR, "must be a valid CIDR"))
+
+
+# ---- Secret, ConfigMap, CertificateSigningRequest ----
+CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"
+TOKEN_ID = re.compile(r"^[a-z0-9]{6}$")
+TOKEN_SECRET = re.compile(r"^[a-z0-9]{16}$")
+CSR_CONDITIONS = ("Approved", "Denied", "Failed")
+KEY_USAGES = ("signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+              "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+              "server auth", "client auth", "code signing", "email protection", "s/mime",
+              "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+              "microsoft sgc", "netscape sgc")
+MAX_DATA_BYTES = 1024 * 1024
+
+
+def _check_keys(keys, path: str, errs: list) -> None:
+    for k in keys:
+        if not CONFIG_KEY.match(k) or len(k) > 253:
+            errs.append(invalid(f"{path}[{k}]", k, "a valid config key must consist of alphanumeric "
+                                "characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or "
+                                "'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"))
+
+
+def validate_secret(s: v1.Secret, errs: list) -> None:
+    _check_keys(s.data.keys(), "data", errs)
+    if sum(len(v) for v in s.data.values()) > MAX_DATA_BYTES:
+        errs.append(FieldError("data", f"Too long: must have at most {MAX_DATA_BYTES} bytes"))
+    if s.type != BOOTSTRAP_TOKEN_TYPE:
+        return
+    # a bootstrap token's Secret must be one the token authenticator can find and check
+    tid, tsecret = s.data.get("token-id", b"").decode(errors="replace"), s.data.get("token-secret", b"")
+    if not TOKEN_ID.match(tid):
+        errs.append(invalid("data[token-id]", tid, "must match [a-z0-9]{6}"))
+    elif s.metadata.name != f"bootstrap-token-{tid}":
+        errs.append(invalid("metadata.name", s.metadata.name, f'must be "bootstrap-token-{tid}" for token-id {tid}'))
+    if not TOKEN_SECRET.match(tsecret.decode(errors="replace")):
+        errs.append(FieldError("data[token-secret]", "Invalid value: must match [a-z0-9]{16}"))
+    exp = s.data.get("expiration", b"").decode(errors="replace")
+    if exp:
+        from kubelab import meta
+        if meta.parse_time(exp) is None:
+            errs.append(invalid("data[expiration]", exp, "must be an RFC3339 time (2006-01-02T15:04:05Z)"))
+
+
+def validate_configmap(cm: v1.ConfigMap, errs: list) -> None:
+    _check_keys(cm.data.keys(), "data", errs)
+    _check_keys(cm.binaryData.keys(), "binaryData", errs)
+    for k in set(cm.data) & set(cm.binaryData):
+        errs.append(invalid(f"data[{k}]", k, "duplicate of key present in binaryData"))
+    if sum(len(v) for v in cm.data.values()) + sum(len(v) for v in cm.binaryData.values()) > MAX_DATA_BYTES:
+        errs.append(FieldError("data", f"Too long: must have at most {MAX_DATA_BYTES} bytes"))
+
+
+def validate_immutable(obj, old, fields: tuple[str, ...], errs: list) -> None:
+    for f in fields:
+        if getattr(obj, f) != getattr(old, f):
+            errs.append(FieldError(f, "Invalid value: field is immutable"))
+    if old.HasField("immutable") and old.immutable:
+        if not (obj.HasField("immutable") and obj.immutable):
+            errs.append(FieldError("immutable", "Forbidden: field is immutable when `immutable` is set"))
+        if obj.data != old.data:
+            errs.append(FieldError("data", "Forbidden: field is immutable when `immutable` is set"))
+
+
+def validate_csr(csr: v1.CertificateSigningRequest, errs: list) -> None:
+    from cryptography import x509
+    spec = csr.spec
+    if not spec.request:
+        errs.append(required("spec.request"))
+    else:
+        try:
+            req = x509.load_pem_x509_csr(spec.request)
+            if not req.is_signature_valid:
+                errs.append(FieldError("spec.request", "Invalid value: the request's signature is not valid"))
+        except ValueError as e:
+            errs.append(FieldError("spec.request", f"Invalid value: {e}"))
+    if not spec.signerName:
+        errs.append(required("spec.signerName"))
+    elif "/" not in spec.signerName:
+        errs.append(invalid("spec.signerName", spec.signerName, "must be a fully qualified domain and path "
+                            "of the form 'example.com/signer-name'"))
+    if not spec.usages:
+        errs.append(required("spec.usages"))
+    for i, u in enumerate(spec.usages):
+        if u not in KEY_USAGES:
+            errs.append(unsupported(f"spec.usages[{i}]", u, KEY_USAGES))
+    if spec.HasField("expirationSeconds") and spec.expirationSeconds < 600:
+        errs.append(invalid("spec.expirationSeconds", spec.expirationSeconds, "may not specify a duration "
+                            "less than 600 seconds (10 minutes)"))
+
+
+def validate_csr_status(csr: v1.CertificateSigningRequest, old: v1.CertificateSigningRequest, errs: list) -> None:
+    types = [c.type for c in csr.status.conditions]
+    for i, t in enumerate(types):
+        if t not in CSR_CONDITIONS:
+            errs.append(unsupported(f"status.conditions[{i}].type", t, CSR_CONDITIONS))
+        if types.count(t) > 1:
+            errs.append(FieldError(f"status.conditions[{i}].type", f'Duplicate value: "{t}"'))
+    if "Approved" in types and "Denied" in types:
+        errs.append(FieldError("status.conditions", 'Invalid value: Approved and Denied conditions '
+                               'are mutually exclusive'))
+    if old.status.certificate and csr.status.certificate != old.status.certificate:
+        errs.append(FieldError("status.certificate", "Forbidden: updates may not modify existing certificate content"))
+    if csr.status.certificate and not old.status.certificate and "Approved" not in types:
+        errs.append(FieldError("status.certificate", "Forbidden: certificate may only be set on an approved request"))

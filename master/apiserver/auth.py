@@ -1,0 +1,121 @@
+"""Authentication: who is calling. The API service asks this module once per request, then
+hands the answer to the authorizer (authz.py).
+
+Two credentials name a user, as in Kubernetes:
+- a client certificate issued by the cluster CA: CN is the user, O values are the groups;
+- a bootstrap token, `authorization: Bearer <id>.<secret>` in the call's metadata: valid while
+  the Secret `bootstrap-token-<id>` (type bootstrap.kubernetes.io/token) in kube-system holds
+  the same token-secret, says usage-bootstrap-authentication "true" and is not past its
+  expiration. The user is system:bootstrap:<id> in system:bootstrappers plus the Secret's
+  auth-extra-groups.
+A caller with neither (it presented the well-known anonymous certificate, see
+kubelab.pki.anonymous_client) is system:anonymous; the authorizer lets it read only the
+cluster-info ConfigMap. A token that is presented but not valid is refused (Unauthorized)
+before any authorization, with a message that tells unknown from expired.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from kubelab import meta, pki
+from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.errors import NotFound, Unauthorized
+
+TOKEN_SECRET_TYPE = "bootstrap.kubernetes.io/token"
+TOKEN_SECRET_PREFIX = "bootstrap-token-"
+BOOTSTRAP_USER_PREFIX = "system:bootstrap:"
+BOOTSTRAPPERS = "system:bootstrappers"
+AUTHENTICATED = "system:authenticated"
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    groups: tuple[str, ...] = ()
+
+    @property
+    def anonymous(self) -> bool:
+        return self.name == ANONYMOUS.name
+
+
+ANONYMOUS = UserInfo("system:anonymous", ("system:unauthenticated",))
+
+
+class Authenticator:
+    def __init__(self, ca_pem: bytes | None, secrets_store):
+        self.ca_pem = ca_pem  # None: a plaintext server (unit tests), every caller is the admin
+        self.secrets = secrets_store
+        self._certs: dict[bytes, UserInfo | None] = {}  # verified leaf PEM -> identity
+
+    async def authenticate(self, ctx) -> UserInfo:
+        if self.ca_pem is None:
+            return UserInfo("kubernetes-admin", ("system:masters", AUTHENTICATED))
+        user = self._from_cert(ctx)
+        if user is not None:
+            return user
+        token = bearer_token(ctx)
+        if token is not None:
+            return await self.token_user(token)
+        return ANONYMOUS
+
+    def _from_cert(self, ctx) -> UserInfo | None:
+        try:
+            pem = (ctx.auth_context().get("x509_pem_cert") or [b""])[0]
+        except Exception:  # noqa: BLE001 - no TLS context at all
+            return None
+        if not pem:
+            return None
+        if pem not in self._certs:
+            user = None
+            # TLS let the anonymous certificate through too: only the cluster CA's name a user
+            if pki.issued_by(pem, self.ca_pem):
+                cn, orgs = pki.cert_identity(pem)
+                if cn:
+                    user = UserInfo(cn, tuple(orgs) + (AUTHENTICATED,))
+            if len(self._certs) > 4096:
+                self._certs.clear()
+            self._certs[pem] = user
+        return self._certs[pem]
+
+    async def token_user(self, token: str) -> UserInfo:
+        tid, secret = parse_token(token)
+        try:
+            raw = await self.secrets.get("kube-system", TOKEN_SECRET_PREFIX + tid)
+        except NotFound:
+            raise Unauthorized(f'Unauthorized: bootstrap token "{tid}" is unknown') from None
+        s = v1.Secret.FromString(raw)
+        d = {k: v.decode(errors="replace") for k, v in s.data.items()}
+        if s.type != TOKEN_SECRET_TYPE or not hmac.compare_digest(d.get("token-secret", ""), secret):
+            raise Unauthorized(f'Unauthorized: bootstrap token "{tid}" is unknown')
+        if d.get("usage-bootstrap-authentication") != "true":
+            raise Unauthorized(f'Unauthorized: bootstrap token "{tid}" may not be used for authentication')
+        if s.metadata.deletionTimestamp or expired(d.get("expiration", "")):
+            raise Unauthorized(f'Unauthorized: bootstrap token "{tid}" has expired ({d.get("expiration")})')
+        extra = tuple(g.strip() for g in d.get("auth-extra-groups", "").split(",") if g.strip())
+        return UserInfo(BOOTSTRAP_USER_PREFIX + tid, (BOOTSTRAPPERS, *extra, AUTHENTICATED))
+
+
+def bearer_token(ctx) -> str | None:
+    for k, v in ctx.invocation_metadata() or ():
+        if k == "authorization":
+            scheme, _, rest = str(v).partition(" ")
+            if scheme.lower() != "bearer" or not rest.strip():
+                raise Unauthorized('Unauthorized: the authorization header must be "Bearer <token>"')
+            return rest.strip()
+    return None
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    from kubelab.bootstrap.tokens import TOKEN_RE
+    m = TOKEN_RE.match(token)
+    if not m:
+        raise Unauthorized("Unauthorized: the token is not a bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})")
+    return m.group(1), m.group(2)
+
+
+def expired(expiration: str) -> bool:
+    if not expiration:
+        return False
+    t = meta.parse_time(expiration)
+    return t is None or t <= meta.now()  # an unreadable expiration counts as expired
