@@ -140,8 +140,12 @@ class Netlink:
                                mtu=spec.mtu, address=spec.mac)
                 index = await self._lookup(ipr, spec.name)
             link = (await ipr.link("get", index=index))[0]
-            if link.get("IFLA_MTU") != spec.mtu or link.get("IFLA_ADDRESS") != spec.mac:
-                await ipr.link("set", index=index, mtu=spec.mtu, address=spec.mac)
+            # each only when it differs: setting the MAC, even to the same value, makes the
+            # kernel flush the device's neighbour entries, permanent ones included
+            if link.get("IFLA_MTU") != spec.mtu:
+                await ipr.link("set", index=index, mtu=spec.mtu)
+            if link.get("IFLA_ADDRESS") != spec.mac:
+                await ipr.link("set", index=index, address=spec.mac)
             have = [a async for a in await ipr.addr("dump", family=AF_INET, index=index)]
             keep = False
             for a in have:
