@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iproute2 iptables procps util-linux runc umoci skopeo busybox-static docker-registry bc
+APT_PACKAGES := iproute2 iptables procps util-linux runc conmon umoci skopeo busybox-static docker-registry bc
 PROTOS := $(shell find protos -name '*.proto')
 
 .PHONY: install apt venv protos test bench clean

@@ -4,7 +4,7 @@ registry (Debian's docker-registry) on loopback for the pull path.
 
 Every test removes what it made (containers, mounts, sandbox pins, cgroups, netns, temp dirs)
 even when it fails, and the `make_runtime` fixture (behind `runtime`) checks that nothing is
-left: no runc container, mount, cgroup or container monitor."""
+left: no runc container, mount, cgroup or container monitor (conmon)."""
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +46,7 @@ def image_root(tmp_path_factory) -> Path:
 
 def leftovers(root: Path, runc_root: Path, cgroup_parent: str) -> list[str]:
     """What a runtime test could leave on the host: runc containers, mounts (overlays, shm,
-    namespace pins) under its temp dir, its cgroups, and container monitors running for it."""
+    namespace pins) under its temp dir, its cgroups, and the conmon processes running for it."""
     found = []
     if runc_root.exists():
         out = subprocess.run(["runc", "--root", str(runc_root), "list", "-q"], capture_output=True, text=True).stdout
@@ -61,8 +61,8 @@ def leftovers(root: Path, runc_root: Path, cgroup_parent: str) -> list[str]:
             zombie = ") Z" in (proc / "stat").read_text()
         except OSError:
             continue  # exited while we looked
-        if b"worker.runtime.monitor" in cmdline and str(root).encode() in cmdline and not zombie:
-            found.append(f"monitor process {proc.name}")
+        if os.path.basename(cmdline.split(b"\0")[0]) == b"conmon" and str(root).encode() in cmdline and not zombie:
+            found.append(f"conmon process {proc.name}")
     return found
 
 
@@ -335,9 +335,12 @@ async def test_exit_zero_is_completed_and_logged(tmp_path, runtime):
     assert st.started_at and st.finished_at and st.finished_at >= st.started_at
     assert st.image == BUSYBOX and st.name == "echo" and st.pod_uid == "uid-a"
     assert runtime.logs(cid) == Path(s.log_path)
-    raw = Path(s.log_path).read_text().splitlines()
-    assert [ln.split(" ", 1)[1] for ln in raw] == ["stdout F hello", "stderr F oops", "stdout F no newline"]
-    assert [ln async for ln in runtime.read_logs(cid)] == ["hello", "oops", "no newline"]
+    # conmon reads stdout and stderr from two pipes: the order within a stream is kept, not
+    # across them; output without a final newline stays a P (partial) entry, as with CRI-O
+    raw = [ln.split(" ", 1)[1] for ln in Path(s.log_path).read_text().splitlines()]
+    assert [ln for ln in raw if ln.startswith("stdout")] == ["stdout F hello", "stdout P no newline"]
+    assert [ln for ln in raw if ln.startswith("stderr")] == ["stderr F oops"]
+    assert sorted([ln async for ln in runtime.read_logs(cid)]) == ["hello", "no newline", "oops"]
     assert [ln async for ln in read_log(Path(s.log_path), tail=1)] == ["no newline"]
 
 
@@ -511,21 +514,97 @@ async def _collect(agen) -> list:
 
 
 async def test_log_rotation_by_size(tmp_path, make_runtime):
+    """conmon writes the log; the runtime rotates it at list() (the kubelet's relist), as the
+    kubelet's container log manager does with CRI-O: files move along, conmon reopens."""
     rt = make_runtime(log_max_size=4096, log_max_files=3)
-    s = spec(tmp_path, "chatty", ["sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i; i=$((i+1)); done"])
-    cid, st = await run_to_exit(rt, s)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # four bursts of 100 lines (about 5 KB each, over log_max_size), each when the test says so
+    s = spec(tmp_path, "chatty", ["sh", "-c", "for b in 0 1 2 3; do while [ ! -e /gate/$b ]; do sleep 0.05; done; "
+                                  "i=0; while [ $i -lt 100 ]; do echo line-$b-$i; i=$((i+1)); done; done"],
+             mounts=[(str(gate), "/gate", True)])
+    cid = await rt.create(s)
+    await rt.start(cid)
     log = Path(s.log_path)
-    files = sorted(p.name for p in log.parent.iterdir())
-    assert files == ["0.log", "0.log.1", "0.log.2"]
-    assert all(p.stat().st_size <= 4096 for p in log.parent.iterdir())
-    lines = [ln async for ln in rt.read_logs(cid)]
-    assert lines[-1] == "line-399" and lines == [f"line-{i}" for i in range(400 - len(lines), 400)]
+    for b in range(4):
+        (gate / str(b)).touch()
+        await wait_for_log(log, f"line-{b}-99\n")
+        if b == 3:
+            break
+        await rt.list()
+        deadline = time.monotonic() + 30
+        while not log.exists():  # conmon has reopened the live file: the next burst goes there
+            assert time.monotonic() < deadline, "conmon never reopened the log file"
+            await asyncio.sleep(0.05)
+    st = await wait_for_state(rt, cid, "exited")
+    assert st.exit_code == 0
+    await rt.list()  # an exited container's log is not rotated any more
+    assert sorted(p.name for p in log.parent.iterdir()) == ["0.log", "0.log.1", "0.log.2"]
+    def burst(b: int) -> list[str]:
+        return [f"line-{b}-{i}" for i in range(100)]
+    # the first burst was dropped (three files at most); each file holds what was written
+    # between two rotations, whole and in order
+    assert [ln async for ln in read_log(log.with_name("0.log.2"))] == burst(1)
+    assert [ln async for ln in read_log(log.with_name("0.log.1"))] == burst(2)
+    assert [ln async for ln in rt.read_logs(cid)] == burst(3)
+    assert all(log.with_name(f"0.log.{i}").stat().st_size > 4096 for i in (1, 2))  # rotated for outgrowing it
+
+
+async def test_small_logs_are_not_rotated(tmp_path, make_runtime):
+    rt = make_runtime(log_max_size=4096, log_max_files=3)
+    cid = await rt.create(spec(tmp_path, "quiet", ["sh", "-c", "echo one; exec sleep 1000"]))
+    await rt.start(cid)
+    log = await wait_for_log(rt.logs(cid), "one")
+    await rt.list()
+    assert sorted(p.name for p in rt.logs(cid).parent.iterdir()) == ["0.log"]
+    assert rt.logs(cid).read_text() == log
+
+
+def _proc(pid: int) -> tuple[list[bytes], int]:
+    """(argv, parent pid) of a process."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return argv, ppid
+
+
+async def test_conmon_is_the_containers_monitor(tmp_path, runtime):
+    cid = await runtime.create(spec(tmp_path, "watched", ["sh", "-c", "echo up; trap 'exit 5' TERM; "
+                                                          "while true; do sleep 0.1; done"]))
+    await runtime.start(cid)
+    await wait_for_log(runtime.logs(cid), "up")
+    cdir = runtime.containers_dir / cid
+    meta = json.loads((cdir / "meta.json").read_text())
+    _, ppid = _proc(meta["pid"])
+    margv, _ = _proc(meta["monitor_pid"])
+    # init's parent is conmon (its subreaper), for this very container; no Python in between
+    assert ppid == meta["monitor_pid"]
+    assert os.path.basename(margv[0]) == b"conmon" and cid.encode() in margv and str(cdir).encode() in margv
+    assert int((cdir / "conmon.pid").read_text()) == meta["monitor_pid"]
+    assert b"python" not in os.path.basename(margv[0])
+    await runtime.stop(cid, timeout=10)
+    st = await runtime.status(cid)
+    assert (st.state, st.exit_code, st.reason) == ("exited", 5, "Error")
+    # the exit code came from conmon's exit file; the runtime's record adds the OOM count
+    assert (cdir / "exits" / cid).read_text() == "5"
+    assert json.loads((cdir / "exit.json").read_text())["oom_kills"] == 0
+    deadline = time.monotonic() + 30
+    while conmon_alive(meta["monitor_pid"]):  # conmon's job ends with its container
+        assert time.monotonic() < deadline, "conmon outlived its container"
+        await asyncio.sleep(0.05)
+
+
+def conmon_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
 
 
 async def test_monitor_death_loses_only_the_exit_code(tmp_path, runtime):
     cid = await runtime.create(spec(tmp_path, "orphan", ["sleep", "1000"]))
     await runtime.start(cid)
     monitor = json.loads((runtime.containers_dir / cid / "meta.json").read_text())["monitor_pid"]
+    assert os.path.basename(_proc(monitor)[0][0]) == b"conmon"
     os.kill(monitor, 9)
     deadline = time.monotonic() + 30
     while True:  # gone, or a zombie until init reaps it

@@ -1,9 +1,9 @@
 """The node's container runtime: OCI image store (images.py, busybox.py), runc containers in
-pod sandboxes (runtime.py, bundle.py, sandbox.py, runc.py, monitor.py, cgroups.py, mounts.py)
+pod sandboxes (runtime.py, bundle.py, sandbox.py, runc.py, conmon.py, cgroups.py, mounts.py)
 and their logs (logs.py). The kubelet uses it through Runtime and ImageStore.
 
-Names are imported lazily: every container's monitor process imports this package, and it
-should start in milliseconds without loading asyncio and the image store."""
+Names are imported lazily, so that `kubelab` commands that need one piece (images, logs) do
+not load the rest."""
 from __future__ import annotations
 
 import importlib

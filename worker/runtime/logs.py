@@ -1,86 +1,49 @@
 """Container log files, in the CRI logging format the kubelet reads on real nodes:
 
-    2024-05-01T12:00:00.123456789Z stdout F a complete line
-    2024-05-01T12:00:00.123456789Z stderr P a partial line (split, no newline yet)
+    2024-05-01T12:00:00.123456789+00:00 stdout F a complete line
+    2024-05-01T12:00:00.123456789+00:00 stderr P a partial line (split, or no newline yet)
 
-The writer (RotatingLog) runs in each container's monitor process (monitor.py), which owns the
-container's stdout/stderr pipes; it rotates by size like the kubelet's containerLogMaxSize /
-containerLogMaxFiles: `<path>` is live, `<path>.1` the newest rotated file, at most
-`max_files` files in all. The reader (read_log) serves `logs [--tail N] [-f]`: it follows
-across rotations and stops following when told the container has exited.
+The writer is each container's conmon (conmon.py), which owns the container's stdout/stderr
+pipes. Rotation is the runtime's, as on a Kubernetes node (the kubelet's container log manager
+renames the file and asks CRI-O, hence conmon, to reopen it): when the live file has grown past
+max_size, rotate_files() shifts `<path>` to `<path>.1` (`.1` to `.2`, ...; at most `max_files`
+files in all) and conmon opens a new `<path>`. The runtime checks at every list(), which the
+kubelet calls every relist period; so a rotated file holds what was written up to that check
+and may be larger than max_size (conmon 2.1's own --log-size-max would truncate instead).
+The reader (read_log) serves `logs [--tail N] [-f]`: it joins P fragments, ends with the last
+fragment when no newline came, follows across rotations and stops when told the container
+has exited.
 """
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-MAX_LINE = 16 * 1024  # longer lines are split into P fragments, as containerd does
 DEFAULT_MAX_SIZE = 10 * 1024 * 1024
 DEFAULT_MAX_FILES = 3
 
 
-def timestamp(ns: int | None = None) -> str:
-    ns = time.time_ns() if ns is None else ns
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+def needs_rotation(path: Path, max_size: int) -> bool:
+    try:
+        return os.stat(path).st_size > max_size
+    except FileNotFoundError:
+        return False
 
 
-class RotatingLog:
-    """Append CRI log entries to path, rotating at max_size. Not thread-safe by itself."""
-
-    def __init__(self, path: Path, *, max_size: int = DEFAULT_MAX_SIZE, max_files: int = DEFAULT_MAX_FILES):
-        self.path, self.max_size, self.max_files = Path(path), max_size, max(1, max_files)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "ab", buffering=0)
-        self._size = self._f.tell()
-        self._pending: dict[str, bytes] = {"stdout": b"", "stderr": b""}
-
-    def write(self, stream: str, data: bytes) -> None:
-        buf = self._pending[stream] + data
-        while True:
-            nl = buf.find(b"\n", 0, MAX_LINE + 1)
-            if nl >= 0:
-                self._entry(stream, "F", buf[:nl])
-                buf = buf[nl + 1:]
-            elif len(buf) > MAX_LINE:
-                self._entry(stream, "P", buf[:MAX_LINE])
-                buf = buf[MAX_LINE:]
-            else:
-                break
-        self._pending[stream] = buf
-
-    def flush_stream(self, stream: str) -> None:
-        """The stream ended: its unterminated last line becomes a full entry."""
-        if self._pending[stream]:
-            self._entry(stream, "F", self._pending[stream])
-            self._pending[stream] = b""
-
-    def _entry(self, stream: str, tag: str, content: bytes) -> None:
-        line = f"{timestamp()} {stream} {tag} ".encode() + content + b"\n"
-        if self._size and self._size + len(line) > self.max_size:
-            self.rotate()
-        self._f.write(line)
-        self._size += len(line)
-
-    def rotate(self) -> None:
-        self._f.close()
-        if self.max_files == 1:
-            self.path.unlink(missing_ok=True)
-        else:
-            for i in range(self.max_files - 1, 0, -1):
-                src = self.path.with_name(self.path.name + (f".{i - 1}" if i > 1 else ""))
-                if src.exists():
-                    os.replace(src, self.path.with_name(f"{self.path.name}.{i}"))
-        self._f = open(self.path, "ab", buffering=0)
-        self._size = 0
-
-    def close(self) -> None:
-        for s in self._pending:
-            self.flush_stream(s)
-        self._f.close()
+def rotate_files(path: Path, max_files: int) -> None:
+    """`path` becomes `path.1`, `path.1` becomes `path.2`, ...; the oldest beyond max_files
+    files in all is dropped (with max_files 1: the live file itself)."""
+    path = Path(path)
+    if max_files <= 1:
+        path.unlink(missing_ok=True)
+        return
+    for i in range(max_files - 1, 0, -1):
+        src = path.with_name(path.name + (f".{i - 1}" if i > 1 else ""))
+        if src.exists():
+            os.replace(src, path.with_name(f"{path.name}.{i}"))
 
 
 @dataclass(frozen=True)
@@ -104,24 +67,30 @@ class _Assembler:
     """Joins P fragments with the F that ends them, per stream."""
 
     def __init__(self) -> None:
-        self.partial: dict[str, str] = {}
+        self.partial: dict[str, tuple[str, str]] = {}  # stream -> (time of the first fragment, text)
+
+    def rest(self) -> list[LogEntry]:
+        """Fragments no F ended (the output's last line had no newline), as whole entries."""
+        out = [LogEntry(t, stream, text) for stream, (t, text) in self.partial.items()]
+        self.partial.clear()
+        return sorted(out, key=lambda e: e.time)
 
     def feed(self, raw: bytes) -> LogEntry | None:
         parsed = parse_line(raw)
         if parsed is None:
             return None
         t, stream, tag, content = parsed
+        first, before = self.partial.pop(stream, (t, ""))
         if tag == "P":
-            self.partial[stream] = self.partial.get(stream, "") + content
+            self.partial[stream] = (first, before + content)
             return None
-        return LogEntry(t, stream, self.partial.pop(stream, "") + content)
+        return LogEntry(first, stream, before + content)
 
 
 async def read_log_entries(path: Path, *, tail: int | None = None, follow: bool = False,
                            stop: Callable[[], bool] | None = None, poll: float = 0.2) -> AsyncIterator[LogEntry]:
     """Entries of the live log file; the last `tail` ones when given. With follow, keep
     reading as the file grows (across rotations) until stop() says the writer is gone."""
-    import asyncio  # here, not at the top: the monitor process imports this module too
     path = Path(path)
     asm = _Assembler()
     f = None
@@ -139,6 +108,8 @@ async def read_log_entries(path: Path, *, tail: int | None = None, follow: bool 
         if lines and not lines[-1].endswith(b"\n"):
             rest = lines.pop()
         entries = [e for e in (asm.feed(ln) for ln in lines) if e is not None]
+        if not follow:
+            entries += asm.rest()
         if tail is not None:
             entries = entries[-tail:] if tail > 0 else []
         for e in entries:
@@ -170,6 +141,8 @@ async def read_log_entries(path: Path, *, tail: int | None = None, follow: bool 
                 if chunk:
                     rest += chunk
                     continue
+                for e in asm.rest():
+                    yield e
                 return
             await asyncio.sleep(poll)
     finally:

@@ -1,6 +1,6 @@
 """The runc command line, as the runtime uses it: state, list, start, kill, delete and the
-argv of exec. `create` is run by each container's monitor (monitor.py), not from here, so the
-container's init is reparented to the monitor. runc's own state lives under `--root`
+argv of exec. `create` is run by each container's conmon (conmon.py), not from here, so the
+container's init is reparented to conmon. runc's own state lives under `--root`
 (/run/kubelab/runc by default; lab VMs use a private one)."""
 from __future__ import annotations
 

@@ -5,13 +5,16 @@ One container = one directory `<root>/containers/<id>/`, which is also its OCI b
 
     config.json   the runtime spec (bundle.py)
     rootfs/       overlayfs: lower = the image's shared unpacked rootfs, upper/work beside it
-    meta.json     written here: the ContainerSpec, labels, image, created/started times
-    exit.json     written by the container's monitor (monitor.py) when init exits
-    monitor.json  the monitor's settings; monitor.log, runc.log: their diagnostics
+    meta.json     written here: the ContainerSpec, labels, image, created/started times, pids
+    init.pid, conmon.pid, exits/<id>, ctl   conmon's (conmon.py); runc.log: runc's diagnostics
+    exit.json     written here when conmon's exit file first shows up: exit code, finish
+                  time, and the memory cgroup's OOM kill count, read before `runc delete`
 
-runc runs the containers; a monitor per container captures the exit code and relays output
-into the log file, so containers outlive the kubelet and this process. After a restart, a new
-Runtime on the same root lists the directories and adopts what it finds (list()). The pod
+runc runs the containers; one conmon per container is their parent (subreaper), writes the
+log file and the exit code, so containers outlive the kubelet and this process. After a
+restart, a new Runtime on the same root lists the directories and adopts what it finds
+(list(): runc state, conmon's pid file and exit file). list() also rotates the logs of
+running containers that outgrew log_max_size (logs.py). The pod
 sandbox's IPC/UTS namespaces, /dev/shm and /etc files come from sandbox.py; the network
 namespace is the network code's and is only joined.
 """
@@ -23,20 +26,18 @@ import os
 import pty
 import secrets
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
-from . import bundle, cgroups, mounts
+from . import bundle, cgroups, conmon, mounts
 from .images import ImageStore
-from .logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, read_log
+from .logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, needs_rotation, read_log, rotate_files
 from .proc import CommandError
 from .runc import Runc
 from .sandbox import Sandbox, SandboxManager
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding `worker/`
 MONITOR_TIMEOUT = 60.0
 
 
@@ -113,11 +114,13 @@ class ContainerStatus:
 class Runtime:
     def __init__(self, root_dir: Path, *, runc_root: Path = Path("/run/kubelab/runc"), images: ImageStore,
                  run_dir: Path | None = None, cgroup_parent: str = "/kubelab", runc: str = "runc",
-                 log_max_size: int = DEFAULT_MAX_SIZE, log_max_files: int = DEFAULT_MAX_FILES):
+                 conmon: str = "conmon", log_max_size: int = DEFAULT_MAX_SIZE,
+                 log_max_files: int = DEFAULT_MAX_FILES):
         self.root = Path(root_dir)
         self.containers_dir = self.root / "containers"
         self.images = images
         self.runc = Runc(runc_root, binary=runc)
+        self.conmon = conmon
         self.sandboxes = SandboxManager(Path(run_dir) if run_dir else Path(runc_root).parent)
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self.log_max_size, self.log_max_files = log_max_size, log_max_files
@@ -139,10 +142,30 @@ class Runtime:
         _write_json(self._dir(cid) / "meta.json", meta)
 
     def _exit(self, cid: str) -> dict | None:
+        """The exit record; made from conmon's exit file the first time it is there."""
         try:
             return json.loads((self._dir(cid) / "exit.json").read_text())
         except (OSError, ValueError):
+            pass
+        found = conmon.exit_code(conmon.Paths(self._dir(cid), cid))
+        if found is None:
             return None
+        code, finished = found
+        try:
+            meta = self._meta(cid)
+        except ContainerNotFound:
+            return None  # removed meanwhile
+        # the cgroup is still there: only `runc delete` (remove) takes it away
+        oom = cgroups.oom_kills(meta["cgroup_path"])
+        lost = code < 0  # conmon could not get a status
+        code = 255 if lost else code
+        record = {"exit_code": code, "finished_at": finished, "oom_kills": oom, "lost": lost,
+                  "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error")}
+        try:
+            _write_json(self._dir(cid) / "exit.json", record)
+        except OSError:
+            pass  # removed meanwhile; the record is still right for this caller
+        return record
 
     def logs(self, cid: str) -> Path:
         return Path(self._meta(cid)["log_path"])
@@ -195,36 +218,21 @@ class Runtime:
                     "image_digest": info.digest, "created_at": time.time(), "started_at": None,
                     "cgroup_path": cgroup_path, "log_path": str(log_path), "pid": None, "monitor_pid": None}
             self._write_meta(cid, meta)
-            _write_json(cdir / "monitor.json", {
-                "id": cid, "runc": self.runc.binary, "runc_root": str(self.runc.root), "log_path": str(log_path),
-                "log_max_size": self.log_max_size, "log_max_files": self.log_max_files, "cgroup_path": cgroup_path})
-            result = await self._spawn_monitor(cdir)
-            if "error" in result:
+            # a name as the kubelet gives dockershim and CRI-O containers; conmon's cmdline shows it
+            name = f"k8s_{spec.container_name}_{spec.pod_name}_{spec.namespace}_{spec.pod_uid}_{spec.attempt}"
+            try:
+                pid, monitor = await conmon.spawn(self.conmon, conmon.Paths(cdir, cid), runc=self.runc.binary,
+                                                  runc_root=self.runc.root, log_path=log_path, name=name,
+                                                  timeout=MONITOR_TIMEOUT)
+            except conmon.ConmonError as e:
                 raise ContainerCreateError(f'container "{spec.container_name}" of pod '
-                                           f'"{spec.namespace}/{spec.pod_name}": {result["error"]}')
-            meta.update(pid=result["pid"], monitor_pid=result.get("monitor"))
+                                           f'"{spec.namespace}/{spec.pod_name}": {e}') from None
+            meta.update(pid=pid, monitor_pid=monitor)
             self._write_meta(cid, meta)
         except BaseException:
             await self._destroy(cid, cgroup_path)
             raise
         return cid
-
-    async def _spawn_monitor(self, cdir: Path) -> dict:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
-        with open(cdir / "monitor.log", "ab") as errlog:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-S", "-m", "worker.runtime.monitor", str(cdir), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=errlog, start_new_session=True, env=env, cwd="/")
-        try:
-            out = await asyncio.wait_for(proc.stdout.read(), MONITOR_TIMEOUT)
-        finally:
-            await proc.wait()  # the first stage exits at once; the monitor itself was reparented
-        line = out.decode(errors="replace").strip().splitlines()
-        if not line:
-            log = (cdir / "monitor.log").read_text(errors="replace").strip()
-            return {"error": f"container monitor died: {log.splitlines()[-1] if log else 'no output'}"}
-        return json.loads(line[0])
 
     async def start(self, cid: str) -> None:
         meta = self._meta(cid)
@@ -262,7 +270,7 @@ class Runtime:
             if self._exit(cid) is not None:
                 return True
             meta = self._meta(cid)
-            if not _alive(meta.get("monitor_pid"), "worker.runtime.monitor"):
+            if not conmon.alive(meta.get("monitor_pid"), cid):
                 # nobody will write exit.json: ask runc instead
                 if (await self.runc.state(cid) or {}).get("status") in (None, "stopped"):
                     return True
@@ -327,8 +335,18 @@ class Runtime:
                 meta = json.loads((d / "meta.json").read_text())
             except (OSError, ValueError):
                 continue  # a container being created or removed right now
-            out.append(await self._status(d.name, meta, states.get(d.name)))
+            st = await self._status(d.name, meta, states.get(d.name))
+            self._rotate_log(st.id, meta)  # a no-op once conmon is gone (the container exited)
+            out.append(st)
         return out
+
+    def _rotate_log(self, cid: str, meta: dict) -> bool:
+        """Rotate the container's log if it outgrew log_max_size, as the kubelet's container
+        log manager does with CRI-O: move the files along, then conmon reopens the live one."""
+        path = Path(meta["log_path"])
+        if not needs_rotation(path, self.log_max_size):
+            return False
+        return conmon.reopen_log(conmon.Paths(self._dir(cid), cid), lambda: rotate_files(path, self.log_max_files))
 
     async def _status(self, cid: str, meta: dict, runc_state: dict | None) -> ContainerStatus:
         spec = ContainerSpec.from_dict(meta["spec"])
@@ -339,8 +357,8 @@ class Runtime:
         ex = self._exit(cid)
         runc_status = (runc_state or {}).get("status")
         if ex is None and runc_status in ("stopped", None) and meta.get("pid"):
-            # init is gone; its monitor is about to write exit.json, unless it is dead too
-            if _alive(meta.get("monitor_pid"), "worker.runtime.monitor"):
+            # init is gone; conmon is about to write its exit file, unless it is dead too
+            if conmon.alive(meta.get("monitor_pid"), cid):
                 for _ in range(40):
                     await asyncio.sleep(0.05)
                     ex = self._exit(cid)
@@ -415,17 +433,6 @@ class _PtyReader(asyncio.StreamReaderProtocol):
         if isinstance(exc, OSError) and exc.errno == 5:
             exc = None
         super().connection_lost(exc)
-
-
-def _alive(pid: int | None, marker: str) -> bool:
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return marker.encode() in cmdline and ") Z" not in stat
 
 
 def _write_json(path: Path, data) -> None:

@@ -3,7 +3,7 @@ API (kubelab.runtime.v1 RuntimeService and ImageService) on a unix socket; the k
 client (remote.py) when started with --container-runtime-endpoint.
 
 It wraps one Runtime and one ImageStore, exactly the objects the kubelet otherwise loads in
-process. Containers are runc containers whose monitors are their parents, so they outlive this
+process. Containers are runc containers whose conmon monitors are their parents, so they outlive this
 daemon: a restarted daemon lists the same root directory and finds them again. Errors become
 gRPC status codes (NOT_FOUND for unknown containers and images, FAILED_PRECONDITION for create,
 start and pull failures with runc's or the registry's message, INVALID_ARGUMENT for bad
