@@ -21,7 +21,7 @@ import pytest
 
 from worker.runtime import (ContainerCreateError, ContainerSpec, ImagePullError, ImageStore, Runtime,
                             read_log)
-from worker.runtime import cgroups, imagecmd
+from worker.runtime import cgroups, conmon, imagecmd
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runc containers need root"),
@@ -581,6 +581,8 @@ async def test_conmon_is_the_containers_monitor(tmp_path, runtime):
     assert os.path.basename(margv[0]) == b"conmon" and cid.encode() in margv and str(cdir).encode() in margv
     assert int((cdir / "conmon.pid").read_text()) == meta["monitor_pid"]
     assert b"python" not in os.path.basename(margv[0])
+    # what `kubelab reset` matches when it sweeps a host without a root dir
+    assert conmon.is_kubelab_conmon(Path(f"/proc/{meta['monitor_pid']}/cmdline").read_bytes())
     await runtime.stop(cid, timeout=10)
     st = await runtime.status(cid)
     assert (st.state, st.exit_code, st.reason) == ("exited", 5, "Error")
@@ -620,3 +622,16 @@ async def test_monitor_death_loses_only_the_exit_code(tmp_path, runtime):
     st = await runtime.status(cid)
     assert (st.state, st.exit_code, st.reason) == ("exited", 255, "Error")
     assert "monitor" in st.message
+
+
+async def test_a_log_that_cannot_rotate_does_not_fail_the_relist(tmp_path, make_runtime):
+    rt = make_runtime(log_max_size=16, log_max_files=2)
+    cid = await rt.create(spec(tmp_path, "stuck", ["sh", "-c", "echo more than sixteen bytes; exec sleep 1000"]))
+    await rt.start(cid)
+    await wait_for_log(rt.logs(cid), "sixteen")
+    rt.logs(cid).with_name("0.log.1").mkdir()  # rotating onto a directory fails
+    assert [st.state for st in await rt.list()] == ["running"]
+    assert rt.logs(cid).exists()  # left as it was
+    rt.logs(cid).with_name("0.log.1").rmdir()
+    await rt.list()  # and rotated once the way is clear
+    assert rt.logs(cid).with_name("0.log.1").is_file()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pty
 import secrets
@@ -39,6 +40,7 @@ from .runc import Runc
 from .sandbox import Sandbox, SandboxManager
 
 MONITOR_TIMEOUT = 60.0
+log = logging.getLogger("runtime")
 
 
 class ContainerError(Exception):
@@ -344,9 +346,13 @@ class Runtime:
         """Rotate the container's log if it outgrew log_max_size, as the kubelet's container
         log manager does with CRI-O: move the files along, then conmon reopens the live one."""
         path = Path(meta["log_path"])
-        if not needs_rotation(path, self.log_max_size):
+        try:
+            if not needs_rotation(path, self.log_max_size):
+                return False
+            return conmon.reopen_log(conmon.Paths(self._dir(cid), cid), lambda: rotate_files(path, self.log_max_files))
+        except OSError as e:  # a log dir gone or read-only must not fail the relist
+            log.warning("rotating the log of container %s: %s", cid, e)
             return False
-        return conmon.reopen_log(conmon.Paths(self._dir(cid), cid), lambda: rotate_files(path, self.log_max_files))
 
     async def _status(self, cid: str, meta: dict, runc_state: dict | None) -> ContainerStatus:
         spec = ContainerSpec.from_dict(meta["spec"])
