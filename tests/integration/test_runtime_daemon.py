@@ -5,6 +5,7 @@ daemon; everything is removed afterwards, even when the test fails."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.runtime import cgroups
+from worker.runtime import cgroups, conmon
 from worker.runtime.images import ImageStore
 from worker.runtime.remote import RemoteImageStore, RemoteRuntime
 from worker.runtime.runtime import ContainerCreateError, ContainerNotFound, ContainerSpec, Runtime
@@ -229,6 +230,8 @@ async def test_runtime_daemon(tmp_path):
         assert rt.sandbox_uids() == [uid] and await rt.list_sandboxes() == [uid]
 
         # containers outlive the daemon: stop it, start it again, they are still there
+        meta = json.loads((d.root / "containers" / sleeper / "meta.json").read_text())
+        watcher = meta["monitor_pid"]
         for c in clients:
             await c.close()
         clients.clear()
@@ -243,6 +246,10 @@ async def test_runtime_daemon(tmp_path):
         listed = {c.id: c for c in await rt.list()}
         assert set(listed) == {echo, sleeper}
         assert listed[sleeper].state == "running" and listed[echo].exit_code == 0
+        # the same conmon watched the container throughout and is still its parent
+        assert conmon.alive(watcher, sleeper)
+        init_stat = Path(f"/proc/{meta['pid']}/stat").read_text()
+        assert int(init_stat.rsplit(")", 1)[1].split()[1]) == watcher
         assert await rt.exec_sync(sleeper, ["echo", "again"], timeout=10) == (0, b"again\n", b"")
 
         # remove everything through the daemon
