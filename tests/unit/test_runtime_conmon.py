@@ -23,6 +23,7 @@ def test_sync_pipe_messages():
 
     assert read(b'{"data": 4242}\n') == {"data": 4242}
     assert read(b'{"data": -1, "message": "exec: \\"nosuch\\": not found"}\n')["message"] == 'exec: "nosuch": not found'
+    assert read(b'{"data": 7}') == {"data": 7}  # the line ended by conmon's exit, not a newline
     assert read(b"") is None  # conmon died before reporting
     with pytest.raises(conmon.ConmonError, match="sync pipe"):
         read(b"garbage\n")
@@ -45,6 +46,8 @@ def test_exit_file(tmp_path):
     p.exit_file.write_text("137")
     assert conmon.exit_code(p)[0] == 137
     p.exit_file.write_text("-1")  # conmon's "no status" (its --timeout)
+    assert conmon.exit_code(p)[0] == -1
+    p.exit_file.write_text("not a number")  # unreadable: as lost as conmon's -1
     assert conmon.exit_code(p)[0] == -1
 
 
