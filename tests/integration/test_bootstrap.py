@@ -75,6 +75,10 @@ async def test_tls_bootstrap_end_to_end(control_plane, join, tmp_path):
 async def test_csr_from_others_waits_for_an_admin(control_plane):
     """Only a node client request by a bootstrapper is approved automatically."""
     async with control_plane.client() as admin:
+        # a well-formed node request, but made by the admin, not by a bootstrap token or that node
+        plain = tlsbootstrap.node_csr("by-admin", pki.generate_key())
+        plain.metadata.name = "admin-node"
+        await admin.resource("certificatesigningrequests").create(plain)
         csr = tlsbootstrap.node_csr("by-admin", pki.generate_key())
         csr.metadata.name = "admin-made"
         csr.spec.request = pki.create_csr(pki.generate_key(), "system:node:by-admin", ["system:masters"])
@@ -88,8 +92,9 @@ async def test_csr_from_others_waits_for_an_admin(control_plane):
         async def signed():
             return (await admin.resource("certificatesigningrequests").get("marker")).status.certificate
         await wait_for(signed, 60, what="the marker CSR signed")
-        held = await admin.resource("certificatesigningrequests").get("admin-made")
-        assert not held.status.conditions and not held.status.certificate
+        for name in ("admin-node", "admin-made"):
+            held = await admin.resource("certificatesigningrequests").get(name)
+            assert not held.status.conditions and not held.status.certificate, name
         # an admin approves it: the signer refuses O=system:masters and says why
         held.status.conditions.add(type="Approved", status="True", reason="ByHand")
         await admin.resource("certificatesigningrequests").update_status(held)
