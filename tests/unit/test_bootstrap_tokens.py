@@ -46,7 +46,7 @@ def test_parse_ttl():
     assert tokens.parse_ttl("24h") == dt.timedelta(hours=24)
     assert tokens.parse_ttl("1h30m") == dt.timedelta(minutes=90)
     assert tokens.parse_ttl("0") == dt.timedelta(0)
-    for bad in ("", "1d", "h", "5 m"):
+    for bad in ("", "1d", "h", "5 m", "1h30x", "2h later"):
         with pytest.raises(tokens.TokenError, match="invalid --ttl"):
             tokens.parse_ttl(bad)
 
