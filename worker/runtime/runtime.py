@@ -13,8 +13,8 @@ One container = one directory `<root>/containers/<id>/`, which is also its OCI b
 runc runs the containers; one conmon per container is their parent (subreaper), writes the
 log file and the exit code, so containers outlive the kubelet and this process. After a
 restart, a new Runtime on the same root lists the directories and adopts what it finds
-(list(): runc state, conmon's pid file and exit file). list() also rotates the logs of
-running containers that outgrew log_max_size (logs.py). The pod
+(list(): runc state, conmon's pid file and exit file). list() also rotates the logs that
+outgrew log_max_size of containers whose conmon still writes them (logs.py). The pod
 sandbox's IPC/UTS namespaces, /dev/shm and /etc files come from sandbox.py; the network
 namespace is the network code's and is only joined.
 """
