@@ -150,6 +150,9 @@ class ApiService:
         except ApiError as e:
             await abort(ctx, e)
             return
+        except EtcdError as e:  # a token's Secret could not be read
+            await abort(ctx, ServiceUnavailable(f"etcd: {e}"))
+            return
         try:
             while True:
                 data = await w.queue.get()

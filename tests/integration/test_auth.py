@@ -279,3 +279,37 @@ async def test_anonymous_ca_certificates_name_nobody(api):
         with pytest.raises(Unauthorized):
             await c.namespaces().list()
         assert (await c.resource("configmaps", "kube-public").get("cluster-info")).metadata.name == "cluster-info"
+
+
+async def test_csr_validation(api):
+    from kubelab.errors import Invalid
+    csrs = api.client.resource("certificatesigningrequests")
+    bad = _csr()
+    bad.metadata.name = "bad"
+    bad.spec.request = b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n"
+    bad.spec.signerName = ""
+    del bad.spec.usages[:]
+    with pytest.raises(Invalid) as e:
+        await csrs.create(bad)
+    msg = e.value.message
+    assert msg.startswith('certificatesigningrequests "bad" is invalid: spec.request: Invalid value')
+    assert "spec.signerName: Required value" in msg and "spec.usages: Required value" in msg
+    good = _csr()
+    good.metadata.name = "good"
+    made = await csrs.create(good)
+    assert made.spec.username == "kubernetes-admin" and not made.status.conditions
+    made.spec.signerName = "example.com/other"
+    with pytest.raises(Invalid, match="spec: Forbidden: field is immutable"):
+        await csrs.update(made)
+    made = await csrs.get("good")
+    made.status.conditions.add(type="Approved", status="True")
+    made.status.conditions.add(type="Denied", status="True")
+    with pytest.raises(Invalid, match="Approved and Denied conditions are mutually exclusive"):
+        await csrs.update_status(made)
+    del made.status.conditions[1]
+    made.status.certificate = b"x"
+    assert (await csrs.update_status(made)).status.certificate == b"x"
+    made = await csrs.get("good")
+    made.status.certificate = b"y"
+    with pytest.raises(Invalid, match="may not modify existing certificate content"):
+        await csrs.update_status(made)
