@@ -41,6 +41,7 @@ async def sweep_host(*, cgroup_parent: str = "kubelab", netns_dir: Path = Path("
     import tempfile
     import time
     from worker.network import PodNetwork
+    from worker.runtime.conmon import is_kubelab_conmon
     done = {"processes": 0, "mounts": 0, "netns": 0}
     cg = Path("/sys/fs/cgroup")
     parents = [d for d in cg.glob(f"*/{cgroup_parent}") if d.is_dir()] + (
@@ -52,7 +53,7 @@ async def sweep_host(*, cgroup_parent: str = "kubelab", netns_dir: Path = Path("
             pids |= {int(x) for x in procs.read_text().split() if x.strip() and int(x) > 0}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if b"worker.runtime.monitor" in (proc / "cmdline").read_bytes():
+            if is_kubelab_conmon((proc / "cmdline").read_bytes()):
                 pids.add(int(proc.name))
         except OSError:
             pass
