@@ -313,3 +313,12 @@ async def test_csr_validation(api):
     made.status.certificate = b"y"
     with pytest.raises(Invalid, match="may not modify existing certificate content"):
         await csrs.update_status(made)
+
+
+async def test_tls_bootstrap_with_an_expired_token(api):
+    """No controller manager here, so the expired Secret stays: the join error must say expired."""
+    from kubelab.bootstrap import discovery, tlsbootstrap
+    token = await _token(api, ttl=dt.timedelta(minutes=10), now=meta.now() - dt.timedelta(hours=1))
+    pin = pki.ca_cert_hash((api.server.opts.pki_dir / "ca.crt").read_bytes())
+    with pytest.raises(discovery.ExpiredToken, match=f'bootstrap token "{token[:6]}" has expired.*kubelab token create'):
+        await tlsbootstrap.tlsbootstrap(api.address, token, "late", pin, timeout=10)
