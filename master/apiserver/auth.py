@@ -16,6 +16,7 @@ before any authorization, with a message that tells unknown from expired.
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from kubelab import meta, pki
@@ -46,7 +47,7 @@ class Authenticator:
     def __init__(self, ca_pem: bytes | None, secrets_store):
         self.ca_pem = ca_pem  # None: a plaintext server (unit tests), every caller is the admin
         self.secrets = secrets_store
-        self._certs: dict[bytes, UserInfo | None] = {}  # verified leaf PEM -> identity
+        self._certs: dict[bytes, tuple] = {}  # leaf PEM -> (identity or None, recheck after)
 
     async def authenticate(self, ctx) -> UserInfo:
         if self.ca_pem is None:
@@ -66,7 +67,8 @@ class Authenticator:
             return None
         if not pem:
             return None
-        if pem not in self._certs:
+        hit = self._certs.get(pem)
+        if hit is None or hit[1] <= time.time():
             user = None
             # TLS let the anonymous certificate through too: only the cluster CA's name a user
             if pki.issued_by(pem, self.ca_pem):
@@ -75,8 +77,9 @@ class Authenticator:
                     user = UserInfo(cn, tuple(orgs) + (AUTHENTICATED,))
             if len(self._certs) > 4096:
                 self._certs.clear()
-            self._certs[pem] = user
-        return self._certs[pem]
+            # looked at again after a minute: a certificate that expired meanwhile stops working
+            hit = self._certs[pem] = (user, time.time() + 60)
+        return hit[0]
 
     async def token_user(self, token: str) -> UserInfo:
         tid, secret = parse_token(token)
