@@ -91,8 +91,9 @@ def set_link(veth: str, up: bool) -> None:
 
 
 def delete_link(name: str) -> None:
-    if link_exists(name):
-        run("ip", "link", "del", name)
+    p = run("ip", "link", "del", name, check=False)
+    if p.returncode != 0 and "Cannot find device" not in p.stderr:
+        raise LabError(f"ip link del {name}: {p.stderr.strip()}")
 
 
 def delete_netns(name: str) -> None:

@@ -285,8 +285,10 @@ def down(d: Path, out=sys.stdout) -> None:
     # makes `ip netns del` fail with "Device or resource busy"
     kill_all(lab_processes(st))
     for vm in st.vms:
-        net.delete_netns(vm.netns)   # takes eth0 and with it the host end of the veth
+        # the host end first: deleting it takes the pair at once, while a deleted netns lets
+        # go of its devices later, in the kernel's own time
         net.delete_link(vm.veth)
+        net.delete_netns(vm.netns)
     net.delete_link(st.bridge)
     for rule in st.rules:
         net.delete_rule(rule)

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 SUBNET = "192.168.77.0/24"
 ROUTED_SUBNET = "192.168.79.0/24"   # the "host already routes it" case, on a link of ours
-BRIDGE = "kltest0"
-DUMMY = "kltestd0"
-PREFIX = "kltest"
+BRIDGE = "labvmbr0"
+DUMMY = "labvmd0"
+PREFIX = "labvm"
 MASTER, W1, W2 = f"{PREFIX}-master", f"{PREFIX}-worker1", f"{PREFIX}-worker2"
 IPS = {MASTER: "192.168.77.10", W1: "192.168.77.11", W2: "192.168.77.12"}
 PORT = 7777
@@ -156,6 +156,10 @@ def test_private_trees_are_private(lab_up):
     assert "labtest-pod" in shell(d, MASTER, "ip", "netns", "list").stdout
     assert "labtest-pod" not in shell(d, W1, "ip", "netns", "list").stdout
     assert not os.path.exists("/run/netns/labtest-pod")
+    # and a VM pins no other namespace: the copies of the host's (and the other VMs') netns
+    # mounts under /run were detached before the private /run went over them
+    points = [line.split()[4] for line in shell(d, W1, "cat", "/proc/self/mountinfo").stdout.splitlines()]
+    assert [m for m in points if m.startswith("/run/")] == []
 
 
 def test_vm_to_vm_and_host_to_vm(lab_up):
@@ -198,7 +202,7 @@ def test_second_up_is_refused(lab_up):
     d = lab_up["dir"]
     p = lab(d, "up", "--bare", "--subnet", SUBNET, "--bridge", BRIDGE, "--prefix", PREFIX)
     assert p.returncode == 1
-    assert "a lab is already up (3 VMs on bridge kltest0" in p.stderr and "kubelab lab down" in p.stderr
+    assert f"a lab is already up (3 VMs on bridge {BRIDGE}" in p.stderr and "kubelab lab down" in p.stderr
     assert json.loads((d / "lab.json").read_text()) == lab_up["state"]
 
 
@@ -209,11 +213,11 @@ def test_subnet_already_routed_is_refused(tmp_path):
         subprocess.run(["ip", "link", "set", DUMMY, "up"], check=True)
         subprocess.run(["ip", "route", "add", ROUTED_SUBNET, "dev", DUMMY], check=True)
         d = tmp_path / "other-lab"
-        p = lab(d, "up", "--bare", "--subnet", ROUTED_SUBNET, "--bridge", "kltest1", "--prefix", "kltestr")
+        p = lab(d, "up", "--bare", "--subnet", ROUTED_SUBNET, "--bridge", "labvmbr1", "--prefix", "labvmr")
         assert p.returncode == 1
         assert p.stderr.strip() == (f"error: subnet {ROUTED_SUBNET} is already routed on this host "
                                     f"({ROUTED_SUBNET} dev {DUMMY}): choose another with --subnet")
-        assert not d.exists() and not os.path.exists("/sys/class/net/kltest1")
+        assert not d.exists() and not os.path.exists("/sys/class/net/labvmbr1")
     finally:
         subprocess.run(["ip", "link", "del", DUMMY], capture_output=True)
 
