@@ -23,9 +23,14 @@ log = logging.getLogger(__name__)
 MAIN_TABLE = 254
 RTPROT_KERNEL = 2
 NUD_PERMANENT = 0x80
+NUD_NOARP = 0x40
 NTF_SELF = 0x02
 AF_INET = 2
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+class OverlayError(Exception):
+    """The kernel refused some of the overlay's entries."""
 
 
 class UnderlayError(Exception):
@@ -195,35 +200,47 @@ class Netlink:
 
     async def apply(self, index: int, p: Plan) -> None:
         """Deletes first (an entry already gone is fine), then adds as replaces, so that a
-        second run, or one after a crash halfway, converges to the same state."""
+        second run, or one after a crash halfway, converges to the same state. An entry the
+        kernel refuses does not stop the others; the first refusal is raised at the end (the
+        pass is retried with backoff)."""
+        errors: list[str] = []
+
+        async def do(what: str, coro, *ok: int) -> None:
+            try:
+                await coro
+            except NetlinkError as e:
+                if e.code not in ok:
+                    errors.append(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
+
         async with AsyncIPRoute() as ipr:
             for r in p.delete.routes:
-                await _tolerate(ipr.route("del", dst=str(r.dst), gateway=str(r.gateway), oif=index,
-                                          priority=r.metric, table=MAIN_TABLE), errno.ESRCH)
+                await do(f"delete route {r.dst} via {r.gateway}", ipr.route(
+                    "del", dst=str(r.dst), gateway=str(r.gateway), oif=index, priority=r.metric,
+                    table=MAIN_TABLE), errno.ESRCH)
             for n in p.delete.neighs:
-                await _tolerate(ipr.neigh("del", dst=str(n.ip), lladdr=n.mac, ifindex=index), errno.ENOENT)
+                await do(f"delete neighbour {n.ip}", ipr.neigh("del", dst=str(n.ip), lladdr=n.mac, ifindex=index),
+                         errno.ENOENT)
             for f in p.delete.fdbs:
-                await _tolerate(ipr.fdb("del", ifindex=index, lladdr=f.mac, dst=str(f.dst)), errno.ENOENT)
+                await do(f"delete fdb {f.mac} dst {f.dst}", ipr.fdb("del", ifindex=index, lladdr=f.mac, dst=str(f.dst)),
+                         errno.ENOENT)
             for f in p.add.fdbs:
-                # append, not replace: replace would move the MAC's only entry, so two peers'
-                # entries could never both be made with one MAC (a misconfiguration shows)
-                await _tolerate(ipr.fdb("append", ifindex=index, lladdr=f.mac, dst=str(f.dst)), errno.EEXIST)
+                # replace, as flannel does: the kernel keeps one destination per unicast MAC
+                # (an `append` of a second one succeeds and changes nothing)
+                await do(f"add fdb {f.mac} dst {f.dst}", ipr.fdb(
+                    "replace", ifindex=index, lladdr=f.mac, dst=str(f.dst), state=NUD_PERMANENT | NUD_NOARP,
+                    flags=NTF_SELF))
             for n in p.add.neighs:
-                await ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=index, state=NUD_PERMANENT)
+                await do(f"add neighbour {n.ip} lladdr {n.mac}", ipr.neigh(
+                    "replace", dst=str(n.ip), lladdr=n.mac, ifindex=index, state=NUD_PERMANENT))
             for r in p.add.routes:
-                await ipr.route("replace", dst=str(r.dst), gateway=str(r.gateway), oif=index,
-                                flags=["onlink"] if r.onlink else [], priority=r.metric, table=MAIN_TABLE)
+                await do(f"add route {r.dst} via {r.gateway}", ipr.route(
+                    "replace", dst=str(r.dst), gateway=str(r.gateway), oif=index,
+                    flags=["onlink"] if r.onlink else [], priority=r.metric, table=MAIN_TABLE))
+        if errors:
+            raise OverlayError(f"{len(errors)} of the overlay's entries could not be applied; first: {errors[0]}")
 
     def ensure_forwarding(self) -> None:
         """Packets between flannel.1 and the pods' bridge are forwarded by this node."""
         path = self.proc_sys / "net/ipv4/ip_forward"
         if path.read_text().strip() != "1":
             path.write_text("1\n")
-
-
-async def _tolerate(coro, *codes: int) -> None:
-    try:
-        await coro
-    except NetlinkError as e:
-        if e.code not in codes:
-            raise
