@@ -108,7 +108,7 @@ def force_cleanup(lab_dir: Path) -> None:
 def lab_up(tmp_path_factory):
     lab_dir = tmp_path_factory.mktemp("lab") / "state"
     before = host_snapshot()
-    server = None
+    server = state = None
     p = lab(lab_dir, "up", "--bare", "--workers", "2", "--subnet", SUBNET, "--bridge", BRIDGE, "--prefix", PREFIX)
     try:
         assert p.returncode == 0, p.stderr
@@ -120,8 +120,13 @@ def lab_up(tmp_path_factory):
         assert ready and server.stdout.readline().strip() == "listening", server.stderr.read()
         yield {"dir": lab_dir, "before": before, "state": state, "server": server}
     finally:
+        if state is None and (lab_dir / "lab.json").exists():
+            state = json.loads((lab_dir / "lab.json").read_text())
+        mnt_ns = {vm["mnt_ns"] for vm in state["vms"]} if state else set()
         if lab(lab_dir, "down").returncode != 0:
             force_cleanup(lab_dir)
+        for pid in mnt_ns_pids(mnt_ns - {""}):  # only if down left a VM's process behind (a bug)
+            os.kill(pid, 9)
         if server is not None and server.poll() is None:
             server.kill()
             server.wait(timeout=30)
@@ -222,12 +227,33 @@ def test_subnet_already_routed_is_refused(tmp_path):
         subprocess.run(["ip", "link", "del", DUMMY], capture_output=True)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--subnet", "192.168.77.5/24"], 'invalid --subnet "192.168.77.5/24": 192.168.77.5/24 has host bits set'),
+    (["--subnet", "10.244.8.0/24"], "invalid --subnet 10.244.8.0/24: it overlaps the cluster's pod/service range 10.244.0.0/16"),
+    (["--subnet", "192.168.78.0/29"], "invalid --subnet 192.168.78.0/29: too small for 1 master + 2 workers"),
+    (["--subnet", "192.168.78.0/24", "--prefix", "Lab_VM"], 'invalid --prefix "Lab_VM"'),
+    (["--subnet", "192.168.78.0/24", "--bridge", "a-bridge-name-too-long"], 'invalid --bridge "a-bridge-name-too-long"'),
+    (["--subnet", "192.168.78.0/24", "--workers", "-1"], "invalid --workers -1: want 0 to 50"),
+])
+def test_up_refuses_bad_input_naming_the_flag(tmp_path, args, message):
+    d = tmp_path / "bad-lab"
+    p = lab(d, "up", "--bare", "--bridge", "labvmbr2", "--prefix", "labvmb", *args)
+    assert p.returncode == 1 and p.stderr.startswith(f"error: {message}"), p.stderr
+    assert not d.exists() and not os.path.exists("/sys/class/net/labvmbr2")
+
+
+def test_up_without_bare_says_what_to_do(tmp_path):
+    p = lab(tmp_path / "lab", "up", "--subnet", "192.168.78.0/24")
+    assert p.returncode == 1 and 'use "kubelab lab up --bare"' in p.stderr
+
+
 def test_down_leaves_nothing(lab_up):
     d, before, state = lab_up["dir"], lab_up["before"], lab_up["state"]
     mnt_ns = {vm["mnt_ns"] for vm in state["vms"]}
     assert len(mnt_ns) == 3 and len(mnt_ns_pids(mnt_ns)) >= 4  # three supervisors and the TCP server
     p = lab(d, "down")
     assert p.returncode == 0, p.stderr
+    assert mnt_ns_pids(mnt_ns) == set()  # a zombie has no namespaces left: it counts as gone
     lab_up["server"].wait(timeout=30)
     after = host_snapshot()
     ours = (PREFIX, BRIDGE, str(d), "labtest")
@@ -237,6 +263,5 @@ def test_down_leaves_nothing(lab_up):
     assert {m for m in after["mounts"] - before["mounts"] if any(o in m for o in ours)} == set()
     assert {r for r in after["rules"] if BRIDGE in r} == {r for r in before["rules"] if BRIDGE in r} == set()
     assert after["etc_kubelab"] == before["etc_kubelab"]
-    assert mnt_ns_pids(mnt_ns) == set()
     assert not d.exists()
     assert "No lab is up" in lab(d, "status").stdout
