@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,8 +29,14 @@ import pytest
 from kubelab import pki
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.errors import NotFound
-from tests.integration.conftest import (ROOT, admin_config, launch_control_plane, stop_control_plane,
-                                        stop_group, wait_for)
+from tests.integration.conftest import (
+    ROOT,
+    admin_config,
+    launch_control_plane,
+    stop_control_plane,
+    stop_group,
+    wait_for,
+)
 from worker.network import CommandRunner, PodNetwork
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("bridge")
@@ -236,7 +241,7 @@ async def _create_nodes(c: Cluster) -> None:
             await client.nodes().create(node)
         # nodeipam assigns each node its /24
         for i in NODES:
-            await wait_for(lambda: _pod_cidr(client, f"node{i}"), timeout=30, what=f"node{i}'s podCIDR")
+            await wait_for(lambda i=i: _pod_cidr(client, f"node{i}"), timeout=30, what=f"node{i}'s podCIDR")
 
 
 async def _pod_cidr(client, name: str) -> str:
@@ -264,7 +269,7 @@ async def facts(c: Cluster, nodes=NODES) -> dict[int, NodeFacts]:
     async with c.cp.client() as client:
         for i in nodes:
             subnet = await _pod_cidr(client, f"node{i}")
-            dev = await wait_for(lambda: vxlan_device(c, i), timeout=30, what=f"flannel.1 on node{i}")
+            dev = await wait_for(lambda i=i: vxlan_device(c, i), timeout=30, what=f"flannel.1 on node{i}")
             out[i] = NodeFacts(i, subnet, subnet.split("/")[0], dev["address"], f"{NET}.{i}")
     return out
 
@@ -309,7 +314,7 @@ async def test_device_and_annotations(cluster):
             assert dev["mtu"] == 1450  # 50 below eth1's 1500
             assert [(a["local"], a["prefixlen"]) for a in dev["addr_info"] if a["family"] == "inet"] == \
                 [(f[i].vtep_ip, 32)]
-            node = await wait_for(lambda: _annotated(client, f"node{i}"), timeout=30, what=f"node{i} annotations")
+            node = await wait_for(lambda i=i: _annotated(client, f"node{i}"), timeout=30, what=f"node{i} annotations")
             ann = node.metadata.annotations
             assert ann["flannel.alpha.coreos.com/backend-type"] == "vxlan"
             assert json.loads(ann[BACKEND_DATA]) == {"VNI": 1, "VtepMAC": f[i].mac}

@@ -19,11 +19,11 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
 from kubelab.client.controller import Controller
 from kubelab.client.informer import Informer
 from kubelab.client.workqueue import WorkQueue
-from kubelab.api.v1 import objects_pb2 as v1
 from worker.overlay import peers as pe
 from worker.overlay.netlink import VXLAN_OVERHEAD, Netlink, UnderlayError, VxlanSpec, pick_underlay
 

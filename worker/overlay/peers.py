@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from kubelab.api.v1 import objects_pb2 as v1
 
