@@ -225,3 +225,36 @@ async def test_reconcile_waits_for_the_node_and_its_pod_cidr():
     assert await agent.reconcile(KEY) == 30.0  # no podCIDR yet
     assert nl.specs == [] and nl.applied == []
     assert "spec.podCIDR" in agent._waiting
+
+
+async def test_underlay_from_the_nodes_internal_ip_then_the_default_route():
+    agent = OverlayAgent(FakeClient(), OverlayConfig(node_name="a"), FakeNetlink(pe.Entries()))
+    me = node("a", "10.244.1.0/24")
+    assert agent._underlay(IFACES, "eth0", me).name == "eth0"  # nothing else to go by
+    me.status.addresses.add(type="InternalIP", address="192.168.56.100")
+    u = agent._underlay(IFACES, "eth0", me)
+    assert (u.name, u.ip) == ("eth1", A("192.168.56.100"))  # the kubelet's --node-ip
+    me.status.addresses[0].address = "172.16.0.9"  # on no interface here
+    assert agent._underlay(IFACES, "eth0", me).name == "eth0"
+
+
+def flags(**kw):
+    import argparse
+    base = dict(node_name="a", node_ip="", cluster_cidr="10.244.0.0/16", vni=1, port=8472, device="flannel.1",
+                resync_period=30.0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"node_name": ""}, "invalid --node-name"),
+    ({"node_ip": "10.0.0.300"}, 'invalid --node-ip "10.0.0.300"'),
+    ({"cluster_cidr": "10.244.0.1/16"}, "invalid --cluster-cidr"),
+    ({"vni": 0}, "invalid --vni 0"),
+    ({"port": 70000}, "invalid --port 70000"),
+    ({"device": "a-much-too-long-name"}, "invalid --device"),
+    ({"resync_period": 0}, "invalid --resync-period"),
+])
+def test_bad_flags_are_named(kw, msg):
+    from worker.overlay.cmd import flag_error
+    assert flag_error(flags()) is None
+    assert msg in flag_error(flags(**kw))

@@ -76,8 +76,7 @@ class OverlayAgent(Controller):
             return self._wait(f"waiting: {e}")
         interfaces, default = await self.netlink.interfaces()
         try:
-            underlay = pick_underlay(interfaces, iface=cfg.iface, node_ip=cfg.node_ip or _internal_ip(node, cfg),
-                                     default_iface=default)
+            underlay = self._underlay(interfaces, default, node)
         except UnderlayError as e:
             return self._wait(str(e))
         mac = pe.vtep_mac(cfg.node_name)
@@ -104,6 +103,18 @@ class OverlayAgent(Controller):
         self.passes += 1
         return cfg.resync
 
+    def _underlay(self, interfaces, default: str, node: v1.Node):
+        cfg = self.cfg
+        if cfg.iface or cfg.node_ip:
+            return pick_underlay(interfaces, iface=cfg.iface, node_ip=cfg.node_ip)
+        internal = next((a.address for a in node.status.addresses if a.type == "InternalIP"), "")
+        if internal:
+            try:
+                return pick_underlay(interfaces, node_ip=internal)
+            except UnderlayError:
+                pass  # a kubelet that guessed its address; the default route's interface then
+        return pick_underlay(interfaces, default_iface=default)
+
     async def _publish(self, node: v1.Node, want: dict[str, str]) -> None:
         """Write this node's VTEP annotations when they differ. A Conflict (the kubelet updated
         the Node meanwhile) fails the pass, which is retried with the informer's newer copy."""
@@ -116,10 +127,3 @@ class OverlayAgent(Controller):
         await self.client.nodes().update(fresh)
         log.info("overlay: published VTEP %s at %s on node %s", want[pe.BACKEND_DATA], want[pe.PUBLIC_IP],
                  node.metadata.name)
-
-
-def _internal_ip(node: v1.Node, cfg: OverlayConfig) -> str:
-    """Without --iface or --node-ip, the address the kubelet registered (its --node-ip)."""
-    if cfg.iface:
-        return ""
-    return next((a.address for a in node.status.addresses if a.type == "InternalIP"), "")
