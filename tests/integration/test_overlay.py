@@ -146,7 +146,7 @@ class Cluster:
         log = open(self.tmp / f"agent{i}.log", "ab")
         p = subprocess.Popen(["nsenter", f"--net={NETNS / self.ns(i)}", "--", sys.executable, "-m", "kubelab.cli.main",
                               "overlay", "--config", str(self.agent_config), "--node-name", f"node{i}",
-                              "--iface", "eth1", "-v", "2"],
+                              "--iface", "eth1", "--subnet-file", str(self.tmp / f"subnet{i}.env"), "-v", "2"],
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         self.agents[i] = p
@@ -320,6 +320,10 @@ async def test_device_and_annotations(cluster):
             assert json.loads(ann[BACKEND_DATA]) == {"VNI": 1, "VtepMAC": f[i].mac}
             assert ann[PUBLIC_IP] == f"{NET}.{i}"  # eth1's, never the NAT interface's 10.0.2.15
             assert ann["flannel.alpha.coreos.com/kube-subnet-manager"] == "true"
+            # what CNI's flannel plugin reads: the pods' gateway address and MTU
+            assert (cluster.tmp / f"subnet{i}.env").read_text() == (
+                f"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={f[i].vtep_ip[:-1]}1/24\n"
+                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
 
 
 async def _annotated(client, name: str):

@@ -196,11 +196,11 @@ class FakeClient:
         return self.rc
 
 
-async def test_one_reconcile_pass():
+async def test_one_reconcile_pass(tmp_path):
     client = FakeClient()
     stale = pe.Peer("gone", N("10.244.9.0/24"), "02:00:00:00:00:09", A("192.168.56.19"))
     nl = FakeNetlink(pe.entries_for([stale]))
-    agent = OverlayAgent(client, OverlayConfig(node_name="a", iface="eth1"), nl)
+    agent = OverlayAgent(client, OverlayConfig(node_name="a", iface="eth1", subnet_file=tmp_path / "subnet.env"), nl)
     me = node("a", "10.244.1.0/24")
     me.status.addresses.add(type="InternalIP", address="10.0.2.15")  # ignored: --iface wins
     b = node("b", "10.244.2.0/24", "02:00:00:00:00:02", "192.168.56.12")
@@ -215,11 +215,12 @@ async def test_one_reconcile_pass():
     [plan] = nl.applied
     assert plan.delete.routes == [pe.Route(N("10.244.9.0/24"), A("10.244.9.0"))]
     assert plan.add.fdbs == [pe.Fdb("02:00:00:00:00:02", A("192.168.56.12"))]
+    assert "FLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n" in (tmp_path / "subnet.env").read_text()
 
 
 async def test_reconcile_waits_for_the_node_and_its_pod_cidr():
     nl = FakeNetlink(pe.Entries())
-    agent = OverlayAgent(FakeClient(), OverlayConfig(node_name="a", iface="eth1"), nl)
+    agent = OverlayAgent(FakeClient(), OverlayConfig(node_name="a", iface="eth1", subnet_file=None), nl)
     assert await agent.reconcile(KEY) == 30.0  # no Node yet
     agent.nodes.store = {"a": node("a")}
     assert await agent.reconcile(KEY) == 30.0  # no podCIDR yet
@@ -228,7 +229,7 @@ async def test_reconcile_waits_for_the_node_and_its_pod_cidr():
 
 
 async def test_underlay_from_the_nodes_internal_ip_then_the_default_route():
-    agent = OverlayAgent(FakeClient(), OverlayConfig(node_name="a"), FakeNetlink(pe.Entries()))
+    agent = OverlayAgent(FakeClient(), OverlayConfig(node_name="a", subnet_file=None), FakeNetlink(pe.Entries()))
     me = node("a", "10.244.1.0/24")
     assert agent._underlay(IFACES, "eth0", me).name == "eth0"  # nothing else to go by
     me.status.addresses.add(type="InternalIP", address="192.168.56.100")

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
@@ -41,6 +43,8 @@ class OverlayConfig:
     port: int = 8472
     cluster_cidr: str = "10.244.0.0/16"
     resync: float = 30.0
+    # flannel's subnet file, which CNI's flannel plugin reads: the pods' MTU comes from here
+    subnet_file: Path | None = Path("/run/flannel/subnet.env")
 
 
 class OverlayAgent(Controller):
@@ -84,6 +88,7 @@ class OverlayAgent(Controller):
             cfg.device, cfg.vni, cfg.port, underlay.ip, underlay.index, underlay.mtu - VXLAN_OVERHEAD,
             pe.vtep_ip(subnet), mac))
         self.netlink.ensure_forwarding()
+        self._write_subnet_file(subnet, underlay.mtu - VXLAN_OVERHEAD)
         await self._publish(node, pe.own_annotations(device.mac, str(underlay.ip), cfg.vni))
         peers, problems = pe.desired_peers(self.nodes.list(), cfg.node_name, vni=cfg.vni,
                                            cluster_cidr=self.cluster_cidr)
@@ -102,6 +107,24 @@ class OverlayAgent(Controller):
             self._waiting = ""
         self.passes += 1
         return cfg.resync
+
+    def _write_subnet_file(self, subnet, mtu: int) -> None:
+        """/run/flannel/subnet.env as flanneld writes it, replaced whole and only on change.
+        IPMASQ is false: the masquerade rule is worker/network's (the kubelet's), not ours."""
+        path = self.cfg.subnet_file
+        if path is None:
+            return
+        text = (f"FLANNEL_NETWORK={self.cluster_cidr}\nFLANNEL_SUBNET={subnet.network_address + 1}/{subnet.prefixlen}\n"
+                f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n")
+        try:
+            if path.read_text() == text:
+                return
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
     def _underlay(self, interfaces, default: str, node: v1.Node):
         cfg = self.cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
 
 from kubelab.daemon import run_until_signalled
 
@@ -19,6 +20,8 @@ def register(sub, parents) -> None:
     p.add_argument("--port", type=int, default=8472, help="VXLAN UDP port")
     p.add_argument("--device", default="flannel.1")
     p.add_argument("--resync-period", type=float, default=30.0, help="seconds between full reconciles")
+    p.add_argument("--subnet-file", default="/run/flannel/subnet.env",
+                   help='flannel\'s subnet file for CNI (FLANNEL_SUBNET, FLANNEL_MTU, ...); "" for none')
     p.set_defaults(func=run, daemon=True)
 
 
@@ -68,7 +71,8 @@ async def run(args) -> int:
         print(f"error: {e}", flush=True)
         return 1
     cfg = OverlayConfig(node_name=args.node_name, iface=args.iface, node_ip=args.node_ip, device=args.device,
-                        vni=args.vni, port=args.port, cluster_cidr=args.cluster_cidr, resync=args.resync_period)
+                        vni=args.vni, port=args.port, cluster_cidr=args.cluster_cidr, resync=args.resync_period,
+                        subnet_file=Path(args.subnet_file) if args.subnet_file else None)
     agent = OverlayAgent(client, cfg, netlink)
     print(f"overlay agent for node {cfg.node_name}: {cfg.device} VNI {cfg.vni} port {cfg.port}", flush=True)
     return await run_until_signalled(agent.run(), cleanup=client.close)
