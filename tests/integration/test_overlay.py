@@ -142,11 +142,11 @@ class Cluster:
     def underlay(self) -> str:
         return f"klov-{self.suffix}-ul"
 
-    def start_agent(self, i: int) -> subprocess.Popen:
+    def start_agent(self, i: int, *flags: str) -> subprocess.Popen:
         log = open(self.tmp / f"agent{i}.log", "ab")
         p = subprocess.Popen(["nsenter", f"--net={NETNS / self.ns(i)}", "--", sys.executable, "-m", "kubelab.cli.main",
                               "overlay", "--config", str(self.agent_config), "--node-name", f"node{i}",
-                              "--iface", "eth1", "--subnet-file", str(self.tmp / f"subnet{i}.env"), "-v", "2"],
+                              "--iface", "eth1", "--subnet-file", str(self.tmp / f"subnet{i}.env"), "-v", "2", *flags],
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         self.agents[i] = p
@@ -423,6 +423,29 @@ async def test_agent_restart_leaves_no_duplicates_and_removes_stale_entries(clus
     await wait_for(lambda: "flannel.1 up" in since_restart(), timeout=30, what="the restarted agent's first pass")
     assert "routes/neighbours/fdb entries" not in since_restart(), since_restart()
     assert entries(cluster, 1) == expected(peers)
+
+
+async def test_a_node_whose_underlay_ip_changes_is_followed_by_the_others(cluster):
+    f = await facts(cluster)
+    ns2 = cluster.ns(2)
+    sh("ip", "addr", "add", f"{NET}.12/24", "dev", "eth1", ns=ns2)
+    try:
+        stop_group(cluster.agents[2])
+        cluster.start_agent(2, "--node-ip", f"{NET}.12")
+        moved = NodeFacts(2, f[2].subnet, f[2].vtep_ip, f[2].mac, f"{NET}.12")
+        # node2's flannel.1 is made again with the new local address and the same MAC; the
+        # others move their FDB entry for it
+        for i in (1, 3):
+            await wait_entries(cluster, i, [moved if j == 2 else f[j] for j in NODES if j != i])
+        await wait_entries(cluster, 2, [f[1], f[3]])
+        dev = vxlan_device(cluster, 2)
+        assert (dev["linkinfo"]["info_data"]["local"], dev["address"]) == (f"{NET}.12", f[2].mac)
+    finally:
+        stop_group(cluster.agents[2])
+        cluster.start_agent(2)
+        for i in (1, 3):
+            await wait_entries(cluster, i, [f[j] for j in NODES if j != i])
+        sh("ip", "addr", "del", f"{NET}.12/24", "dev", "eth1", ns=ns2)
 
 
 async def test_deleted_node_entries_go_from_the_others(cluster):
