@@ -132,8 +132,10 @@ class Cluster:
     suffix: str
     tmp: Path
     cp: object
-    agent_config: Path
     agents: dict = field(default_factory=dict)
+
+    def agent_config(self, i: int) -> Path:
+        return self.tmp / f"node{i}.conf"
 
     def ns(self, i: int) -> str:
         return f"klov-{self.suffix}-n{i}"
@@ -145,7 +147,7 @@ class Cluster:
     def start_agent(self, i: int, *flags: str) -> subprocess.Popen:
         log = open(self.tmp / f"agent{i}.log", "ab")
         p = subprocess.Popen(["nsenter", f"--net={NETNS / self.ns(i)}", "--", sys.executable, "-m", "kubelab.cli.main",
-                              "overlay", "--config", str(self.agent_config), "--node-name", f"node{i}",
+                              "overlay", "--config", str(self.agent_config(i)), "--node-name", f"node{i}",
                               "--iface", "eth1", "--subnet-file", str(self.tmp / f"subnet{i}.env"), "-v", "2", *flags],
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
@@ -204,7 +206,7 @@ def _teardown(c: Cluster, relay: subprocess.Popen | None) -> list[str]:
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("overlay")
     host_links, host_routes = _host_state()
-    c = Cluster(secrets.token_hex(3), tmp, None, tmp / "agent.conf")
+    c = Cluster(secrets.token_hex(3), tmp, None)
     relay = None
     try:
         _build_hosts(c)
@@ -216,7 +218,9 @@ def cluster(tmp_path_factory):
                                   str(c.cp.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True, text=True)
         assert relay.stdout.readline().strip() == "relaying", "the API relay did not start"
-        admin_config(tmp / "cp" / "pki", API, c.agent_config)
+        # each agent runs as its node (system:node:NAME): it reads Nodes and writes only its own
+        for i in NODES:
+            admin_config(tmp / "cp" / "pki", API, c.agent_config(i), cn=f"system:node:node{i}", orgs=("system:nodes",))
         asyncio.run(_create_nodes(c))
         for i in NODES:
             c.start_agent(i)
@@ -470,7 +474,7 @@ async def _gone(client, name: str) -> bool:
 
 def test_bad_flags_are_refused_with_the_flag_named(cluster):
     r = subprocess.run(["nsenter", f"--net={NETNS / cluster.ns(1)}", "--", sys.executable, "-m", "kubelab.cli.main",
-                        "overlay", "--config", str(cluster.agent_config), "--node-name", "node1", "--iface", "eth9"],
+                        "overlay", "--config", str(cluster.agent_config(1)), "--node-name", "node1", "--iface", "eth9"],
                        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "--iface eth9: no such interface" in r.stdout, r.stdout + r.stderr
