@@ -2,7 +2,11 @@
 the same run on the same machine (raw etcd writes), plus the absolute goals of the issue.
 
 Everything runs on loopback: a real etcd, the API server and scheduler as their own
-processes (as `kubelab control-plane` runs them), hollow nodes, and this process as the client.
+processes (as `kubelab control-plane` runs them), hollow nodes, and this process as the client;
+the overlay (bench/overlay.py) and node memory (bench/nodememory.py) benchmarks make network
+namespaces of their own and add nothing to the host's. `--only api,overlay,...` runs some parts
+(api, scheduling, kubelet, overlay, node-memory); `--no-kubelet` (both real-kubelet
+parts), `--no-overlay` and `--no-node-memory` skip some.
 Results go to stdout and bench/last-run.md (copy them into docs/benchmarks.md with the date).
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ from kubelab.etcd.server import EtcdServer, free_port
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 VALUE = b"x" * 1500  # about the size of a small pod
 results: list[tuple[str, str, str, str]] = []  # (benchmark, figure, goal, verdict)
+PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory")  # --only's names, in the order they run
 
 
 def report(name: str, figure: str, goal: str, ok: bool | None) -> None:
@@ -66,14 +71,14 @@ async def bounded(n: int, concurrency: int, fn) -> float:
 class Cluster:
     """etcd + API server process (+ scheduler, hollow nodes when asked) in a temp dir."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, sans: list[str] = ()):
+        self.root, self.sans = root, list(sans)
         self.procs: list[subprocess.Popen] = []
 
     async def start(self) -> None:
         self.etcd = EtcdServer(self.root / "etcd", log_path=self.root / "etcd.log", quota_bytes=8 << 30)
         await self.etcd.start()
-        pki.ensure_control_plane_pki(self.root / "pki")
+        pki.ensure_control_plane_pki(self.root / "pki", sans=self.sans)
         self.address = f"127.0.0.1:{free_port()}"
         ca, key = (self.root / "pki/ca.crt").read_bytes(), (self.root / "pki/ca.key").read_bytes()
         cert, k = pki.issue_cert(ca, key, "kubernetes-admin", organizations=["system:masters"])
@@ -225,22 +230,35 @@ async def bench_scheduling(root: Path, pods: int, nodes: int, concurrency: int, 
 async def main(args) -> int:
     print(f"kubelab bench on {platform.node()} ({os.cpu_count()} cpus, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()})", flush=True)
+    parts = set(args.only.split(",")) if args.only else set(PARTS)
+    if unknown := parts - set(PARTS):
+        print(f"--only: unknown part(s) {', '.join(sorted(unknown))} (parts: {', '.join(PARTS)})", file=sys.stderr)
+        return 2
+    for part in PARTS:
+        if getattr(args, "no_" + part.replace("-", "_")):
+            parts.discard(part)
+    if args.no_kubelet:  # node-memory runs a real kubelet too
+        parts.discard("node-memory")
     with tempfile.TemporaryDirectory(prefix="kubelab-bench-") as tmp:
         root = Path(tmp)
-        cluster = Cluster(root / "api")
-        await cluster.start()
-        try:
-            raw_puts, raw_txn = await raw_etcd_rates(cluster.etcd.endpoint, args.raw, args.concurrency)
-            print(f"baseline: raw etcd put {raw_puts:.0f}/s, txn {raw_txn:.0f}/s at concurrency {args.concurrency}")
-            await bench_creates(cluster, args.creates, args.concurrency, raw_puts)
-            await fill(cluster, args.pods, args.concurrency)
-            await bench_list(cluster, args.pods)
-            bench_memory(cluster, args.pods)
-            await bench_watchers(cluster, args.watchers, args.events)
-        finally:
-            await cluster.stop()
-        await bench_scheduling(root, args.sched_pods, args.nodes, args.concurrency, raw_txn)
-        if not args.no_kubelet:
+        if "api" in parts or "scheduling" in parts:
+            cluster = Cluster(root / "api")
+            await cluster.start()
+            try:
+                raw_puts, raw_txn = await raw_etcd_rates(cluster.etcd.endpoint, args.raw, args.concurrency)
+                print(f"baseline: raw etcd put {raw_puts:.0f}/s, txn {raw_txn:.0f}/s at concurrency "
+                      f"{args.concurrency}")
+                if "api" in parts:
+                    await bench_creates(cluster, args.creates, args.concurrency, raw_puts)
+                    await fill(cluster, args.pods, args.concurrency)
+                    await bench_list(cluster, args.pods)
+                    bench_memory(cluster, args.pods)
+                    await bench_watchers(cluster, args.watchers, args.events)
+            finally:
+                await cluster.stop()
+        if "scheduling" in parts:
+            await bench_scheduling(root, args.sched_pods, args.nodes, args.concurrency, raw_txn)
+        if "kubelet" in parts:
             from bench import podstartup
             node_cluster = Cluster(root / "node-cluster")
             await node_cluster.start()
@@ -250,6 +268,24 @@ async def main(args) -> int:
                 await podstartup.run(node_cluster, report, pods=args.startup_pods)
             finally:
                 await node_cluster.stop()
+        if "overlay" in parts:
+            from bench import overlay
+            overlay_cluster = Cluster(root / "overlay-cluster", sans=overlay.SANS)
+            await overlay_cluster.start()
+            try:
+                await overlay.run(overlay_cluster, report)
+            finally:
+                await overlay_cluster.stop()
+        if "node-memory" in parts:
+            from bench import nodememory
+            mem_cluster = Cluster(root / "memory-cluster")
+            await mem_cluster.start()
+            try:
+                mem_cluster.spawn("scheduler", "--config", str(mem_cluster.config), "--leader-elect", "false")
+                mem_cluster.spawn("controller-manager", "--config", str(mem_cluster.config), "--leader-elect", "false")
+                await nodememory.run(mem_cluster, report, pods=args.startup_pods)
+            finally:
+                await mem_cluster.stop()
     lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
     Path(__file__).with_name("last-run.md").write_text(
@@ -270,5 +306,12 @@ if __name__ == "__main__":
     ap.add_argument("--sched-pods", type=int, default=10000)
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--startup-pods", type=int, default=30)
-    ap.add_argument("--no-kubelet", action="store_true", help="skip the real-kubelet benchmarks (needs root, runc)")
+    ap.add_argument("--no-kubelet", action="store_true", help="skip the real-kubelet benchmarks, node-memory's too (need root, runc)")
+    ap.add_argument("--no-overlay", action="store_true",
+                    help="skip the VXLAN throughput benchmark (needs root, iproute2, nsenter)")
+    ap.add_argument("--no-node-memory", action="store_true",
+                    help="skip the runtime daemon + conmon memory benchmark (needs root, runc, conmon)")
+    ap.add_argument("--no-api", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-scheduling", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only", default="", help=f"comma-separated parts to run: {', '.join(PARTS)} (default: all)")
     sys.exit(asyncio.run(main(ap.parse_args())))

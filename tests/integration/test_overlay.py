@@ -1,7 +1,8 @@
 """The overlay agent (worker/overlay) on real kernel networking, against a real control plane.
 
-The hosts are network namespaces this module makes: `klov-<rand>-ul` holds the underlay, a
-bridge with 192.168.213.254/24, and every "node" `klov-<rand>-nI` has its underlay interface
+The hosts are network namespaces this module makes (with worker/overlay/testbed.py):
+`klov-<rand>-ul` holds the underlay, a bridge with 192.168.213.254/24, and every "node"
+`klov-<rand>-nI` has its underlay interface
 `eth1` (192.168.213.I) on that bridge, plus an `eth0` holding 10.0.2.15 with the default route,
 as Vagrant's NAT interface does on every VM (the agent must not pick it: it runs with
 `--iface eth1`). The control plane (`kubelab control-plane`: etcd, API server, nodeipam) runs
@@ -38,12 +39,13 @@ from tests.integration.conftest import (
     wait_for,
 )
 from worker.network import CommandRunner, PodNetwork
+from worker.overlay import testbed
+from worker.overlay.testbed import NETNS, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("bridge")
                                 or not shutil.which("iptables") or not shutil.which("nsenter"),
                                 reason="needs root, iproute2, iptables and nsenter")
 
-NETNS = Path("/var/run/netns")
 NET = "192.168.213"
 API = f"{NET}.254:6443"
 NODES = (1, 2, 3)
@@ -51,45 +53,6 @@ BACKEND_DATA = "flannel.alpha.coreos.com/backend-data"
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 # the names of the links this module makes (inside its namespaces only)
 OUR_LINKS = {"flannel.1", "br0", "eth0", "eth0nat", "eth1", "cni0", *(f"v{i}" for i in NODES)}
-
-# Listens inside a network namespace, relays each connection to a port on the host's loopback.
-# The listening socket is made after setns() into the namespace, then the process returns to
-# its own: a socket stays in the namespace it was made in.
-RELAY = r"""
-import asyncio, ctypes, os, socket, sys
-ns, host, port, target = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-libc = ctypes.CDLL(None, use_errno=True)
-def setns(fd):
-    if libc.setns(fd, 0x40000000) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-own, other = os.open("/proc/self/ns/net", os.O_RDONLY), os.open(ns, os.O_RDONLY)
-setns(other)
-try:
-    listener = socket.create_server((host, port))
-finally:
-    setns(own)
-async def pump(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-    except OSError:
-        pass
-    finally:
-        w.close()
-async def handle(r, w):
-    try:
-        ur, uw = await asyncio.open_connection("127.0.0.1", target)
-    except OSError:
-        w.close()
-        return
-    await asyncio.gather(pump(r, uw), pump(ur, w))
-async def main():
-    server = await asyncio.start_server(handle, sock=listener)
-    print("relaying", flush=True)
-    await server.serve_forever()
-asyncio.run(main())
-"""
 
 # One TCP connection accepted; prints the peer's address (what the receiver sees as source).
 SERVER = r"""
@@ -113,14 +76,6 @@ while True:
             raise
         time.sleep(0.1)
 """
-
-
-def sh(*argv: str, ns: str | None = None, check: bool = True) -> str:
-    prefix = ["nsenter", f"--net={NETNS / ns}", "--"] if ns else []
-    r = subprocess.run(prefix + list(argv), capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} in {ns or 'host'} failed: {r.stderr}")
-    return r.stdout
 
 
 def js(*argv: str, ns: str) -> list:
@@ -158,37 +113,9 @@ class Cluster:
         return (self.tmp / f"agent{i}.log").read_text(errors="replace")[-3000:]
 
 
-def _ours(suffix: str) -> list[str]:
-    return sorted(n for n in os.listdir(NETNS) if suffix in n) if NETNS.exists() else []
-
-
 def _host_state() -> tuple[set, str]:
     links = {link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show") or "[]")}
     return links, sh("ip", "-4", "route", "show", "table", "all")
-
-
-def _build_hosts(c: Cluster) -> None:
-    ul = c.underlay
-    sh("ip", "netns", "add", ul)
-    sh("ip", "-n", ul, "link", "set", "lo", "up")
-    sh("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
-    sh("ip", "-n", ul, "addr", "add", f"{NET}.254/24", "dev", "br0")
-    sh("ip", "-n", ul, "link", "set", "br0", "up")
-    for i in NODES:
-        n = c.ns(i)
-        sh("ip", "netns", "add", n)
-        sh("ip", "-n", n, "link", "set", "lo", "up")
-        sh("ip", "-n", ul, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth1", "netns", n)
-        sh("ip", "-n", ul, "link", "set", f"v{i}", "master", "br0", "up")
-        sh("ip", "-n", n, "addr", "add", f"{NET}.{i}/24", "dev", "eth1")
-        sh("ip", "-n", n, "link", "set", "eth1", "up")
-        # the NAT interface of a Vagrant VM: the same address everywhere, the default route;
-        # its peer stays in the node's namespace, so nothing sent there goes anywhere
-        sh("ip", "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0nat")
-        sh("ip", "-n", n, "addr", "add", "10.0.2.15/24", "dev", "eth0")
-        sh("ip", "-n", n, "link", "set", "eth0", "up")
-        sh("ip", "-n", n, "link", "set", "eth0nat", "up")
-        sh("ip", "-n", n, "route", "add", "default", "via", "10.0.2.2", "dev", "eth0")
 
 
 def _teardown(c: Cluster, relay: subprocess.Popen | None) -> list[str]:
@@ -196,10 +123,7 @@ def _teardown(c: Cluster, relay: subprocess.Popen | None) -> list[str]:
         stop_group(p)
     if relay is not None:
         stop_group(relay)
-    for ns in _ours(c.suffix):
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
-        (NETNS / ns).unlink(missing_ok=True)
-    return [f"netns {ns}" for ns in _ours(c.suffix)]
+    return testbed.delete_namespaces(c.suffix)
 
 
 @pytest.fixture(scope="module")
@@ -209,15 +133,12 @@ def cluster(tmp_path_factory):
     c = Cluster(secrets.token_hex(3), tmp, None)
     relay = None
     try:
-        _build_hosts(c)
+        testbed.build_hosts(c.underlay, {i: c.ns(i) for i in NODES}, NET)
         # the serving certificate must name the address the agents dial; the control plane
         # keeps the SANs it finds
         pki.ensure_control_plane_pki(tmp / "cp" / "pki", sans=[API.split(":")[0]])
         c.cp = launch_control_plane(tmp / "cp")
-        relay = subprocess.Popen([sys.executable, "-c", RELAY, str(NETNS / c.underlay), API.split(":")[0], "6443",
-                                  str(c.cp.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 start_new_session=True, text=True)
-        assert relay.stdout.readline().strip() == "relaying", "the API relay did not start"
+        relay = testbed.start_relay(c.underlay, API.split(":")[0], 6443, c.cp.port)
         # each agent runs as its node (system:node:NAME): it reads Nodes and writes only its own
         for i in NODES:
             admin_config(tmp / "cp" / "pki", API, c.agent_config(i), cn=f"system:node:node{i}", orgs=("system:nodes",))
