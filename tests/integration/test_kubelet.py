@@ -754,7 +754,9 @@ apiVersion: v1
 kind: Pod
 metadata: {name: m-init, labels: {mix: "y"}}
 spec:
-  initContainers: [{name: i, image: busybox, imagePullPolicy: Never, command: [sh, -c, "sleep 1"]}]
+  # long enough that a status showing it running is written even on a loaded machine (with
+  # `sleep 1` the kubelet may report it only once it has terminated, and the moment is missed)
+  initContainers: [{name: i, image: busybox, imagePullPolicy: Never, command: [sh, -c, "sleep 8"]}]
   containers: [{name: c, image: busybox, imagePullPolicy: Never, command: [sh, -c, "sleep 100000"]}]
 ---
 apiVersion: v1
