@@ -227,6 +227,18 @@ async def bench_scheduling(root: Path, pods: int, nodes: int, concurrency: int, 
            f"{rate:.0f}/s ÷ {raw_txn:.0f}/s = {ratio:.2f} ({bound} bound in {dt:.1f}s)", "≥ 0.5", ratio >= 0.5)
 
 
+async def with_scheduler(root: Path, bench) -> None:
+    """Run bench(cluster) on a cluster of its own with a scheduler and a controller manager."""
+    cluster = Cluster(root)
+    await cluster.start()
+    try:
+        for component in ("scheduler", "controller-manager"):
+            cluster.spawn(component, "--config", str(cluster.config), "--leader-elect", "false")
+        await bench(cluster)
+    finally:
+        await cluster.stop()
+
+
 async def main(args) -> int:
     print(f"kubelab bench on {platform.node()} ({os.cpu_count()} cpus, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()})", flush=True)
@@ -260,14 +272,7 @@ async def main(args) -> int:
             await bench_scheduling(root, args.sched_pods, args.nodes, args.concurrency, raw_txn)
         if "kubelet" in parts:
             from bench import podstartup
-            node_cluster = Cluster(root / "node-cluster")
-            await node_cluster.start()
-            try:
-                node_cluster.spawn("scheduler", "--config", str(node_cluster.config), "--leader-elect", "false")
-                node_cluster.spawn("controller-manager", "--config", str(node_cluster.config), "--leader-elect", "false")
-                await podstartup.run(node_cluster, report, pods=args.startup_pods)
-            finally:
-                await node_cluster.stop()
+            await with_scheduler(root / "node-cluster", lambda c: podstartup.run(c, report, pods=args.startup_pods))
         if "overlay" in parts:
             from bench import overlay
             overlay_cluster = Cluster(root / "overlay-cluster", sans=overlay.SANS)
@@ -278,14 +283,7 @@ async def main(args) -> int:
                 await overlay_cluster.stop()
         if "node-memory" in parts:
             from bench import nodememory
-            mem_cluster = Cluster(root / "memory-cluster")
-            await mem_cluster.start()
-            try:
-                mem_cluster.spawn("scheduler", "--config", str(mem_cluster.config), "--leader-elect", "false")
-                mem_cluster.spawn("controller-manager", "--config", str(mem_cluster.config), "--leader-elect", "false")
-                await nodememory.run(mem_cluster, report, pods=args.startup_pods)
-            finally:
-                await mem_cluster.stop()
+            await with_scheduler(root / "memory-cluster", lambda c: nodememory.run(c, report, pods=args.startup_pods))
     lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
     Path(__file__).with_name("last-run.md").write_text(

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_runtime import image_root  # noqa: F401 - the module's busybox image store
+
 ROOT = Path(__file__).resolve().parents[2]
 BUSYBOX = "docker.io/library/busybox:latest"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -203,15 +205,6 @@ def main() -> None:
 
 
 # ---- on the host ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory) -> Path:
-    from worker.runtime import ImageStore
-    root = tmp_path_factory.mktemp("images")
-    asyncio.run(ImageStore(root).build_busybox())
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
 
 @pytest.fixture
 def cgroup_parent():
