@@ -13,7 +13,7 @@ from kubelab import pki
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.bootstrap import discovery, tlsbootstrap
 from kubelab.client.client import Client
-from kubelab.errors import Forbidden, NotFound
+from kubelab.errors import Conflict, Forbidden, NotFound
 
 from .conftest import free_port, wait_for
 
@@ -53,9 +53,17 @@ async def test_tls_bootstrap_end_to_end(control_plane, join, tmp_path):
             n = v1.Node()
             n.metadata.name = name
             await admin.nodes().create(n)
-        me = await node.nodes().get("worker-7")
-        me.status.conditions.add(type="Ready", status="True")
-        await node.nodes().update_status(me)
+        # the node lifecycle controller may write the new Node (taints) between get and update
+        for _ in range(10):
+            me = await node.nodes().get("worker-7")
+            me.status.conditions.add(type="Ready", status="True")
+            try:
+                await node.nodes().update_status(me)
+                break
+            except Conflict:
+                continue
+        else:
+            pytest.fail("worker-7's status update kept conflicting")
         other = await node.nodes().get("worker-8")
         with pytest.raises(Forbidden) as e:
             await node.nodes().update(other)
