@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("kubelab.cli.logs", "Print the logs for a container in a pod"),
     "exec": ("kubelab.cli.exec", "Execute a command in a container"),
     "token": ("kubelab.cli.token", "Manage bootstrap tokens for joining nodes"),
+    "join": ("kubeadm.join", "Run this on any machine you wish to join an existing cluster"),
     "control-plane": ("master.controlplane", "Run etcd, API server, scheduler and controller manager"),
     "apiserver": ("master.apiserver.cmd", "Run the API server"),
     "scheduler": ("master.scheduler.cmd", "Run the scheduler"),
@@ -33,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("worker.kubelet.reset", "Remove a node's containers, pod networks and bridge"),
     "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
     "overlay": ("worker.overlay.cmd", "Run the VXLAN overlay agent (flannel's role) on this node"),
-    "lab": ("kubelab.lab.cmd", "A local lab of namespace-bundle VMs: up --bare, status, shell, partition, heal, down"),
+    "lab": ("kubelab.lab.cmd", "A local lab of namespace-bundle VMs: up, status, shell, load, partition, heal, down"),
 }
 
 

@@ -1,10 +1,12 @@
-"""`kubelab lab ...`: the local lab's verbs (up --bare, status, shell, partition, heal, down).
-The work is in vms.py; this module is the argparse face and the `error: ...` wording."""
+"""`kubelab lab ...`: the local lab's verbs (up [--bare], status, shell, load, partition, heal,
+down). The work is in vms.py and cluster.py; this module is the argparse face and the
+`error: ...` wording."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from kubelab.lab import net, vms
 from kubelab.lab.state import LabError, lab_dir
@@ -18,6 +20,10 @@ def register(sub, parents) -> None:
     lab = p.add_subparsers(dest="lab_command", required=True, metavar="VERB")
     up = lab.add_parser("up", parents=[common], help="Build 1 master + N worker VMs on a lab bridge")
     up.add_argument("--bare", action="store_true", help="build the VMs only; run init and join by hand")
+    up.add_argument("--pod-network-cidr", default=net.CLUSTER_RANGES[0],
+                    help=f"passed to init; the host routes it via the lab (default {net.CLUSTER_RANGES[0]})")
+    up.add_argument("--service-cidr", default=net.CLUSTER_RANGES[1],
+                    help=f"passed to init; the host routes it via the master (default {net.CLUSTER_RANGES[1]})")
     up.add_argument("--workers", type=int, default=2, help="number of worker VMs (default 2)")
     up.add_argument("--subnet", default=net.DEFAULT_SUBNET, help=f"the lab network (default {net.DEFAULT_SUBNET})")
     up.add_argument("--bridge", default=net.DEFAULT_BRIDGE, help=f"the lab bridge (default {net.DEFAULT_BRIDGE})")
@@ -28,6 +34,9 @@ def register(sub, parents) -> None:
     sh = lab.add_parser("shell", parents=[common], help="A shell, or the command after --, inside a VM")
     sh.add_argument("node", metavar="NODE", help="VM name (kubelab-worker1) or short name (worker1)")
     sh.set_defaults(func=run_shell)
+    ld = lab.add_parser("load", parents=[common], help="Import an image archive into every VM's image store")
+    ld.add_argument("archive", metavar="ARCHIVE", help="a docker-archive or oci-archive tarball")
+    ld.set_defaults(func=run_load)
     for verb, text in (("partition", "Cut a VM's link on the lab bridge"), ("heal", "Restore a VM's link")):
         v = lab.add_parser(verb, parents=[common], help=text)
         v.add_argument("node", metavar="NODE")
@@ -51,10 +60,14 @@ def _guard(fn):
 
 @_guard
 def run_up(args) -> int:
-    if not args.bare:
-        raise LabError('"kubelab lab up" without --bare also runs init and join in the VMs, which is not '
-                       'built yet: use "kubelab lab up --bare", then init and join inside the VMs')
-    vms.up(lab_dir(args.lab_dir), workers=args.workers, subnet=args.subnet, bridge=args.bridge, prefix=args.prefix)
+    vms.up(lab_dir(args.lab_dir), workers=args.workers, subnet=args.subnet, bridge=args.bridge, prefix=args.prefix,
+           bare=args.bare, pod_cidr=args.pod_network_cidr, service_cidr=args.service_cidr)
+    return 0
+
+
+@_guard
+def run_load(args) -> int:
+    vms.load_image(lab_dir(args.lab_dir), Path(args.archive))
     return 0
 
 

@@ -1,6 +1,7 @@
 """The lab's private network on the host: the subnet plan, the lab bridge, one veth per VM into
-its network namespace, and the two FORWARD rules that keep lab traffic inside the lab. All
-through iproute2 and iptables, so what the lab made is what `ip` and `iptables -S` show."""
+its network namespace, the two FORWARD rules that keep lab traffic inside the lab, and the
+host's routes to the cluster's pod and service ranges through the bridge. All through iproute2
+and iptables, so what the lab made is what `ip` and `iptables -S` show."""
 from __future__ import annotations
 
 import ipaddress
@@ -25,7 +26,8 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-def plan(subnet: str, workers: int) -> tuple[ipaddress.IPv4Network, str, list[str]]:
+def plan(subnet: str, workers: int, cluster_ranges: tuple[str, ...] = CLUSTER_RANGES
+         ) -> tuple[ipaddress.IPv4Network, str, list[str]]:
     """(network, bridge address, VM addresses) for a subnet; clear errors naming --subnet."""
     try:
         net = ipaddress.ip_network(subnet, strict=True)
@@ -33,7 +35,7 @@ def plan(subnet: str, workers: int) -> tuple[ipaddress.IPv4Network, str, list[st
         raise LabError(f'invalid --subnet "{subnet}": {e} (want an IPv4 network such as {DEFAULT_SUBNET})')
     if net.version != 4:
         raise LabError(f'invalid --subnet "{subnet}": the lab needs an IPv4 network')
-    for r in CLUSTER_RANGES:
+    for r in cluster_ranges:
         if net.overlaps(ipaddress.ip_network(r)):
             raise LabError(f"invalid --subnet {subnet}: it overlaps the cluster's pod/service range {r}")
     if net.num_addresses < FIRST_VM + workers + 2:
@@ -43,8 +45,8 @@ def plan(subnet: str, workers: int) -> tuple[ipaddress.IPv4Network, str, list[st
     return net, str(base + 1), [str(base + FIRST_VM + i) for i in range(workers + 1)]
 
 
-def check_unrouted(net: ipaddress.IPv4Network) -> None:
-    """Refuse a subnet the host already routes, as VirtualBox refuses a clashing host-only net."""
+def routed(net: ipaddress.IPv4Network) -> tuple[str, str] | None:
+    """(dst, dev) of a route of the host's main table that overlaps net (not the default one)."""
     out = run("ip", "-j", "-4", "route", "show", "table", "main").stdout
     for r in json.loads(out or "[]"):
         dst = r.get("dst", "")
@@ -55,8 +57,41 @@ def check_unrouted(net: ipaddress.IPv4Network) -> None:
         except ValueError:
             continue
         if other.prefixlen and other.overlaps(net):
-            raise LabError(f"subnet {net} is already routed on this host ({dst} dev {r.get('dev', '?')}): "
-                           f"choose another with --subnet")
+            return dst, r.get("dev", "?")
+    return None
+
+
+def check_unrouted(net: ipaddress.IPv4Network) -> None:
+    """Refuse a subnet the host already routes, as VirtualBox refuses a clashing host-only net."""
+    if clash := routed(net):
+        raise LabError(f"subnet {net} is already routed on this host ({clash[0]} dev {clash[1]}): "
+                       f"choose another with --subnet")
+
+
+def check_cluster_unrouted(cidr: str, flag: str) -> ipaddress.IPv4Network:
+    """The pod or service range the host is to reach through the lab: refused when the host
+    already routes part of it (another lab is up, or a VPN): its routes would clash."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=True)
+    except ValueError as e:
+        raise LabError(f'invalid {flag} "{cidr}": {e}')
+    if net.version != 4:
+        raise LabError(f'invalid {flag} "{cidr}": the lab needs an IPv4 network')
+    if clash := routed(net):
+        raise LabError(f"{flag} {cidr} is already routed on this host ({clash[0]} dev {clash[1]}; another lab "
+                       f'up?): "kubelab lab down" that lab, or choose another {flag}')
+    return net
+
+
+def add_route(dst: str, via: str, bridge: str) -> None:
+    run("ip", "route", "replace", dst, "via", via, "dev", bridge)
+
+
+def delete_route(dst: str, via: str, bridge: str) -> None:
+    p = run("ip", "route", "del", dst, "via", via, "dev", bridge, check=False)
+    # gone already (its bridge went first, or by hand): nothing left to take back
+    if p.returncode != 0 and not any(m in p.stderr for m in ("No such process", "Cannot find device")):
+        raise LabError(f"ip route del {dst} via {via}: {p.stderr.strip()}")
 
 
 def check_ifname(name: str, what: str) -> None:

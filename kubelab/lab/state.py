@@ -41,6 +41,14 @@ class LabState:
     vms: list[VM] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)  # host mount points made for the VMs
     rules: list[list[str]] = field(default_factory=list)   # iptables filter rules (without -A/-D)
+    bare: bool = True                                       # VMs only: no init/join run by `up`
+    pod_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
+    routes: list[list[str]] = field(default_factory=list)  # host routes [dst, via] on the bridge
+    kubeconfig: str = ""          # the admin config `up` wrote for the host's CLI (~/.kubelab/config)
+    kubeconfig_sha256: str = ""   # of what up wrote: down leaves a config replaced since alone
+    kubeconfig_backup: str = ""   # what was there before, restored by `down`
+    cgroup_parents: list[str] = field(default_factory=list)  # /sys/fs/cgroup/*/kubelab dirs up made
 
     def vm(self, name: str) -> VM:
         for vm in self.vms:

@@ -1,5 +1,6 @@
-"""The lab's verbs on its VMs: up (bridge, namespaces, links, supervisors), status, shell,
-partition, heal and down. See the package docstring for what a lab VM is and how it lives."""
+"""The lab's verbs on its VMs: up (bridge, namespaces, links, supervisors; the cluster on them
+is cluster.py's), status, shell, load, partition, heal and down. See the package docstring for
+what a lab VM is and how it lives."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from kubelab.lab import net
+from kubelab.lab import cgroups, cluster, net
 from kubelab.lab.state import VM, LabError, LabState, load, save
 
 DEFAULT_PREFIX = "kubelab"
@@ -123,7 +124,9 @@ def vm_names(prefix: str, workers: int) -> list[tuple[str, str]]:
 
 
 def up(d: Path, *, workers: int = 2, subnet: str = net.DEFAULT_SUBNET, bridge: str = net.DEFAULT_BRIDGE,
-       prefix: str = DEFAULT_PREFIX, out=sys.stdout) -> LabState:
+       prefix: str = DEFAULT_PREFIX, bare: bool = True, pod_cidr: str = net.CLUSTER_RANGES[0],
+       service_cidr: str = net.CLUSTER_RANGES[1], out=sys.stdout) -> LabState:
+    """The VMs (and with bare=False the cluster on them: cluster.bring_up); rolled back on failure."""
     existing = load(d)
     if existing is not None:
         raise LabError(f"a lab is already up ({len(existing.vms)} VMs on bridge {existing.bridge}, "
@@ -135,14 +138,19 @@ def up(d: Path, *, workers: int = 2, subnet: str = net.DEFAULT_SUBNET, bridge: s
     if not DNS1123_LABEL.match(prefix) or len(names[-1][0]) > 63:
         raise LabError(f'invalid --prefix "{prefix}": the VM names ({names[-1][0]}) must be DNS-1123 labels '
                        "(lower case letters, digits and '-', at most 63 characters)")
-    network, bridge_ip, ips = net.plan(subnet, workers)
+    network, bridge_ip, ips = net.plan(subnet, workers, (pod_cidr, service_cidr))
     net.check_unrouted(network)
+    if not bare:  # the host will route these through the lab
+        pods = net.check_cluster_unrouted(pod_cidr, "--pod-network-cidr")
+        if pods.overlaps(net.check_cluster_unrouted(service_cidr, "--service-cidr")):
+            raise LabError(f"--pod-network-cidr {pod_cidr} overlaps --service-cidr {service_cidr}")
     if net.link_exists(bridge):
         raise LabError(f"link {bridge} already exists on this host: choose another bridge name with --bridge")
     for name, _ in names:
         if os.path.lexists(f"/run/netns/{name}"):
             raise LabError(f"network namespace {name} already exists on this host: choose another --prefix")
-    st = LabState(bridge=bridge, subnet=str(network), prefix=prefix, bridge_ip=bridge_ip)
+    st = LabState(bridge=bridge, subnet=str(network), prefix=prefix, bridge_ip=bridge_ip, bare=bare,
+                  pod_cidr=pod_cidr, service_cidr=service_cidr, cgroup_parents=cgroups.missing_parents())
     for i, ((name, role), ip) in enumerate(zip(names, ips)):
         veth = f"{bridge[:net.IFNAMSIZ - 1 - len(str(i))]}-{i}"  # the host end, named after its bridge
         st.vms.append(VM(name=name, role=role, ip=ip, veth=veth, dir=str(d / "vms" / name)))
@@ -150,7 +158,13 @@ def up(d: Path, *, workers: int = 2, subnet: str = net.DEFAULT_SUBNET, bridge: s
     save(d, st)  # from here on, `down` can take back whatever the rest of up makes
     try:
         _build(d, st, network.prefixlen, out)
-    except BaseException:
+        if not bare:
+            cluster.bring_up(d, st, lambda line: print(line, file=out, flush=True))
+    except BaseException as e:
+        if not isinstance(e, LabError):
+            print(f"lab up interrupted ({type(e).__name__}): taking the lab down again", file=sys.stderr)
+        else:
+            print("lab up failed: taking the lab down again", file=sys.stderr)
         try:
             down(d, out=open(os.devnull, "w"))
         except LabError as e:
@@ -175,9 +189,13 @@ def _build(d: Path, st: LabState, prefixlen: int, out) -> None:
     for vm in st.vms:
         _wait_ready(vm)
         save(d, st)
-        print(f"lab VM {vm.name} ({vm.role}) is up at {vm.ip}", file=out)
-    print(f"the lab is up on bridge {st.bridge} ({st.subnet}, the host is {st.bridge_ip}): "
-          f'try "kubelab lab shell {st.vms[0].name}"', file=out)
+        print(f"lab VM {vm.name} ({vm.role}) is up at {vm.ip}", file=out, flush=True)
+    if st.bare:
+        print(f"the lab is up on bridge {st.bridge} ({st.subnet}, the host is {st.bridge_ip}): "
+              f'try "kubelab lab shell {st.vms[0].name}"', file=out)
+    else:
+        print(f"the lab's VMs are up on bridge {st.bridge} ({st.subnet}, the host is {st.bridge_ip})",
+              file=out, flush=True)
 
 
 def _start(vm: VM) -> None:
@@ -218,7 +236,7 @@ def _wait_ready(vm: VM) -> None:
 def require(d: Path) -> LabState:
     st = load(d)
     if st is None:
-        raise LabError(f'no lab is up (lab dir {d}): start one with "kubelab lab up --bare"')
+        raise LabError(f'no lab is up (lab dir {d}): start one with "kubelab lab up"')
     return st
 
 
@@ -245,14 +263,8 @@ def status(d: Path, out=sys.stdout) -> int:
 def shell_argv(d: Path, node: str, cmd: list[str]) -> tuple[list[str], dict[str, str]]:
     """nsenter argv and environment for a shell or command inside a VM, with this venv on PATH."""
     st = require(d)
-    vm = st.vm(node)
-    if not alive(vm):
-        raise LabError(f"lab VM {vm.name} is not running (its supervisor {vm.pid} is gone): "
-                       '"kubelab lab down" and up again')
-    venv_bin = str(Path(sys.executable).parent)
-    env = dict(os.environ, HOSTNAME=vm.name, PATH=os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
-               VIRTUAL_ENV=sys.prefix, PS1=f"root@{vm.name}:\\w# ")
-    env.pop("KUBELAB_LAB_DIR", None)
+    vm = running(st, node)
+    env = dict(cluster.vm_env(vm), PS1=f"root@{vm.name}:\\w# ")
     try:
         cwd = os.getcwd()
     except OSError:
@@ -261,7 +273,20 @@ def shell_argv(d: Path, node: str, cmd: list[str]) -> tuple[list[str], dict[str,
         cwd = "/"  # a private tree is another directory inside the VM
     if not cmd:
         cmd = [os.environ.get("SHELL") or ("/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh")]
-    return ["nsenter", f"--target={vm.pid}", "--mount", "--uts", "--net", f"--wd={cwd}", "--", *cmd], env
+    return cluster.enter_argv(vm, cmd, cwd), env
+
+
+def running(st: LabState, node: str) -> VM:
+    vm = st.vm(node)
+    if not alive(vm):
+        raise LabError(f"lab VM {vm.name} is not running (its supervisor {vm.pid} is gone): "
+                       '"kubelab lab down" and up again')
+    return vm
+
+
+def load_image(d: Path, archive: Path, out=sys.stdout) -> None:
+    st = require(d)
+    cluster.load_archive(st, archive, lambda line: print(line, file=out, flush=True))
 
 
 def set_partitioned(d: Path, node: str, partitioned: bool, out=sys.stdout) -> None:
@@ -281,9 +306,23 @@ def down(d: Path, out=sys.stdout) -> None:
     if st is None:
         print(f"No lab is up (lab dir {d}).", file=out)
         return
-    # every VM's processes first: a live mount namespace holding a copy of a netns mount
+    say = lambda line: print(line, file=out, flush=True)
+    # the nodes' own teardown first (containers, pod networks, the node daemons), as a person
+    # would run `kubelab reset` on each VM before deleting it
+    live = [vm for vm in st.vms if alive(vm) and any(Path(vm.dir, sub).is_dir() and os.listdir(Path(vm.dir, sub))
+                                                     for sub in ("etc-kubelab", "var-lib-kubelab"))]
+    if live:
+        say(f"kubelab reset in {', '.join(vm.name for vm in live)}")
+        cluster.reset_vms(live, say)
+    # every VM's processes next: a live mount namespace holding a copy of a netns mount
     # makes `ip netns del` fail with "Device or resource busy"
-    kill_all(lab_processes(st))
+    pids = lab_processes(st)
+    cgroup_paths = cgroups.of_processes(pids) | cgroups.of_vm_runtimes([vm.dir for vm in st.vms])
+    kill_all(pids)
+    if left := cgroups.remove(cgroup_paths, st.cgroup_parents):
+        print(f"warning: cgroups that would not go: {', '.join(left)}", file=sys.stderr)
+    cluster.delete_routes(st)
+    cluster.restore_kubeconfig(st)
     for vm in st.vms:
         # the host end first: deleting it takes the pair at once, while a deleted netns lets
         # go of its devices later, in the kernel's own time
