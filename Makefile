@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := iproute2 iptables procps util-linux runc conmon umoci skopeo busybox-static docker-registry bc
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install apt venv protos test bench clean
+.PHONY: install apt venv protos test bench clean lab
 
 install: apt venv protos
 
@@ -31,6 +31,12 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# the local lab (1 master + 2 worker namespace-bundle VMs) and the seed's walkthrough on it;
+# it stays up: `.venv/bin/kubelab lab down` takes it away (docs/lab.md)
+lab: install
+	$(BIN)/kubelab lab up
+	$(BIN)/python -m kubelab.lab.walkthrough
 
 clean:
 	find . -name '*_pb2*.py*' -not -path './$(VENV)/*' -delete
