@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("worker.kubelet.reset", "Remove a node's containers, pod networks and bridge"),
     "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
     "overlay": ("worker.overlay.cmd", "Run the VXLAN overlay agent (flannel's role) on this node"),
+    "node-services": ("kubeadm.services", "Run the node daemons from their flags files where there is no systemd"),
     "lab": ("kubelab.lab.cmd", "A local lab of namespace-bundle VMs: up, status, shell, load, partition, heal, down"),
 }
 

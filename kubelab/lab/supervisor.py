@@ -1,8 +1,12 @@
 """The process that is a lab VM: it runs inside the VM's fresh mount and UTS namespaces (and its
 network namespace), started by `lab up` through `unshare`, in a session of its own so that it
 outlives the CLI. It sets the hostname, makes the VM's private mounts, reports ready in a file,
-and then holds the namespaces until `lab down` ends it. It is where the node daemons of a lab
-VM will be kept running (the role systemd has on a real VM).
+and then holds the namespaces until `lab down` ends it. It keeps the node daemons of a lab
+VM running, the role systemd has on a real VM: after its setup it runs kubeadm's node service
+Runner (kubeadm/services.py), which starts the kubelet and the runtime once `kubelab init` or
+`join` inside the VM writes their flags files, and stops them (SIGTERM, then SIGKILL) when
+the supervisor is asked to stop. The Runner is imported lazily, after the mounts: the
+supervisor must stay cheap for VMs that never become nodes.
 
     unshare --mount --uts --net=/run/netns/VM --propagation private -- \\
         python -m kubelab.lab.supervisor --hostname VM --ready FILE --bind SRC:DST ...
@@ -71,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     with ready:
         ready.write(f"{os.getpid()}\n")
     print(f"lab VM {args.hostname}: up as pid {os.getpid()}", flush=True)
-    sig = signal.sigwait({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-    print(f"lab VM {args.hostname}: stopping on {signal.Signals(sig).name}", flush=True)
+    from kubeadm.services import Runner
+
+    def log(msg: str) -> None:
+        print(f"lab VM {args.hostname}: {msg}", flush=True)
+    # VAR_DIR and RUN_DIR are the VM's private /var/lib/kubelab and /run/kubelab
+    Runner(log=log).run()
+    print(f"lab VM {args.hostname}: stopped", flush=True)
     return 0
 
 

@@ -1,0 +1,171 @@
+"""The static Pod manifests init and join write into ETC/manifests (kubeadm's
+/etc/kubernetes/manifests): etcd, kube-apiserver, kube-scheduler and kube-controller-manager on
+the master, and the overlay agent kube-overlay on every node. The kubelet runs them before any
+API server exists and mirrors them into kube-system as `<name>-<node>`.
+
+The image (docs/bootstrap.md says why): the node's local `busybox` image, imagePullPolicy
+Never, with this Python environment mounted read-only from the host, as kubeadm's pods mount
+host paths: sys.base_prefix (the interpreter), sys.prefix (the venv with kubelab's packages and
+etcd), the project's source dir, /usr and the dynamic loader's dirs. Every manifest is plain
+data built here, so the unit tests read exactly what the kubelet reads.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+IMAGE = "busybox"
+SOURCE_DIR = Path(__file__).resolve().parents[1]
+LOADER_DIRS = ("/lib", "/lib64", "/lib32", "/libx32")
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Mount:
+    name: str
+    path: str                # host path, mounted at the same path in the container
+    read_only: bool = True
+    type: str = ""           # hostPath type: "", Directory, DirectoryOrCreate, File
+
+
+def environment_paths() -> list[str]:
+    """The host paths that make `python -m kubelab.cli.main` run inside a busybox container."""
+    paths = [sys.base_prefix, sys.prefix, str(SOURCE_DIR), "/usr"]
+    paths += [d for d in LOADER_DIRS if os.path.exists(d)]
+    out: list[str] = []
+    for p in sorted({os.path.normpath(p) for p in paths}, key=len):
+        # a path under one already mounted comes with it (a venv inside the source dir)
+        if not any(p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return out
+
+
+def environment_mounts() -> list[Mount]:
+    return [Mount(f"env-{i}", p) for i, p in enumerate(environment_paths())]
+
+
+def python_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kubelab.cli.main", *args]
+
+
+def static_pod(name: str, command: list[str], mounts: list[Mount], *, component: str | None = None,
+               privileged: bool = False, priority_class: str = "system-node-critical") -> dict:
+    """A kube-system static Pod on the host network, kubeadm's shape (labels component and tier)."""
+    mounts = environment_mounts() + list(mounts)
+    container = {
+        "name": name,
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "command": command,
+        "env": [{"name": "PATH", "value": f"{Path(sys.executable).parent}:{CONTAINER_PATH}"},
+                {"name": "PYTHONPATH", "value": str(SOURCE_DIR)},
+                {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "volumeMounts": [{"name": m.name, "mountPath": m.path, "readOnly": m.read_only} for m in mounts],
+    }
+    if privileged:
+        container["securityContext"] = {"privileged": True}
+    labels = {"component": component, "tier": "control-plane"} if component else {"app": name}
+    del priority_class  # kubelab has no PriorityClass yet; kept in the signature as kubeadm's intent
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "kube-system", "labels": labels},
+        "spec": {
+            "hostNetwork": True,
+            "containers": [container],
+            "volumes": [{"name": m.name, "hostPath": {"path": m.path, **({"type": m.type} if m.type else {})}}
+                        for m in mounts],
+        },
+    }
+
+
+def to_yaml(pod: dict) -> str:
+    return yaml.safe_dump(pod, sort_keys=False)
+
+
+def write(manifest_dir: Path, name: str, pod: dict) -> Path:
+    """Write ETC/manifests/NAME.yaml whole (the kubelet scans the dir and must never read half)."""
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    path = manifest_dir / f"{name}.yaml"
+    tmp = manifest_dir / f".{name}.yaml.tmp"  # dot files are skipped by the kubelet's scan
+    tmp.write_text(to_yaml(pod))
+    os.replace(tmp, path)
+    return path
+
+
+# ---- the control plane
+
+@dataclass(frozen=True)
+class ControlPlane:
+    etc_dir: Path
+    var_dir: Path
+    advertise_address: str
+    pod_network_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
+    apiserver_port: int = 6443
+    node_cidr_mask_size: int = 24
+
+    @property
+    def pki(self) -> Path:
+        return self.etc_dir / "pki"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_client_port}"
+
+
+def etcd_pod(cp: ControlPlane) -> dict:
+    from kubelab.etcd.server import EtcdServer
+    data = cp.var_dir / "etcd"
+    argv = EtcdServer(data, client_port=cp.etcd_client_port, peer_port=cp.etcd_peer_port).argv()
+    return static_pod("etcd", argv, [Mount("etcd-data", str(data), read_only=False, type="DirectoryOrCreate")],
+                      component="etcd")
+
+
+def apiserver_pod(cp: ControlPlane) -> dict:
+    # 0.0.0.0: the API server serves the advertise address (nodes) and loopback (the control
+    # plane's own configs) alike, as kube-apiserver's --bind-address does by default
+    argv = python_argv("apiserver", "--etcd-servers", cp.etcd_endpoint, "--listen", f"0.0.0.0:{cp.apiserver_port}",
+                       "--pki-dir", str(cp.pki))
+    return static_pod("kube-apiserver", argv, [Mount("k8s-certs", str(cp.pki), type="Directory")],
+                      component="kube-apiserver")
+
+
+def scheduler_pod(cp: ControlPlane) -> dict:
+    conf = cp.etc_dir / "scheduler.conf"
+    return static_pod("kube-scheduler", python_argv("scheduler", "--config", str(conf)),
+                      [Mount("kubeconfig", str(conf), type="File")], component="kube-scheduler")
+
+
+def controller_manager_pod(cp: ControlPlane) -> dict:
+    conf = cp.etc_dir / "controller-manager.conf"
+    argv = python_argv("controller-manager", "--config", str(conf), "--cluster-cidr", cp.pod_network_cidr,
+                       "--node-cidr-mask-size", str(cp.node_cidr_mask_size),
+                       "--cluster-signing-cert-file", str(cp.pki / "ca.crt"),
+                       "--cluster-signing-key-file", str(cp.pki / "ca.key"))
+    return static_pod("kube-controller-manager", argv,
+                      [Mount("k8s-certs", str(cp.pki), type="Directory"), Mount("kubeconfig", str(conf), type="File")],
+                      component="kube-controller-manager")
+
+
+CONTROL_PLANE = {"etcd": etcd_pod, "kube-apiserver": apiserver_pod, "kube-scheduler": scheduler_pod,
+                 "kube-controller-manager": controller_manager_pod}
+
+
+# ---- every node
+
+def overlay_pod(*, kubelet_conf: Path, node_name: str, iface: str, node_ip: str,
+                cluster_cidr: str = "10.244.0.0/16") -> dict:
+    """flannel's DaemonSet pod, as a static pod: hostNetwork, privileged (it makes flannel.1 and
+    programs routes, neighbours and FDB entries), /run/flannel for its subnet file."""
+    argv = python_argv("overlay", "--config", str(kubelet_conf), "--node-name", node_name, "--iface", iface,
+                       "--node-ip", node_ip, "--cluster-cidr", cluster_cidr)
+    return static_pod("kube-overlay", argv,
+                      [Mount("run-flannel", "/run/flannel", read_only=False, type="DirectoryOrCreate"),
+                       Mount("kubeconfig", str(kubelet_conf), type="File")], privileged=True)
