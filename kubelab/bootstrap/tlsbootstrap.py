@@ -49,7 +49,8 @@ def node_csr(node_name: str, key_pem: bytes, *, expiration_seconds: int | None =
     return csr
 
 
-def _token_error(e: Unauthorized) -> BootstrapError:
+def token_error(e: Unauthorized) -> BootstrapError:
+    """The API server's refusal of a bootstrap token, as UnknownToken or ExpiredToken."""
     msg = str(e)
     if "expired" in msg:
         return ExpiredToken(f"{msg}: create a new one on the control plane with `kubelab token create`")
@@ -57,12 +58,15 @@ def _token_error(e: Unauthorized) -> BootstrapError:
 
 
 async def tlsbootstrap(address: str, token: str, node_name: str, ca_pin: str, *,
-                       config_path: Path | None = None, timeout: float = 60.0) -> BootstrapResult:
+                       config_path: Path | None = None, timeout: float = 60.0,
+                       discovered: tuple[str, bytes] | None = None) -> BootstrapResult:
+    """`discovered`: (server, CA) from an earlier discovery.discover with this pin (join shows
+    discovery as a phase of its own), so the CA is not fetched twice."""
     try:
         parse(token)
     except TokenError as e:
         raise BootstrapError(str(e)) from None
-    server, ca = await discovery.discover(address, ca_pin, timeout=min(timeout, 10.0))
+    server, ca = discovered or await discovery.discover(address, ca_pin, timeout=min(timeout, 10.0))
     key = pki.generate_key()
     end = time.monotonic() + timeout
     # the CSR goes to the address the node was given (it answered the pinned handshake)
@@ -72,13 +76,13 @@ async def tlsbootstrap(address: str, token: str, node_name: str, ca_pin: str, *,
         try:
             created = await csrs.create(node_csr(node_name, key))
         except Unauthorized as e:
-            raise _token_error(e) from None
+            raise token_error(e) from None
         name = created.metadata.name
         while True:
             try:
                 cur = await csrs.get(name)
             except Unauthorized as e:
-                raise _token_error(e) from None
+                raise token_error(e) from None
             except ApiError:
                 cur = None  # a restarting API server: try again until the deadline
             if cur is not None:

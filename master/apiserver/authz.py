@@ -14,7 +14,9 @@ The rules, fixed in code (there is no RBAC API yet):
   (create a mirror pod, update, delete, status); events; creating signing requests.
 - a bootstrap token (system:bootstrappers): reading cluster-info, and creating and reading
   CertificateSigningRequests (kubeadm's system:node-bootstrapper role: it must see its own
-  request get a certificate).
+  request get a certificate); getting one Node, and one Lease in kube-node-lease (kubeadm's
+  kubeadm:get-nodes role: join refuses a name that a live node holds before it asks for a
+  certificate in that name).
 - anyone, even unauthenticated: `get configmaps/cluster-info` in kube-public (discovery).
 Everything else is refused: Forbidden in Kubernetes' words, or Unauthorized for a caller
 with no identity at all.
@@ -97,6 +99,9 @@ async def allowed(a: Attributes, fetch: Fetch) -> bool:
     if NODES in groups and u.name.startswith(NODE_PREFIX):
         return await _node_allowed(a, u.name[len(NODE_PREFIX):], fetch)
     if BOOTSTRAPPERS in groups:
+        if a.verb == "get" and not a.subresource and (
+                a.resource == "nodes" or (a.resource == "leases" and a.namespace == "kube-node-lease")):
+            return True
         return a.resource == CSRS and a.subresource == "" and (a.verb in READ or a.verb == "create")
     return False
 
