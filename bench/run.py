@@ -4,9 +4,10 @@ the same run on the same machine (raw etcd writes), plus the absolute goals of t
 Everything runs on loopback: a real etcd, the API server and scheduler as their own
 processes (as `kubelab control-plane` runs them), hollow nodes, and this process as the client;
 the overlay (bench/overlay.py) and node memory (bench/nodememory.py) benchmarks make network
-namespaces of their own and add nothing to the host's. `--only api,overlay,...` runs some parts
-(api, scheduling, kubelet, overlay, node-memory); `--no-kubelet` (both real-kubelet
-parts), `--no-overlay` and `--no-node-memory` skip some.
+namespaces of their own and add nothing to the host's; the lab benchmark (bench/lab.py) brings
+up a lab of its own names and takes it down. `--only api,overlay,...` runs some parts
+(api, scheduling, kubelet, overlay, node-memory, lab); `--no-kubelet` (both real-kubelet
+parts), `--no-overlay`, `--no-node-memory` and `--no-lab` skip some.
 Results go to stdout and bench/last-run.md (copy them into docs/benchmarks.md with the date).
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from kubelab.etcd.server import EtcdServer, free_port
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 VALUE = b"x" * 1500  # about the size of a small pod
 results: list[tuple[str, str, str, str]] = []  # (benchmark, figure, goal, verdict)
-PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory")  # --only's names, in the order they run
+PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory", "lab")  # --only's names, in the order they run
 
 
 def report(name: str, figure: str, goal: str, ok: bool | None) -> None:
@@ -284,6 +285,9 @@ async def main(args) -> int:
         if "node-memory" in parts:
             from bench import nodememory
             await with_scheduler(root / "memory-cluster", lambda c: nodememory.run(c, report, pods=args.startup_pods))
+        if "lab" in parts:
+            from bench import lab
+            await lab.run(report)
     lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
     Path(__file__).with_name("last-run.md").write_text(
@@ -309,6 +313,8 @@ if __name__ == "__main__":
                     help="skip the VXLAN throughput benchmark (needs root, iproute2, nsenter)")
     ap.add_argument("--no-node-memory", action="store_true",
                     help="skip the runtime daemon + conmon memory benchmark (needs root, runc, conmon)")
+    ap.add_argument("--no-lab", action="store_true",
+                    help="skip the local lab benchmark (lab up, join; needs root, runc, conmon)")
     ap.add_argument("--no-api", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-scheduling", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--only", default="", help=f"comma-separated parts to run: {', '.join(PARTS)} (default: all)")
