@@ -129,9 +129,10 @@ def etcd_pod(cp: ControlPlane) -> dict:
 
 
 def apiserver_pod(cp: ControlPlane) -> dict:
-    # 0.0.0.0: the API server serves the advertise address (nodes) and loopback (the control
-    # plane's own configs) alike, as kube-apiserver's --bind-address does by default
-    argv = python_argv("apiserver", "--etcd-servers", cp.etcd_endpoint, "--listen", f"0.0.0.0:{cp.apiserver_port}",
+    # on the advertise address, which every config names: the API server publishes its listen
+    # address in kube-public/cluster-info, and a wildcard there is no address a node can dial
+    argv = python_argv("apiserver", "--etcd-servers", cp.etcd_endpoint,
+                       "--listen", f"{cp.advertise_address}:{cp.apiserver_port}",
                        "--pki-dir", str(cp.pki))
     return static_pod("kube-apiserver", argv, [Mount("k8s-certs", str(cp.pki), type="Directory")],
                       component="kube-apiserver")

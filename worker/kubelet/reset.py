@@ -10,12 +10,14 @@ from pathlib import Path
 
 
 async def reset_node(root: Path, *, bridge: str = "cni0", image_dir: Path | None = None,
-                     runc_root: Path | None = None, stop_timeout: float = 2.0) -> int:
-    """Remove what the node's runtime and network hold; returns the number of containers removed."""
+                     runc_root: Path | None = None, stop_timeout: float = 2.0, cgroup_parent: str = "/kubelab") -> int:
+    """Remove what the node's runtime and network hold; returns the number of containers removed.
+    cgroup_parent: the runtime's --cgroup-parent (the pods' cgroups live under it)."""
     from worker.network import PodNetwork
     from worker.runtime.images import ImageStore
     from worker.runtime.runtime import Runtime
-    rt = Runtime(root, runc_root=runc_root or root / "runc", images=ImageStore(image_dir or root))
+    rt = Runtime(root, runc_root=runc_root or root / "runc", images=ImageStore(image_dir or root),
+                 cgroup_parent=cgroup_parent)
     uids, removed = set(), 0
     for c in await rt.list():
         uids.add(c.labels.get("kubelab.pod.uid"))
