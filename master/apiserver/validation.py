@@ -147,8 +147,13 @@ def check_probe(p: v1.Probe, path: str, errs: list) -> None:
             errs.append(invalid(f"{path}.{f}", getattr(p, f), "must be greater than or equal to 0"))
 
 
-def check_container(c: v1.Container, path: str, volumes: set[str], errs: list, *, init: bool) -> None:
+def check_container(c: v1.Container, path: str, volumes: set[str], errs: list, *, init: bool,
+                    allow_privileged: bool = True) -> None:
     check_dns_label(c.name, f"{path}.name", errs)
+    # kube-apiserver's --allow-privileged: kubeadm turns it on, as every cluster here needs it
+    # for the overlay agent's pod; off, privileged containers are refused at the door.
+    if c.securityContext.privileged and not allow_privileged:
+        errs.append(FieldError(f"{path}.securityContext.privileged", "Forbidden: disallowed by cluster policy"))
     if not c.image.strip():
         errs.append(required(f"{path}.image"))
     if c.imagePullPolicy and c.imagePullPolicy not in PULL_POLICIES:
@@ -196,7 +201,7 @@ def check_toleration(t: v1.Toleration, path: str, errs: list) -> None:
         errs.append(invalid(f"{path}.effect", t.effect, "effect must be 'NoExecute' when `tolerationSeconds` is set"))
 
 
-def validate_pod_spec(spec: v1.PodSpec, errs: list) -> None:
+def validate_pod_spec(spec: v1.PodSpec, errs: list, *, allow_privileged: bool = True) -> None:
     volumes: set[str] = set()
     for i, vol in enumerate(spec.volumes):
         p = f"spec.volumes[{i}]"
@@ -215,7 +220,7 @@ def validate_pod_spec(spec: v1.PodSpec, errs: list) -> None:
     names: set[str] = set()
     for field, init in (("initContainers", True), ("containers", False)):
         for i, c in enumerate(getattr(spec, field)):
-            check_container(c, f"spec.{field}[{i}]", volumes, errs, init=init)
+            check_container(c, f"spec.{field}[{i}]", volumes, errs, init=init, allow_privileged=allow_privileged)
             if c.name and c.name in names:
                 errs.append(FieldError(f"spec.{field}[{i}].name", f'Duplicate value: "{c.name}"'))
             names.add(c.name)

@@ -402,6 +402,46 @@ spec:
         await gone(c, "hostly", 30)
 
 
+async def test_privileged_containers_may_change_the_pod_network(node):
+    """securityContext.privileged reaches the runtime: all capabilities (CAP_NET_ADMIN here), for
+    init containers too; without it, the same command in the same kind of pod is refused. (A
+    bridge, not a dummy link: this kernel has no dummy module and no modprobe.)"""
+    async with node.cp.client() as c:
+        for name, priv in (("priv", "true"), ("unpriv", "false")):
+            await create(c, f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  initContainers:
+  - name: setup
+    image: busybox
+    imagePullPolicy: Never
+    securityContext: {{privileged: {priv}}}
+    command: [sh, -c, "ip link add i0 type bridge 2>&1; true"]
+  containers:
+  - name: c
+    image: busybox
+    imagePullPolicy: Never
+    securityContext: {{privileged: {priv}}}
+    command: [sleep, "3600"]
+""")
+        await running(c, "priv")
+        await running(c, "unpriv")
+        k = node.cp.kubelab
+        assert " i0:" in k("exec", "priv", "-c", "c", "--", "ip", "-o", "link", "show", "i0").stdout
+        r = k("exec", "priv", "-c", "c", "--", "ip", "link", "add", "d0", "type", "bridge", check=False)
+        assert r.returncode == 0, r.stderr
+        assert " d0:" in k("exec", "priv", "-c", "c", "--", "ip", "-o", "link", "show", "d0").stdout
+        assert "Operation not permitted" in k("logs", "unpriv", "-c", "setup").stdout
+        r = k("exec", "unpriv", "-c", "c", "--", "ip", "link", "add", "d0", "type", "bridge", check=False)
+        assert r.returncode != 0 and "Operation not permitted" in r.stdout + r.stderr
+        assert " d0:" not in k("exec", "unpriv", "-c", "c", "--", "ip", "-o", "link").stdout
+        host = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert " d0:" not in host and " i0:" not in host  # made in the pod's netns, not the node's
+
+
 async def test_static_pod_and_mirror(node, static_manifests):
     """Deleting a mirror pod the ordinary way (graceful) returns at once: the kubelet deletes
     that mirror and makes a new one; the static pod's container keeps running."""

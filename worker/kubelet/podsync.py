@@ -292,7 +292,7 @@ class PodSyncer:
             mounts=self.mounts(pod, c),
             cpu_millis=quantity.milli(limits["cpu"]) if "cpu" in limits else None,
             memory_bytes=quantity.value(limits["memory"]) if "memory" in limits else None,
-            log_path=str(log_path), pod_ip=state.pod_ip or None,
+            log_path=str(log_path), pod_ip=state.pod_ip or None, privileged=c.securityContext.privileged,
             labels={LABEL_UID: pod.metadata.uid, LABEL_NAME: pod.metadata.name, LABEL_NS: pod.metadata.namespace,
                     LABEL_CONTAINER: c.name, LABEL_ATTEMPT: str(attempt)})
 

@@ -26,6 +26,29 @@ ALL_CAPS = DEFAULT_CAPS + [
     "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_LEASE",
     "CAP_AUDIT_CONTROL", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
     "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ"]
+# capability(7) numbers, to read the host's bounding set
+_CAP_BITS = {name: bit for bit, name in enumerate([
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
+    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ"])}
+
+
+def bounding_caps() -> set[str]:
+    """The capabilities this process may hand on. A privileged container gets all of them, as
+    containerd does: runc refuses a capability outside the bounding set ("unable to apply caps"),
+    and a node that is itself a container (a CI sandbox) often lacks CAP_SYS_RESOURCE."""
+    try:
+        line = next(ln for ln in open("/proc/self/status") if ln.startswith("CapBnd:"))
+    except (OSError, StopIteration):
+        return set(ALL_CAPS)
+    mask = int(line.split()[1], 16)
+    return {name for name, bit in _CAP_BITS.items() if mask >> bit & 1}
+
+
 MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
@@ -100,7 +123,7 @@ def runtime_spec(*, args: list[str], env: list[str], cwd: str, uid: int, gid: in
                  shared: Shared, mounts: list[tuple[str, str, bool]], cgroups_path: str,
                  memory_bytes: int | None = None, cpu_millis: int | None = None,
                  privileged: bool = False, annotations: dict[str, str] | None = None) -> dict:
-    caps = ALL_CAPS if privileged else DEFAULT_CAPS
+    caps = [c for c in ALL_CAPS if c in bounding_caps()] if privileged else DEFAULT_CAPS
     spec_mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
