@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := iproute2 iptables procps util-linux runc conmon umoci skopeo busybox-static docker-registry bc
+# for the tests only (deploy/install.sh gives VMs APT_PACKAGES alone), without Recommends:
+# vagrant's (vagrant-libvirt: libvirt, qemu) are 1.2 GB; `vagrant validate` needs none of them
+APT_TEST_PACKAGES := vagrant
 PROTOS := $(shell find protos -name '*.proto')
 
 .PHONY: install apt venv protos test bench clean lab
@@ -14,6 +17,11 @@ apt:
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages (no recommends):$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 $(BIN)/python:

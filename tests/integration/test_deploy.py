@@ -1,0 +1,328 @@
+"""deploy/ and the Vagrantfile, checked where no hypervisor runs: `vagrant validate -p` on the
+Vagrantfile (and on broken copies, which must fail), `bash -n` on every script, the systemd units
+through `systemd-analyze verify` and against the keys kubeadm/services.py relies on, and the
+Vagrant scripts' choice of the node's address and interface inside a network namespace made
+like a Vagrant VM's (the NAT interface, 10.0.2.15, first; the private network second).
+
+The scripts' hand-over (master.sh writes .kubelab/join.sh, worker.sh reads it and adds its own
+flags) is checked here with a recording stand-in for the CLI: what is under test is which flags
+the scripts pass, not init and join themselves, which tests/lab run for real.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+UNITS = {"kubelab-runtime": "runtime", "kubelab-kubelet": "kubelet"}
+HASH = "sha256:" + "0123456789abcdef" * 4
+TOKEN = "abcdef.0123456789abcdef"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def run(argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
+
+
+# ---- the Vagrantfile
+
+@pytest.fixture(scope="module")
+def vagrant_home(tmp_path_factory) -> Path:
+    if not shutil.which("vagrant"):
+        pytest.fail("vagrant is not installed: `make install` installs it (Makefile APT_TEST_PACKAGES)")
+    return tmp_path_factory.mktemp("vagrant.d")
+
+
+def vagrant_copy(dst: Path) -> Path:
+    """The Vagrantfile and deploy/ in a directory of the test's own: `vagrant validate` writes
+    .vagrant/ next to the Vagrantfile, and a broken copy must not touch the checkout."""
+    shutil.copy(REPO / "Vagrantfile", dst / "Vagrantfile")
+    shutil.copytree(DEPLOY, dst / "deploy")
+    return dst
+
+
+def validate(project: Path, vagrant_home: Path, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
+    environ.update(VAGRANT_HOME=str(vagrant_home), VAGRANT_CHECKPOINT_DISABLE="1", **env)
+    return run(["vagrant", "validate", "-p"], cwd=project, env=environ)
+
+
+@pytest.mark.parametrize("workers", [None, "3"])
+def test_vagrantfile_validates(tmp_path, vagrant_home, workers):
+    env = {"KUBELAB_WORKERS": workers} if workers else {}
+    p = validate(vagrant_copy(tmp_path), vagrant_home, **env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "validated successfully" in p.stdout
+    machines = re.findall(r"^==> (\S+):", p.stdout, re.M)
+    want = ["master"] + [f"worker{i}" for i in range(1, int(workers or 2) + 1)]
+    assert machines == want, p.stdout
+
+
+def _drop_worker_script(project: Path) -> dict:
+    (project / "deploy/vagrant/worker.sh").unlink()
+    return {}
+
+
+def _no_box(project: Path) -> dict:
+    vf = project / "Vagrantfile"
+    text = vf.read_text()
+    assert "config.vm.box = BOX" in text
+    vf.write_text(text.replace("config.vm.box = BOX", "config.vm.box = nil"))
+    return {}
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (_drop_worker_script, "deploy/vagrant/worker.sh"),
+    (_no_box, "A box must be specified"),
+    (lambda project: {"KUBELAB_WORKERS": "two"}, 'KUBELAB_WORKERS="two": want a whole number'),
+    (lambda project: {"KUBELAB_MEMORY": "512"}, 'KUBELAB_MEMORY="512": want a whole number from 1024'),
+], ids=["missing-script", "no-box", "bad-workers", "too-little-memory"])
+def test_vagrantfile_broken_copy_fails(tmp_path, vagrant_home, breakage, message):
+    project = vagrant_copy(tmp_path)
+    env = breakage(project)
+    p = validate(project, vagrant_home, **env)
+    assert p.returncode != 0, p.stdout
+    assert message in p.stdout + p.stderr
+
+
+# ---- scripts and units
+
+SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
+
+
+def test_deploy_has_the_scripts():
+    names = {str(s.relative_to(DEPLOY)) for s in SCRIPTS}
+    assert {"install.sh", "vagrant/common.sh", "vagrant/master.sh", "vagrant/worker.sh"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: str(s.relative_to(DEPLOY)))
+def test_script_parses(script):
+    p = run(["bash", "-n", str(script)])
+    assert p.returncode == 0, p.stderr
+
+
+def unit_keys(path: Path) -> dict[tuple[str, str], list[str]]:
+    """(section, key) -> values, in order, as systemd reads a unit (a key may repeat)."""
+    keys: dict[tuple[str, str], list[str]] = {}
+    section = ""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        keys.setdefault((section, key.strip()), []).append(value.strip())
+    return keys
+
+
+@pytest.mark.parametrize("unit, command", UNITS.items())
+def test_unit_has_the_service_interface(unit, command):
+    """What kubeadm/services.py writes and expects: the flags file as EnvironmentFile, the
+    command with $KUBELAB_ARGS unbraced (so systemd splits it into words), restarts, and no
+    start at all before init/join wrote the flags file."""
+    keys = unit_keys(DEPLOY / "systemd" / f"{unit}.service")
+    flags = f"/var/lib/kubelab/{unit}.env"
+    assert keys[("Service", "EnvironmentFile")] == [flags]
+    assert keys[("Service", "ExecStart")] == [f"/opt/kubelab/venv/bin/kubelab {command} $KUBELAB_ARGS"]
+    assert keys[("Service", "Restart")] == ["always"]
+    assert keys[("Service", "RestartSec")]
+    assert keys[("Unit", "ConditionPathExists")] == [flags]
+    assert keys[("Install", "WantedBy")] == ["multi-user.target"]
+
+
+def test_kubelet_unit_comes_after_the_runtime():
+    keys = unit_keys(DEPLOY / "systemd" / "kubelab-kubelet.service")
+    for key in ("After", "Wants"):
+        assert "kubelab-runtime.service" in " ".join(keys[("Unit", key)]).split()
+
+
+def test_runtime_unit_leaves_containers_running():
+    # the daemon adopts running containers after a restart: systemd must not kill its conmons
+    keys = unit_keys(DEPLOY / "systemd" / "kubelab-runtime.service")
+    assert keys[("Service", "KillMode")] == ["process"]
+
+
+@pytest.fixture(scope="module")
+def unit_root(tmp_path_factory) -> Path:
+    """A root for `systemd-analyze verify --root`: this host's stock units (the targets the
+    units name) and an executable where ExecStart points, as install.sh leaves it."""
+    if not shutil.which("systemd-analyze"):
+        pytest.fail("systemd-analyze is missing (Debian package systemd)")
+    root = tmp_path_factory.mktemp("unitroot")
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    exe = root / "opt/kubelab/venv/bin/kubelab"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_verifies(unit_root, unit):
+    target = unit_root / "etc/systemd/system" / f"{unit}.service"
+    shutil.copy(DEPLOY / "systemd" / f"{unit}.service", target)
+    try:
+        p = run(["systemd-analyze", "verify", f"--root={unit_root}", f"{unit}.service"])
+    finally:
+        target.unlink()
+    # systemd only warns (exit 0) on an unknown key or a bad value: any output is a failure
+    assert (p.returncode, p.stdout + p.stderr) == (0, "")
+
+
+# ---- node address and interface, in a namespace laid out like a Vagrant VM
+
+@pytest.fixture(scope="module")
+def vm_netns():
+    """eth0 holds the NAT address every Vagrant VM has (and comes first), eth1 the private one."""
+    name = f"klv-deploy-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for dev, peer, addr in (("eth0", "nat0", "10.0.2.15/24"), ("eth1", "priv0", "192.168.67.11/24")):
+            subprocess.run(["ip", "-n", name, "link", "add", dev, "type", "veth", "peer", "name", peer], check=True)
+            subprocess.run(["ip", "-n", name, "addr", "add", addr, "dev", dev], check=True)
+            subprocess.run(["ip", "-n", name, "link", "set", dev, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def in_vm(netns: str, script: str, *args: str, hostname: str = "worker1", env: dict | None = None):
+    """Run bash SCRIPT ARGS inside the namespace, with a UTS namespace of its own for the hostname."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
+    environ.update(env or {})
+    argv = ["ip", "netns", "exec", netns, "unshare", "--uts", "--",
+            "bash", "-c", 'hostname "$0" && exec bash "$@"', hostname, script, *args]
+    return run(argv, env=environ)
+
+
+@pytest.mark.parametrize("want", ["192.168.67.0/24", "192.168.67.11"])
+def test_private_address_is_never_the_nat_interface(vm_netns, tmp_path, want):
+    probe = tmp_path / "probe.sh"
+    probe.write_text(f'source {DEPLOY}/vagrant/common.sh\nprivate_address "$1"\n')
+    p = in_vm(vm_netns, str(probe), want)
+    assert (p.returncode, p.stdout) == (0, "eth1 192.168.67.11\n"), p.stderr
+
+
+@pytest.mark.parametrize("want, message", [
+    ("192.168.56.0/24", "no interface of worker1 holds an address in 192.168.56.0/24"),
+    ("192.168.67.12", "no interface of worker1 holds an address in 192.168.67.12"),
+    ("192.168.67.0/33", '"192.168.67.0/33" is not an IPv4 address or network'),
+    ("eth1", '"eth1" is not an IPv4 address or network'),
+])
+def test_private_address_errors(vm_netns, tmp_path, want, message):
+    probe = tmp_path / "probe.sh"
+    probe.write_text(f'source {DEPLOY}/vagrant/common.sh\nprivate_address "$1"\necho unreachable\n')
+    p = in_vm(vm_netns, str(probe), want)
+    assert p.returncode == 1 and "unreachable" not in p.stdout
+    assert message in p.stderr
+
+
+FAKE_CLI = f"""#!/bin/bash
+# stands in for `kubelab`: records its argv, answers as init / token / join would
+printf '%s\\n' "$*" >>"$FAKE_LOG"
+etc=/etc/kubelab
+for a; do case $a in --etc-dir=*) etc=${{a#--etc-dir=}} ;; esac; done
+case "$1 $2" in
+  init\\ *)
+    mkdir -p "$etc" && echo "fake admin.conf" >"$etc/admin.conf"
+    echo "[init] Using Kubernetes-shaped version: kubelab"
+    echo "Then you can join any number of worker nodes by running the following on each as root:"
+    echo
+    echo "kubelab join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH}" ;;
+  "token list") printf 'TOKEN                     TTL\\n%s   23h\\n' "${{FAKE_LIVE_TOKEN:-none}}" ;;
+  "token create") echo "kubelab join 192.168.67.10:6443 --token zyxwvu.0123456789abcdef --discovery-token-ca-cert-hash {HASH}" ;;
+  join\\ *) mkdir -p "$etc" && echo "fake kubelet.conf" >"$etc/kubelet.conf" ;;
+esac
+"""
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A synced folder, an etc dir, and the recording CLI for one run of the node scripts."""
+    cli = tmp_path / "kubelab"
+    cli.write_text(FAKE_CLI)
+    cli.chmod(0o755)
+    env = {"KUBELAB": str(cli), "FAKE_LOG": str(tmp_path / "calls"), "KUBELAB_SYNC_DIR": str(tmp_path / "vagrant"),
+           "KUBELAB_ETC_DIR": str(tmp_path / "etc"), "KUBELAB_VAR_DIR": str(tmp_path / "var")}
+    (tmp_path / "vagrant").mkdir()
+    return env
+
+
+def calls(env) -> list[str]:
+    log = Path(env["FAKE_LOG"])
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_master_inits_on_the_private_network_and_hands_over(vm_netns, node):
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/master.sh"), "192.168.67.11", hostname="master", env=node)
+    assert p.returncode == 0, p.stdout + p.stderr
+    etc, var = node["KUBELAB_ETC_DIR"], node["KUBELAB_VAR_DIR"]
+    assert calls(node) == [f"init --apiserver-advertise-address 192.168.67.11 --iface eth1 --node-name master "
+                           f"--etc-dir={etc} --var-dir={var}"]
+    handover = Path(node["KUBELAB_SYNC_DIR"]) / ".kubelab"
+    join = (handover / "join.sh").read_text()
+    assert f'exec kubelab join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH} "$@"\n' in join
+    assert (handover / "admin.conf").read_text() == "fake admin.conf\n"
+    assert (handover / "join.sh").stat().st_mode & 0o077 == 0 and (handover / "admin.conf").stat().st_mode & 0o077 == 0
+
+    # a second provisioning of a master whose token is still known changes nothing
+    before = join
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/master.sh"), "192.168.67.11", hostname="master",
+              env=dict(node, FAKE_LIVE_TOKEN=TOKEN))
+    assert p.returncode == 0, p.stderr
+    assert "nothing to do" in p.stdout
+    assert calls(node)[1:] == ["token list"]
+    assert (handover / "join.sh").read_text() == before
+
+    # ... and once that token is gone, a fresh one goes into the hand-over for late workers
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/master.sh"), "192.168.67.11", hostname="master", env=node)
+    assert p.returncode == 0, p.stderr
+    assert calls(node)[2:] == ["token list", "token create --print-join-command"]
+    assert "--token zyxwvu.0123456789abcdef " in (handover / "join.sh").read_text()
+
+
+def test_worker_joins_with_the_masters_command_and_its_own_address(vm_netns, node):
+    master = in_vm(vm_netns, str(DEPLOY / "vagrant/master.sh"), "192.168.67.0/24", hostname="master", env=node)
+    assert master.returncode == 0, master.stderr
+    Path(node["FAKE_LOG"]).unlink()
+    Path(node["KUBELAB_ETC_DIR"], "admin.conf").unlink()  # the worker is another machine
+
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker1", env=node)
+    assert p.returncode == 0, p.stdout + p.stderr
+    etc, var = node["KUBELAB_ETC_DIR"], node["KUBELAB_VAR_DIR"]
+    assert calls(node) == [f"join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH} "
+                           f"--node-ip 192.168.67.11 --iface eth1 --node-name worker1 --etc-dir={etc} --var-dir={var}"]
+
+    # joined: provisioning again does nothing
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker1", env=node)
+    assert p.returncode == 0 and "nothing to do" in p.stdout
+    assert len(calls(node)) == 1
+
+
+def test_worker_without_a_join_command_gives_up_with_the_fix(vm_netns, node):
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker2",
+              env=dict(node, KUBELAB_JOIN_WAIT="1"))
+    assert p.returncode == 1
+    assert "no join command in" in p.stderr and "vagrant up master" in p.stderr
+    assert "vagrant rsync worker2 && vagrant provision worker2" in p.stderr
+    assert calls(node) == []
+
+
+def test_worker_refuses_a_malformed_join_file(vm_netns, node):
+    handover = Path(node["KUBELAB_SYNC_DIR"]) / ".kubelab"
+    handover.mkdir()
+    (handover / "join.sh").write_text("#!/bin/sh\nexec kubelab join 192.168.67.10:6443 --token\n")
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", env=node)
+    assert p.returncode == 1 and "holds no join command" in p.stderr
+    assert calls(node) == []
