@@ -23,7 +23,6 @@ import asyncio
 import ipaddress
 import re
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -57,11 +56,13 @@ def validate(o: InitOptions) -> None:
         try:
             net = ipaddress.IPv4Network(value, strict=True)
         except ValueError as e:
-            raise PhaseError("preflight", f'invalid {flag} "{value}": {e} (want a CIDR such as 10.244.0.0/16)') from None
+            raise PhaseError("preflight", f'invalid {flag} "{value}": {e} '
+                             "(want a CIDR such as 10.244.0.0/16)") from None
         if net.prefixlen > 28:
             raise PhaseError("preflight", f'invalid {flag} "{value}": too small (want /28 or larger)')
     if ipaddress.IPv4Network(o.pod_network_cidr).overlaps(ipaddress.IPv4Network(o.service_cidr)):
-        raise PhaseError("preflight", f"--pod-network-cidr {o.pod_network_cidr} overlaps --service-cidr {o.service_cidr}")
+        raise PhaseError("preflight", f"--pod-network-cidr {o.pod_network_cidr} overlaps "
+                         f"--service-cidr {o.service_cidr}: choose ranges apart")
     if ipaddress.IPv4Network(o.pod_network_cidr).prefixlen > 24:
         raise PhaseError("preflight", f'invalid --pod-network-cidr "{o.pod_network_cidr}": each node gets a /24 of it, '
                          "so it must be a /24 or larger")
@@ -107,18 +108,14 @@ def _preflight(o: InitOptions):
 
 def _images(o: InitOptions):
     def run(ctx: Context) -> None:
-        kl = [sys.executable, "-m", "kubelab.cli.main", "image"]
-        ls = subprocess.run([*kl, "ls", "-q", "--root-dir", str(o.var_dir)], capture_output=True, text=True)
-        if ls.returncode == 0 and any(r.split("/")[-1].split(":")[0] == manifests.IMAGE for r in ls.stdout.split()):
+        if node.has_image(o.var_dir):
             ctx.say(f"[images] found the {manifests.IMAGE} image in {o.var_dir}")
             return
         ctx.track(o.var_dir / "images")
-        ctx.say(f"[images] building the {manifests.IMAGE} image offline (from /bin/busybox) into {o.var_dir}")
-        p = subprocess.run([*kl, "build-busybox", "--root-dir", str(o.var_dir)], capture_output=True, text=True)
-        if p.returncode != 0:
-            raise PhaseError("images", f"building the busybox image failed: {(p.stderr or p.stdout).strip()} "
-                             "(install busybox-static, or import an image named busybox with "
-                             "`kubelab image import --root-dir VAR_DIR`)")
+        try:
+            node.ensure_image(o.var_dir, ctx.say)
+        except node.ImageError as e:
+            raise PhaseError("images", str(e)) from None
     return run
 
 

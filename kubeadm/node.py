@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,8 +136,34 @@ def write_node_files(spec: NodeSpec) -> list[Path]:
             services.write_flags(spec.var_dir, services.KUBELET, kubelet_flags(spec))]
 
 
+class ImageError(Exception):
+    pass
+
+
+def has_image(var_dir: Path, name: str = manifests.IMAGE) -> bool:
+    p = subprocess.run([sys.executable, "-m", "kubelab.cli.main", "image", "ls", "-q", "--root-dir", str(var_dir)],
+                       capture_output=True, text=True)
+    return p.returncode == 0 and any(r.rsplit("/", 1)[-1].split(":")[0] == name for r in p.stdout.split())
+
+
+def ensure_image(var_dir: Path, say=print) -> bool:
+    """The static pods' image in the node's store, built offline when missing (returns whether
+    it was built). Through `kubelab image`, as kubeadm reaches the runtime through its CLI."""
+    if has_image(var_dir):
+        return False
+    say(f"[images] building the {manifests.IMAGE} image offline (from /bin/busybox) into {var_dir}")
+    p = subprocess.run([sys.executable, "-m", "kubelab.cli.main", "image", "build-busybox", "--root-dir", str(var_dir)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ImageError(f"building the busybox image failed: {(p.stderr or p.stdout).strip()} (install "
+                         "busybox-static, or import an image named busybox with `kubelab image import`)")
+    return True
+
+
 def start_node(spec: NodeSpec, say=print) -> None:
-    """kubeadm's kubelet-start: the overlay static pod, the flags files, then the services."""
+    """kubeadm's kubelet-start: the static pods' image, the overlay static pod, the flags
+    files, then the services."""
+    ensure_image(spec.var_dir, say)
     for path in write_node_files(spec):
         say(f"[kubelet-start] wrote {path}")
     services.start_services(spec.var_dir, say=say)
