@@ -267,6 +267,8 @@ async def _join(o: JoinOptions, ops: NodeOps, say, undo: _Undo, iface: str, node
         raise JoinError("kubelet-start", str(tlsbootstrap.token_error(e))) from None
     except ServiceUnavailable as e:
         raise JoinError("kubelet-start", f"the API server at {o.endpoint} is unavailable: {e.message}") from None
+    except ApiError as e:  # Forbidden: a control plane whose tokens may not get Nodes
+        raise JoinError("kubelet-start", f"cannot check for an existing Node: {e.message}") from None
 
     say("[kubelet-start] Performing the TLS Bootstrap")
     conf, ca_file = o.etc_dir / "kubelet.conf", o.etc_dir / "pki" / "ca.crt"

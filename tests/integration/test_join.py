@@ -2,11 +2,13 @@
 controller manager as processes): the whole join up to the node Ready, and every way it is
 refused, each with its one-line error and nothing left behind.
 
-No node daemon is started here (other engineers' kubelets run on this host): the refusals run
-the real CLI with --etc-dir/--var-dir in a temp dir and stop before kubelet-start starts
-anything; the successful join runs kubeadm.join.join() with start_node replaced by the node's
-files written for real plus the kubelet's first act (register the Node Ready with the
-kubelet.conf join wrote) done by the test.
+No node daemon is started here (other engineers' kubelets run on this host). Refusals that
+stop before the TLS bootstrap whatever happens (flags, preflight, an unreachable master, a
+token the API server refuses) run the real CLI with --etc-dir/--var-dir in a temp dir; the
+two whose regression would let join go on to start daemons (a wrong CA hash, a name held by
+a live node) run kubeadm.join.join() with a start_node that fails the test. The successful
+join runs join() with start_node replaced by the node's files written for real plus the
+kubelet's first act (register the Node Ready with the kubelet.conf join wrote) done by the test.
 """
 from __future__ import annotations
 
@@ -128,8 +130,17 @@ async def test_join_end_to_end(control_plane, join_line, tmp_path, capsys):
     ops = kjoin.NodeOps(start_node, knode.wait_node_ready, lambda spec: pytest.fail("stop_node on success"),
                         lambda iface, ip: ("eth-test", "192.0.2.7"))
     said: list[str] = []
-    r = await kjoin.join(kjoin.JoinOptions(address, token, pin, node_name="joined-1", etc_dir=etc, var_dir=var,
-                                           timeout=120), ops=ops, say=said.append)
+    # the pod network as init records it, kubeadm's way
+    cm = v1.ConfigMap()
+    cm.metadata.name, cm.metadata.namespace = "kubeadm-config", "kube-system"
+    cm.data["ClusterConfiguration"] = "networking:\n  podSubnet: 10.200.0.0/16\n  serviceSubnet: 10.96.0.0/12\n"
+    async with control_plane.client() as admin:
+        await admin.resource("configmaps", "kube-system").create(cm)
+        try:
+            r = await kjoin.join(kjoin.JoinOptions(address, token, pin, node_name="joined-1", etc_dir=etc,
+                                                   var_dir=var, timeout=120), ops=ops, say=said.append)
+        finally:
+            await admin.resource("configmaps", "kube-system").delete("kubeadm-config")
     await registered[0]
     with capsys.disabled():
         print(f"\n[measure] join's bootstrap (discovery, name check, CSR approved and signed) against "
@@ -145,6 +156,7 @@ async def test_join_end_to_end(control_plane, join_line, tmp_path, capsys):
     [spec] = started
     assert (spec.node_name, spec.node_ip, spec.iface, spec.kubelet_conf, spec.etc_dir, spec.var_dir) == \
         ("joined-1", "192.0.2.7", "eth-test", conf, etc, var)
+    assert spec.cluster_cidr == "10.200.0.0/16"
     assert (etc / "manifests" / "kube-overlay.yaml").exists()
     kubelet_args = (var / "kubelab-kubelet.env").read_text()
     assert f"--config={conf}" in kubelet_args and "--node-name=joined-1" in kubelet_args
@@ -224,11 +236,23 @@ async def test_a_failure_after_the_bootstrap_takes_back_what_join_wrote(control_
 
 # ---- refusals, through the CLI
 
-def test_wrong_ca_hash(control_plane, join_line, root, underlay):
+async def refused_join(root, address, token, pin, node_name="joiner") -> str:
+    """A refusal that, were it to regress, would go on to start node daemons on this host:
+    through join() with a start_node that fails the test instead."""
+    def no(*_):
+        pytest.fail("join went on past the refusal")
+    ops = kjoin.NodeOps(no, no, no, lambda iface, ip: ("eth-test", "192.0.2.9"))
+    with pytest.raises(kjoin.JoinError) as e:
+        await kjoin.join(kjoin.JoinOptions(address, token, pin, node_name=node_name, etc_dir=root / "etc",
+                                           var_dir=root / "var", timeout=60), ops=ops, say=lambda m: None)
+    assert not list(root.rglob("*")), list(root.rglob("*"))
+    return e.value.line()
+
+
+async def test_wrong_ca_hash(control_plane, join_line, root):
     address, token, pin = join_line
     wrong = "sha256:" + "ab" * 32
-    line = refused(run_join(control_plane, root, underlay, address, "--token", token,
-                            "--discovery-token-ca-cert-hash", wrong), root)
+    line = await refused_join(root, address, token, wrong)
     assert line == (f"error execution phase discovery: the cluster CA's public key hash is {pin}, not the expected "
                     f"{wrong}: this is not the cluster you meant, or the hash is mistyped (`kubelab token create "
                     "--print-join-command` on the control plane prints it)")
@@ -273,7 +297,7 @@ def test_unreachable_master(control_plane, join_line, root, underlay):
                     "the port is open")
 
 
-async def test_a_name_held_by_a_live_node(control_plane, join_line, root, underlay):
+async def test_a_name_held_by_a_live_node(control_plane, join_line, root):
     """Checked with the bootstrap token before any certificate is asked for: a Node Ready, or
     one whose Lease is renewed within its duration, holds its name."""
     address, token, pin = join_line
@@ -283,9 +307,7 @@ async def test_a_name_held_by_a_live_node(control_plane, join_line, root, underl
     before = await _csr_names(control_plane)
     lines = []
     for name in ("held-ready", "held-lease"):
-        r = await asyncio.to_thread(run_join, control_plane, root, underlay, address, "--token", token,
-                                    "--discovery-token-ca-cert-hash", pin, node_name=name)
-        lines.append(refused(r, root))
+        lines.append(await refused_join(root, address, token, pin, node_name=name))
     assert lines[0] == ('error execution phase kubelet-start: a Node with name "held-ready" and status "Ready" '
                         "already exists in the cluster. You must delete the existing Node or change the name of "
                         "this new joining Node (--node-name)")
@@ -324,11 +346,12 @@ async def _csr_names(cp) -> set[str]:
 
 
 def test_already_joined(control_plane, join_line, root, underlay):
-    address, token, pin = join_line
+    address, token, _ = join_line
     conf = root / "etc" / "kubelet.conf"
     conf.parent.mkdir()
     conf.write_text("kept\n")
-    r = run_join(control_plane, root, underlay, address, "--token", token, "--discovery-token-ca-cert-hash", pin)
+    # a pin that discovery would refuse: were preflight to let it through, no daemon starts
+    r = run_join(control_plane, root, underlay, address, "--token", token, "--discovery-token-ca-cert-hash", GOOD_HASH)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.strip() == (f"error execution phase preflight: [ERROR FileAvailable-{str(conf).strip('/').replace('/', '-')}]: "
                                 f"{conf} already exists: this node has already joined a cluster; run 'kubelab reset' first")
