@@ -183,6 +183,9 @@ def _kubelet_start(o: InitOptions):
         for s in services.SERVICES:
             ctx.track(services.flags_path(o.var_dir, s))
         ctx.track(o.var_dir / "log")
+        # the daemons make their own state in VAR (containers, pods, network...): a rollback
+        # takes back whatever was not there before they started
+        ctx.values["var_before"] = {p.name for p in o.var_dir.iterdir()} if o.var_dir.is_dir() else set()
         ctx.services_started = True  # from here on the rollback stops them and resets the node
         node.start_node(spec, say=ctx.say)
     return run
@@ -278,6 +281,9 @@ async def rollback(ctx: Context) -> None:
     from kubeadm import reset
     if ctx.services_started:
         await reset.reset_node_half(ctx.var_dir, ctx.values.get("run_dir", services.RUN_DIR), say=ctx.say)
+        before = ctx.values.get("var_before", set())
+        if ctx.var_dir.is_dir():
+            ctx.created += [p for p in sorted(ctx.var_dir.iterdir()) if p.name not in before and p not in ctx.created]
     for path in phases.remove_created(ctx):
         ctx.say(f"[rollback] removed {path}")
 
