@@ -11,6 +11,7 @@ the benchmark fails; its time is printed too.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kubelab.lab import cluster
 
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 PREFIX, BRIDGE, SUBNET = "kll2", "kll20", "192.168.66.0/24"
@@ -60,7 +63,7 @@ def steps(output: str) -> str:
     names = {"seeding": "seed", "kubelab init": "init", "kubelab join": "join", "admin config": "Ready",
              "routes": "routes"}
     parts = []
-    for (t, text), (t_next, _) in zip(marks, marks[1:]):
+    for (t, text), (t_next, _) in itertools.pairwise(marks):
         name = next((v for k, v in names.items() if text.startswith(k)), text.split()[0])
         parts.append(f"{name} {t_next - t:.1f}s")
     return ", ".join(parts)
@@ -69,7 +72,7 @@ def steps(output: str) -> str:
 def join_once(lab: Lab) -> tuple[float, float]:
     """(join command's own time, join start to Node Ready) for the worker, after a reset."""
     line = lab.kl("token", "create", "--print-join-command").stdout.strip().splitlines()[-1]
-    lab.lab("shell", WORKER, "--", "kubelab", "reset", "--force")
+    lab.lab("shell", WORKER, "--", *cluster.reset_argv())
     lab.kl("delete", "node", WORKER)
     t0 = time.perf_counter()
     lab.lab("shell", WORKER, "--", "kubelab", *line.split()[1:], "--node-name", WORKER, "--node-ip", WORKER_IP,

@@ -313,13 +313,23 @@ Try:
 Take it down with: kubelab lab down""")
 
 
+def reset_argv() -> list[str]:
+    """`kubelab reset`, unattended: kubeadm's reset asks for confirmation unless --force (the
+    node-only reset it replaces has no such flag)."""
+    reset = [*kubelab_argv(), "reset"]
+    if "--force" in subprocess.run([*reset, "--help"], capture_output=True, text=True, check=False).stdout:
+        reset.append("--force")
+    return reset
+
+
 def reset_vms(vms: list[VM], say, timeout: float = RESET_TIMEOUT) -> None:
     """`kubelab reset` in each VM at once (bounded): the node's own teardown first, so that
     down's kill is for what reset could not take (a stuck process), not the normal path."""
     cmds = []
+    reset = reset_argv()
     for vm in vms:
         try:
-            cmds.append(VMCommand(vm, [*kubelab_argv(), "reset", "--force"], None, ""))
+            cmds.append(VMCommand(vm, reset, None, ""))
         except OSError as e:
             say(f"warning: kubelab reset in {vm.name}: {e}")
     deadline = time.monotonic() + timeout

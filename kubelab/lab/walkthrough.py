@@ -109,7 +109,8 @@ def walkthrough(sh: Shell) -> None:
     sh.run("get", "pods", "-n", NS, "-o", "wide")
     web_ip, client_ip = web["status"]["podIP"], client["status"]["podIP"]
     print(f"\n# from the client pod on {other} ({client_ip}) to the web pod on {web_node} by its pod IP")
-    out = sh.run("exec", "client", "-n", NS, "--", "wget", "-qO-", "-T", "5", f"http://{web_ip}:{PORT}/")
+    # no -T: Debian's busybox-static builds wget without it (and crashes on the flag)
+    out = sh.run("exec", "client", "-n", NS, "--", "wget", "-qO-", f"http://{web_ip}:{PORT}/")
     if "hello from" not in out:
         raise WalkthroughError(f"the client could not reach http://{web_ip}:{PORT}/: {out}")
     logs = sh.run("logs", "web", "-n", NS)
