@@ -52,7 +52,7 @@ private_address() {
   # `ip -o -4 addr show`: "2: eth1    inet 192.168.56.11/24 brd ... scope global eth1 ..."
   while read -r _ ifname _ cidr _; do
     ip=${cidr%/*}
-    if [ "$ifname" != lo ] && (((($(ip_to_int "$ip") ^ $(ip_to_int "$net")) & mask) == 0)); then
+    if (((($(ip_to_int "$ip") ^ $(ip_to_int "$net")) & mask) == 0)); then
       echo "${ifname%%@*} $ip"
       return 0
     fi

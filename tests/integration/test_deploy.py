@@ -319,10 +319,15 @@ def test_worker_without_a_join_command_gives_up_with_the_fix(vm_netns, node):
     assert calls(node) == []
 
 
-def test_worker_refuses_a_malformed_join_file(vm_netns, node):
+@pytest.mark.parametrize("line", [
+    "exec kubelab join 192.168.67.10:6443 --token",
+    f'exec kubelab join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash sha256:XYZ "$@"',
+    f'exec kubelab join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH} "$@"; reboot',
+], ids=["truncated", "bad-hash", "extra-command"])
+def test_worker_refuses_a_malformed_join_file(vm_netns, node, line):
     handover = Path(node["KUBELAB_SYNC_DIR"]) / ".kubelab"
     handover.mkdir()
-    (handover / "join.sh").write_text("#!/bin/sh\nexec kubelab join 192.168.67.10:6443 --token\n")
+    (handover / "join.sh").write_text(f"#!/bin/sh\n{line}\n")
     p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", env=node)
     assert p.returncode == 1 and "holds no join command" in p.stderr
     assert calls(node) == []
