@@ -222,9 +222,9 @@ class Runner:
                 if exit_when_idle and self.idle():
                     self.log("no node service is wanted any more: exiting")
                     return 0
-                sig = signal.sigtimedwait(sigs, POLL)
-                if sig is not None:
-                    self.log(f"stopping the node services on {signal.Signals(sig).name}")
+                info = signal.sigtimedwait(sigs, POLL)
+                if info is not None:
+                    self.log(f"stopping the node services on {signal.Signals(info.si_signo).name}")
                     return 0
         finally:
             self.stop_all()

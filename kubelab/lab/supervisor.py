@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"lab VM {args.hostname}: {msg}", flush=True)
     # VAR_DIR and RUN_DIR are the VM's private /var/lib/kubelab and /run/kubelab
-    Runner(log=log).run()
+    try:
+        Runner(log=log).run()
+    except Exception as e:  # noqa: BLE001  (the VM must live on: it holds its namespaces)
+        log(f"the node service runner failed: {e}; holding the VM without it")
+        signal.sigwait({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     print(f"lab VM {args.hostname}: stopped", flush=True)
     return 0
 

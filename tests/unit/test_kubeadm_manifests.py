@@ -55,7 +55,8 @@ def test_apiserver_flags():
     args = parse_argv(argv)
     assert args.etcd_servers == "http://127.0.0.1:2379" and args.listen == "192.168.56.10:6443"
     assert args.pki_dir == "/etc/kubelab/pki"
-    mounts = {m["mountPath"]: m["readOnly"] for m in manifests.apiserver_pod(CP)["spec"]["containers"][0]["volumeMounts"]}
+    c = manifests.apiserver_pod(CP)["spec"]["containers"][0]
+    mounts = {m["mountPath"]: m["readOnly"] for m in c["volumeMounts"]}
     assert mounts["/etc/kubelab/pki"] is True
 
 
@@ -73,7 +74,8 @@ def test_controller_manager_and_scheduler_flags():
 def test_etcd_data_is_writable_and_on_the_host():
     pod = manifests.etcd_pod(CP)
     c = pod["spec"]["containers"][0]
-    assert "--data-dir" in c["command"] and c["command"][c["command"].index("--data-dir") + 1] == "/var/lib/kubelab/etcd"
+    argv = c["command"]
+    assert "--data-dir" in argv and argv[argv.index("--data-dir") + 1] == "/var/lib/kubelab/etcd"
     assert {m["mountPath"]: m["readOnly"] for m in c["volumeMounts"]}["/var/lib/kubelab/etcd"] is False
 
 

@@ -122,3 +122,60 @@ def test_a_second_runner_is_refused(tmp_path):
     (run / "node-services.pid").write_text(f"{os.getppid()}\n")  # a live process that is not us
     with pytest.raises(ServiceError, match="already run under pid"):
         Runner(tmp_path / "var", run).claim()
+
+
+def test_bare_host_runner_runs_the_real_runtime_and_exits_when_idle(tmp_path):
+    """Without systemd and without a runner, start_services starts `kubelab node-services`
+    detached; it runs the real `kubelab runtime` from its flags file; stop_services removes the
+    file, the runtime stops, and the runner, idle, exits by itself."""
+    if os.geteuid() != 0 or services.uses_systemd():
+        pytest.skip("needs root and no systemd units")
+    var, run = tmp_path / "var", tmp_path / "run"
+    sock = tmp_path / "runtime.sock"
+    services.write_flags(var, RUNTIME, {"root-dir": str(var), "listen": f"unix://{sock}",
+                                        "cgroup-parent": "/kubelab/test-kubeadm-services"})
+    runner = 0
+    try:
+        assert services.start_services(var, run, say=lambda m: None) == "runner"
+        runner = services.runner_pid(run)
+        assert runner and runner != os.getpid()
+        _until(lambda: sock.exists(), "the runtime's socket (see var/log/kubelab-runtime.log)", timeout=30)
+        rt = services.running(run)[RUNTIME]
+        assert b"runtime" in Path(f"/proc/{rt}/cmdline").read_bytes().split(b"\0")
+        # a second start finds the runner and starts nothing more
+        assert services.start_services(var, run, say=lambda m: None) == "runner"
+        assert services.runner_pid(run) == runner
+        services.stop_services(var, run, say=lambda m: None)
+        assert services.running(run) == {} and not _alive(rt)
+        _until(lambda: not _alive(runner), "the idle runner's exit")
+        assert not sock.exists()  # the runtime removed its socket on SIGTERM
+    finally:
+        for f in services.SERVICES:
+            services.flags_path(var, f).unlink(missing_ok=True)
+        for pid in [runner, *services.running(run).values()]:
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_runner_run_stops_its_services_on_sigterm(tmp_path):
+    """run() as the lab VM's supervisor uses it: on SIGTERM every service is stopped first."""
+    import subprocess
+    import sys
+    var, run = tmp_path / "var", tmp_path / "run"
+    services.write_flags(var, KUBELET, {"a": "1"})
+    code = ("import sys; from pathlib import Path; from kubeadm.services import Runner; "
+            "from tests.unit.test_kubeadm_services import _argv; "
+            f"r = Runner(Path({str(var)!r}), Path({str(run)!r}), log=print, argv=_argv(Path({str(tmp_path / 'm')!r}))); "
+            "sys.exit(r.run())")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parents[2]))
+    try:
+        _until(lambda: KUBELET in services.running(run), "the service started by run()")
+        svc = services.running(run)[KUBELET]
+        assert services.runner_pid(run) == p.pid
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+        assert not _alive(svc) and not (run / "node-services.pid").exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
