@@ -166,6 +166,35 @@ async def test_setup_is_idempotent(node):
     assert mtu == 1450
 
 
+async def test_pod_mtu_comes_from_the_overlays_subnet_file(node):
+    """FLANNEL_MTU, read for each new pod as flannel's CNI plugin does: the overlay agent may
+    write the file after the kubelet started; without it (or with nonsense in it) 1500."""
+    subnet_file = node.tmp / "run-flannel" / "subnet.env"
+    net = node.network(subnet_file=subnet_file)
+    await net.ensure_bridge("10.244.1.0/24")
+
+    async def mtus(s) -> tuple[int, int]:
+        inside = CommandRunner(prefix=["nsenter", f"--net={s.netns_path}"])
+        pod = json.loads((await run_checked(inside, ["ip", "-j", "link", "show", "dev", "eth0"])).stdout)[0]
+        host = json.loads(await node.sh("ip", "-j", "link", "show", "dev", s.host_veth))[0]
+        return pod["mtu"], host["mtu"]
+
+    before = await net.setup_pod(node.sandbox_id(), "early", "default")  # no overlay yet
+    assert await mtus(before) == (1500, 1500)
+    subnet_file.parent.mkdir()
+    subnet_file.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
+                           "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+    vx = await net.setup_pod(node.sandbox_id(), "web", "default")
+    assert await mtus(vx) == (1450, 1450)
+    assert await mtus(before) == (1500, 1500)  # a running pod keeps its link, as with flannel
+    for text in ("FLANNEL_MTU=jumbo\n", "FLANNEL_MTU=20\n", "FLANNEL_SUBNET=10.244.1.1/24\n"):
+        subnet_file.write_text(text)
+        assert net.pod_mtu() == 1500, text
+    subnet_file.unlink()
+    assert net.pod_mtu() == 1500
+    assert node.network().pod_mtu() == 1500 and node.network(mtu=1400).pod_mtu() == 1400
+
+
 async def test_teardown_releases_the_address_and_removes_netns_and_veth(node):
     net = node.network()
     await net.ensure_bridge("10.244.1.0/24")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from kubelab.cli.common import CLIError
 from kubelab.client.client import Client
 from kubelab.daemon import run_until_signalled
 
@@ -21,6 +22,10 @@ def register(sub, parents) -> None:
     p.add_argument("--bridge", default="cni0")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16")
     p.add_argument("--node-labels", default="", help="K=V,K2=V2 added to the Node")
+    p.add_argument("--register-with-taints", default="",
+                   help="KEY[=VALUE]:EFFECT,... the Node is created with (kubeadm's control-plane NoSchedule)")
+    p.add_argument("--subnet-file", default="/run/flannel/subnet.env",
+                   help="the overlay's subnet file; its FLANNEL_MTU is the pods' MTU (1500 without it)")
     p.add_argument("--lease-duration", type=int, default=40)
     p.add_argument("--lease-renew-interval", type=float, default=10.0)
     p.add_argument("--node-status-interval", type=float, default=10.0)
@@ -34,6 +39,22 @@ def register(sub, parents) -> None:
     p.add_argument("--container-runtime-endpoint", default="",
                    help="unix:///path of a `kubelab runtime` daemon (default: the runtime runs in this process)")
     p.set_defaults(func=run, daemon=True)
+
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def parse_taints(value: str) -> list[dict]:
+    """`--register-with-taints` as the kubelet reads it: KEY[=VALUE]:EFFECT, comma separated."""
+    out = []
+    for item in filter(None, (x.strip() for x in value.split(","))):
+        kv, _, effect = item.rpartition(":")
+        key, _, val = kv.partition("=")
+        if not key or effect not in TAINT_EFFECTS:
+            raise CLIError(f'invalid --register-with-taints "{item}": want KEY[=VALUE]:EFFECT with EFFECT one of '
+                           + ", ".join(TAINT_EFFECTS) + " (e.g. node-role.kubernetes.io/control-plane:NoSchedule)")
+        out.append({"key": key, "value": val, "effect": effect})
+    return out
 
 
 def guess_node_ip() -> str:
@@ -76,10 +97,11 @@ async def run(args) -> int:
 
     root = Path(args.root_dir)
     labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if "=" in kv)
+    taints = parse_taints(args.register_with_taints)
     cfg = KubeletConfig(node_name=args.node_name, node_ip=args.node_ip or guess_node_ip(), root_dir=root,
                         manifest_dir=Path(args.manifest_dir), lease_duration=args.lease_duration,
                         lease_renew_interval=args.lease_renew_interval, status_interval=args.node_status_interval,
-                        backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels,
+                        backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels, taints=taints,
                         port=args.port)
     if args.container_runtime_endpoint:
         from worker.runtime.remote import RemoteImageStore, RemoteRuntime
@@ -89,7 +111,7 @@ async def run(args) -> int:
         images = ImageStore(image_dir(args.image_dir, root))
         runtime = Runtime(root, runc_root=Path(args.runc_root or root / "runc"), images=images)
     network = PodNetwork(root / "network", bridge=args.bridge, netns_dir=Path(args.netns_dir),
-                         cluster_cidr=args.cluster_cidr)
+                         cluster_cidr=args.cluster_cidr, subnet_file=Path(args.subnet_file) if args.subnet_file else None)
     from kubelab.client.config import load_default
     client_cfg = load_default(args.config)
     client = Client.from_config(client_cfg)

@@ -49,6 +49,7 @@ class KubeletConfig:
     backoff_initial: float = 10.0
     backoff_max: float = 300.0
     labels: dict = field(default_factory=dict)
+    taints: list = field(default_factory=list)  # [{key, value, effect}]: set when the Node is created
     port: int = 10250  # 0: any free port (several kubelets on one host, in tests)
     listen_address: str = "0.0.0.0"
 
@@ -94,6 +95,7 @@ class Kubelet:
         self._mirrors_dirty = asyncio.Event()
         self.lease = NodeLease(client, cfg.node_name, duration=cfg.lease_duration)
         self.node_cfg = NodeConfig(cfg.node_name, cfg.node_ip, capacity=host_capacity(), labels=dict(cfg.labels),
+                                   taints=list(cfg.taints),
                                    node_info={"kernelVersion": platform.release(), "osImage": os_image(),
                                               "containerRuntimeVersion": runtime_version,
                                               "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(
@@ -277,6 +279,15 @@ class Kubelet:
                 log.debug("node status: %s", e)
             await asyncio.sleep(self.cfg.status_interval)
 
+    async def _register_then_watch(self, tasks: list[asyncio.Task]) -> None:
+        await self._register()
+        self.pods.add_handler(self._api_pod, lambda old, new: self._api_pod(new),
+                              lambda pod: self._api_pod(pod, deleted=True))
+        tasks += [asyncio.create_task(self.pods.run(), name="pod-informer"),
+                  asyncio.create_task(self._heartbeat(), name="lease"),
+                  asyncio.create_task(self._node_status(), name="node-status")]
+        await asyncio.gather(*tasks[-3:])
+
     async def _sync_when_network_ready(self, pod: v1.Pod) -> float | None:
         if not pod.spec.hostNetwork and not self.pod_cidr:
             return 1.0  # no podCIDR yet (the node IPAM controller gives one): wait
@@ -291,17 +302,15 @@ class Kubelet:
         port = await server.start(cert, key)
         self.node_cfg.kubelet_port = port
         log.info("kubelet API on %s:%d", self.cfg.listen_address, port)
+        # Everything that needs only the runtime and the manifest directory starts at once: on a
+        # control-plane node the API server is itself one of the static pods, so nothing here may
+        # wait for it. What needs the API waits in the background for the registration.
         tasks = [asyncio.create_task(self.status.run(), name="status-manager"),
                  asyncio.create_task(self._scan_static(), name="static-pods"),
-                 asyncio.create_task(self._mirror_loop(), name="mirror-pods")]
+                 asyncio.create_task(self._mirror_loop(), name="mirror-pods"),
+                 asyncio.create_task(self._pleg(), name="pleg")]
         try:
-            await self._register()
-            self.pods.add_handler(self._api_pod, lambda old, new: self._api_pod(new),
-                                  lambda pod: self._api_pod(pod, deleted=True))
-            tasks += [asyncio.create_task(self.pods.run(), name="pod-informer"),
-                      asyncio.create_task(self._heartbeat(), name="lease"),
-                      asyncio.create_task(self._node_status(), name="node-status"),
-                      asyncio.create_task(self._pleg(), name="pleg")]
+            tasks.append(asyncio.create_task(self._register_then_watch(tasks), name="register"))
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:

@@ -46,7 +46,10 @@ class StatusManager:
                     if self.pending.get(uid, (None, None, None))[2] is status:
                         del self.pending[uid]
                 except NotFound:
-                    self.pending.pop(uid, None)
+                    if uid in self.static:  # no mirror pod yet (no API server yet): it will come
+                        failed = True
+                    else:
+                        self.pending.pop(uid, None)
                 except ApiError as e:
                     log.debug("status of %s/%s: %s", ns, name, e)
                     failed = True

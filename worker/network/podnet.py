@@ -51,12 +51,14 @@ class PodNetworkStatus:
 
 class PodNetwork:
     def __init__(self, state_dir: Path, *, bridge: str = "cni0", netns_dir: Path = IPROUTE2_NETNS_DIR,
-                 mtu: int = 1500, cluster_cidr: str = "10.244.0.0/16", runner: Runner | None = None):
+                 mtu: int = 1500, cluster_cidr: str = "10.244.0.0/16", runner: Runner | None = None,
+                 subnet_file: Path | None = None):
         if not 0 < len(bridge) <= 15 or "/" in bridge or " " in bridge:
             raise ValueError(f"bridge name {bridge!r}: must be 1-15 characters without '/' or spaces")
         self.state_dir = Path(state_dir)
         self.bridge = bridge
-        self.mtu = mtu
+        self.mtu = mtu  # without an overlay's subnet file (or with one that says nothing usable)
+        self.subnet_file = Path(subnet_file) if subnet_file else None
         self.cluster_cidr = ipaddress.IPv4Network(cluster_cidr)
         self.run: Runner = runner or CommandRunner()
         self.netns = NetnsDir(netns_dir, self.run)
@@ -77,6 +79,26 @@ class PodNetwork:
     @staticmethod
     def host_veth_name(sandbox_id: str) -> str:
         return "veth" + hashlib.sha256(sandbox_id.encode()).hexdigest()[:8]
+
+    def pod_mtu(self) -> int:
+        """The MTU of a new pod's veth: FLANNEL_MTU from the overlay's subnet file, as flannel's
+        CNI plugin reads it on every ADD (the agent may start after the kubelet, or the underlay
+        change), else the configured MTU. 1500 inside a 1450 VXLAN would drop big packets."""
+        if self.subnet_file is None:
+            return self.mtu
+        try:
+            text = self.subnet_file.read_text()
+        except (OSError, UnicodeDecodeError):
+            return self.mtu
+        for line in text.splitlines():
+            key, _, value = line.strip().partition("=")
+            if key == "FLANNEL_MTU":
+                try:
+                    mtu = int(value.strip())
+                except ValueError:
+                    return self.mtu
+                return mtu if 68 <= mtu <= 65535 else self.mtu  # IPv4's minimum; a bad file is ignored
+        return self.mtu
 
     @property
     def pod_cidr(self) -> str | None:
@@ -161,9 +183,10 @@ class PodNetwork:
             await run_checked(self.run, self.netns.exec_argv(ns, ["ip", "link", "delete", POD_IFNAME]),
                               tolerate=br.MISSING_LINK)
         # the pod end is born inside the namespace as eth0: no temporary name on the node
+        mtu = str(self.pod_mtu())
         await run_checked(self.run, [
-            "ip", "link", "add", veth, "mtu", str(self.mtu), "type", "veth",
-            "peer", "name", POD_IFNAME, "mtu", str(self.mtu), "netns", str(self.netns.path(ns))])
+            "ip", "link", "add", veth, "mtu", mtu, "type", "veth",
+            "peer", "name", POD_IFNAME, "mtu", mtu, "netns", str(self.netns.path(ns))])
 
     async def teardown_pod(self, sandbox_id: str) -> None:
         """Remove the sandbox's veth and namespace and free its address. Idempotent, and safe
