@@ -21,6 +21,7 @@ as with kubeadm.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import ipaddress
 import os
@@ -274,8 +275,9 @@ async def _join(o: JoinOptions, ops: NodeOps, say, undo: _Undo, iface: str, node
     conf, ca_file = o.etc_dir / "kubelet.conf", o.etc_dir / "pki" / "ca.crt"
     ca_existed = ca_file.exists()
     try:
-        r = await tlsbootstrap.tlsbootstrap(o.endpoint, o.token, o.node_name, o.ca_cert_hash, timeout=o.timeout,
-                                            discovered=(server, ca))
+        r = await with_progress(tlsbootstrap.tlsbootstrap(o.endpoint, o.token, o.node_name, o.ca_cert_hash,
+                                                          timeout=o.timeout, discovered=(server, ca)),
+                                say, "[kubelet-start] still waiting for the signing request to be approved and signed")
     except BootstrapError as e:
         raise JoinError("kubelet-start", str(e)) from None
     except ApiError as e:
@@ -304,7 +306,8 @@ async def _join(o: JoinOptions, ops: NodeOps, say, undo: _Undo, iface: str, node
         say(f'[kubelet-start] Waiting for the node "{o.node_name}" to become Ready. '
             f"This can take up to {_duration(o.timeout)}")
         try:
-            await ops.wait_node_ready(node_client, o.node_name, o.timeout)
+            await with_progress(ops.wait_node_ready(node_client, o.node_name, o.timeout), say,
+                                f'[kubelet-start] still waiting for the node "{o.node_name}" to become Ready')
         except TimeoutError as e:
             raise JoinError("kubelet-start", f'the node "{o.node_name}" did not become Ready in '
                                              f"{_duration(o.timeout)}: {e or 'timed out'}; see "
@@ -323,6 +326,20 @@ async def cluster_cidr(client, default: str) -> str:
         return str(ipaddress.ip_network(cidr)) if cidr else default
     except (NotFound, ValueError, AttributeError, yaml.YAMLError):
         return default
+
+
+async def with_progress(coro, say, what: str, every: float = 10.0):
+    """Await `coro`, saying `what` (and for how long) every `every` seconds until it is done."""
+    task = asyncio.ensure_future(coro)
+    t0 = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            say(f"{what} ({time.monotonic() - t0:.0f}s)")
+    finally:
+        task.cancel()
 
 
 def _duration(seconds: float) -> str:

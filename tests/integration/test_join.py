@@ -396,3 +396,20 @@ def test_invalid_node_name_and_node_ip(control_plane, root, underlay):
                               "--etc-dir", str(root / "etc"), "--var-dir", str(root / "var"), check=False)
     assert refused(r, root).startswith("error execution phase preflight: --node-ip 192.0.2.250: no interface of "
                                        "this host has that address")
+
+
+async def test_long_waits_show_progress():
+    """The TLS bootstrap and the wait for Ready say that they still wait (no daemon, no server)."""
+    said, go_on = [], asyncio.Event()
+
+    async def slow():
+        await go_on.wait()
+        return 7
+
+    def say(msg):
+        said.append(msg)
+        go_on.set()  # the first progress line lets it finish
+    # a deadline only so that a broken with_progress fails instead of hanging
+    assert await asyncio.wait_for(kjoin.with_progress(slow(), say, "[kubelet-start] still waiting", every=0.01),
+                                  60) == 7
+    assert len(said) == 1 and re.fullmatch(r"\[kubelet-start\] still waiting \(\d+s\)", said[0])
