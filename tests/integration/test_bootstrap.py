@@ -69,6 +69,19 @@ async def test_tls_bootstrap_end_to_end(control_plane, join, tmp_path):
             await node.nodes().update(other)
         assert e.value.message == ('nodes "worker-8" is forbidden: User "system:node:worker-7" cannot update '
                                    'resource "nodes" at the cluster scope')
+        # nor a pod bound to another node
+        pod = v1.Pod()
+        pod.metadata.name, pod.metadata.namespace = "on-worker-8", "default"
+        pod.spec.nodeName = "worker-8"
+        pod.spec.containers.add(name="c", image="busybox")
+        await admin.pods("default").create(pod)
+        theirs = await node.pods("default").get("on-worker-8")
+        theirs.status.phase = "Running"
+        with pytest.raises(Forbidden) as e:
+            await node.pods("default").update_status(theirs)
+        assert e.value.message == ('pods "on-worker-8" is forbidden: User "system:node:worker-7" cannot update '
+                                   'resource "pods/status" in the namespace "default"')
+        await admin.pods("default").delete("on-worker-8", grace_period=0)
         csr = await admin.resource("certificatesigningrequests").get(r.csr_name)
         assert [c.type for c in csr.status.conditions] == ["Approved"]
         assert csr.status.conditions[0].reason == "AutoApproved"
