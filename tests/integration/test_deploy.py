@@ -5,15 +5,20 @@ Vagrant scripts' choice of the node's address and interface inside a network nam
 like a Vagrant VM's (the NAT interface, 10.0.2.15, first; the private network second).
 
 The scripts' hand-over (master.sh writes .kubelab/join.sh, worker.sh reads it and adds its own
-flags) is checked here with a recording stand-in for the CLI: what is under test is which flags
-the scripts pass, not init and join themselves, which tests/lab run for real.
+flags) is checked with a recording stand-in for the CLI (which flags the scripts pass, their
+refusals, their idempotence), then for real: master.sh and worker.sh inside a bare lab of this
+module's own (`kubelab lab up --bare --workers 1`, prefix klv, bridge klv0, 192.168.67.0/24,
+/tmp/lab-v) with a temp dir as the synced folder, until both nodes are Ready.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -331,3 +336,75 @@ def test_worker_refuses_a_malformed_join_file(vm_netns, node, line):
     p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", env=node)
     assert p.returncode == 1 and "holds no join command" in p.stderr
     assert calls(node) == []
+
+
+# ---- the same scripts for real: init and join in a bare lab, the synced folder a temp dir
+
+LAB_DIR = Path("/tmp/lab-v")
+PREFIX, BRIDGE, SUBNET = "klv", "klv0", "192.168.67.0/24"
+MASTER, WORKER = f"{PREFIX}-master", f"{PREFIX}-worker1"
+KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def bare_lab(tmp_path_factory):
+    """`kubelab lab up --bare --workers 1` on this role's names; `lab down` (which resets every
+    VM) whatever happens, then nothing of it may be left on the host."""
+    sync = tmp_path_factory.mktemp("synced")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
+    env["KUBELAB_SYNC_DIR"] = str(sync)
+
+    def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([*KUBELAB, "lab", args[0], "--lab-dir", str(LAB_DIR), *args[1:]],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    up = lab("up", "--bare", "--workers", "1", "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", SUBNET)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield lab, sync
+    finally:
+        down = lab("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        netns = run(["ip", "netns", "list"]).stdout
+        assert not [n for n in netns.split() if n.startswith(f"{PREFIX}-")], netns
+        assert run(["ip", "link", "show", BRIDGE]).returncode != 0
+
+
+def test_master_and_worker_scripts_make_a_cluster(bare_lab):
+    lab, sync = bare_lab
+    master = lab("shell", MASTER, "--", "bash", str(DEPLOY / "vagrant/master.sh"), "192.168.67.0/24")
+    assert master.returncode == 0, master.stdout + master.stderr
+    handover = sync / ".kubelab"
+    admin = handover / "admin.conf"
+    assert "server: https://192.168.67.10:6443" in admin.read_text()
+    join = (handover / "join.sh").read_text()
+
+    worker = lab("shell", WORKER, "--", "bash", str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11")
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+
+    # the host's CLI with the handed-over admin.conf, as on a Vagrant host
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
+    env["KUBELAB_CONFIG"] = str(admin)
+
+    def node(name: str) -> dict | None:
+        p = run([*KUBELAB, "get", "node", name, "-o", "json"], env=env)
+        return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def ready(name: str) -> dict | None:
+        n = node(name)
+        conds = (n or {}).get("status", {}).get("conditions", [])
+        return n if any(c["type"] == "Ready" and c["status"] == "True" for c in conds) else None
+
+    deadline = time.monotonic() + 90
+    while not (ready(MASTER) and ready(WORKER)):
+        assert time.monotonic() < deadline, f"nodes not Ready after 90s: {node(MASTER)} {node(WORKER)}"
+        time.sleep(0.5)
+    addresses = {n: [a["address"] for a in node(n)["status"]["addresses"] if a["type"] == "InternalIP"]
+                 for n in (MASTER, WORKER)}
+    assert addresses == {MASTER: ["192.168.67.10"], WORKER: ["192.168.67.11"]}
+
+    # provisioning both again changes nothing: no second init or join, the same live token
+    again = lab("shell", WORKER, "--", "bash", str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+    again = lab("shell", MASTER, "--", "bash", str(DEPLOY / "vagrant/master.sh"), "192.168.67.10")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+    assert (handover / "join.sh").read_text() == join
