@@ -208,10 +208,13 @@ class _Undo:
     """What this run wrote, taken back if it fails."""
     files: list[Path] = field(default_factory=list)
     dirs: list[Path] = field(default_factory=list)  # made by this run, removed if left empty
+    kept: dict[Path, bytes] = field(default_factory=dict)  # files it replaced: put back
     node_spec: object = None
 
-    def wrote(self, path: Path, existed: bool) -> None:
-        if not existed:
+    def will_write(self, path: Path) -> None:
+        if path.exists():
+            self.kept.setdefault(path, path.read_bytes())
+        else:
             self.files.append(path)
 
     def run(self, ops: NodeOps, say) -> None:
@@ -225,6 +228,8 @@ class _Undo:
                            spec.var_dir / "kubelab-runtime.env", spec.var_dir / "kubelab-kubelet.env"]
         for f in reversed(self.files):
             f.unlink(missing_ok=True)
+        for f, data in self.kept.items():
+            f.write_bytes(data)
         for d in self.dirs:
             try:
                 d.rmdir()
@@ -273,7 +278,6 @@ async def _join(o: JoinOptions, ops: NodeOps, say, undo: _Undo, iface: str, node
 
     say("[kubelet-start] Performing the TLS Bootstrap")
     conf, ca_file = o.etc_dir / "kubelet.conf", o.etc_dir / "pki" / "ca.crt"
-    ca_existed = ca_file.exists()
     try:
         r = await with_progress(tlsbootstrap.tlsbootstrap(o.endpoint, o.token, o.node_name, o.ca_cert_hash,
                                                           timeout=o.timeout, discovered=(server, ca)),
@@ -287,10 +291,10 @@ async def _join(o: JoinOptions, ops: NodeOps, say, undo: _Undo, iface: str, node
 
     from kubelab.client.config import write_config
     say(f'[kubelet-start] Writing the kubelet configuration to file "{conf}"')
-    undo.wrote(conf, False)
+    undo.will_write(conf)
     write_config(conf, ClientConfig(server=server, ca_pem=ca, cert_pem=r.cert_pem, key_pem=r.key_pem),
                  user=f"system:node:{o.node_name}")
-    undo.wrote(ca_file, ca_existed)
+    undo.will_write(ca_file)
     ca_file.parent.mkdir(parents=True, exist_ok=True)
     ca_file.write_bytes(ca)
 
