@@ -293,6 +293,57 @@ def ensure_control_plane_pki(pki_dir: Path, *, sans: list[str] = ()) -> ControlP
                                _loaded(d, "scheduler"), _loaded(d, "controller-manager"))
 
 
+# --- etcd's own CA, as kubeadm lays it out ------------------------------------------------
+
+@dataclass(frozen=True)
+class EtcdPKI:
+    dir: Path                  # PKI_DIR/etcd
+    ca: CertKey                # etcd-ca: trusted by etcd for clients and peers, never by the API server's clients
+    server: CertKey            # etcd's serving certificate (client usage too, as kubeadm issues it)
+    peer: CertKey              # member to member
+    healthcheck_client: CertKey  # kube-etcd-healthcheck-client: probes and the local runner's readiness check
+    apiserver_client: CertKey  # PKI_DIR/apiserver-etcd-client: the API server's identity at etcd
+
+
+def ensure_etcd_pki(pki_dir: Path, node_name: str, ips: list[str] = ()) -> EtcdPKI:
+    """kubeadm's etcd certificates: PKI_DIR/etcd/{ca,server,peer,healthcheck-client}.{crt,key}
+    and PKI_DIR/apiserver-etcd-client.{crt,key}, all signed by etcd's own CA (a client of the
+    cluster CA, an admin say, is thereby no client of etcd). Server and peer certificates name
+    localhost, 127.0.0.1, ::1, the node name and `ips`. Idempotent like ensure_control_plane_pki:
+    a pair is issued again only when missing, expired, not this CA's, not matching its key, or
+    short of a wanted SAN (then it keeps its old SANs too)."""
+    d = Path(pki_dir)
+    e = d / "etcd"
+    e.mkdir(parents=True, exist_ok=True)
+    with open(e / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ca_crt, ca_key = _pair(e, "ca")
+        if not ca_crt.exists() and not ca_key.exists():
+            cert, key = create_ca("etcd-ca")
+            _write(ca_key, key, 0o600)
+            _write(ca_crt, cert, 0o644)
+        elif not (ca_crt.exists() and ca_key.exists()):
+            raise RuntimeError(f"{e}: found only one of ca.crt and ca.key; restore the other "
+                               "or remove both to create a new etcd CA")
+        ca_pem, ca_key_pem = ca_crt.read_bytes(), ca_key.read_bytes()
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+        sans = {"localhost", "127.0.0.1", "::1", node_name, *ips} - {""}
+        wanted = [(e, "server", node_name, (), sans, True),
+                  (e, "peer", node_name, (), sans, True),
+                  (e, "healthcheck-client", "kube-etcd-healthcheck-client", (), set(), False),
+                  (d, "apiserver-etcd-client", "kube-apiserver-etcd-client", (), set(), False)]
+        for where, stem, cn, orgs, names, server in wanted:
+            crt, key = _pair(where, stem)
+            if not _usable(crt, key, ca_cert, names):
+                have = cert_sans(crt.read_bytes()) if names and crt.exists() else set()
+                cert, k = issue_cert(ca_pem, ca_key_pem, cn, organizations=orgs, sans=sorted(have | names),
+                                     client=True, server=server)
+                _write(key, k, 0o600)
+                _write(crt, cert, 0o644)
+        return EtcdPKI(e, _loaded(e, "ca"), _loaded(e, "server"), _loaded(e, "peer"),
+                       _loaded(e, "healthcheck-client"), _loaded(d, "apiserver-etcd-client"))
+
+
 # --- the anonymous client certificate -------------------------------------------------------
 
 # gRPC Python offers a TLS server two modes only: require and verify a client certificate, or

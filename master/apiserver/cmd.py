@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from kubelab.cli.common import CLIError, cli_command
 from kubelab.daemon import run_until_signalled
 
 from .server import APIServer, Options
@@ -11,7 +12,10 @@ from .server import APIServer, Options
 
 def register(sub, parents) -> None:
     p = sub.add_parser("apiserver", parents=parents, help="Run the API server")
-    p.add_argument("--etcd-servers", required=True, help="comma-separated etcd URLs")
+    p.add_argument("--etcd-servers", required=True, help="comma-separated etcd URLs (https:// for TLS)")
+    p.add_argument("--etcd-cafile", default="", help="SSL Certificate Authority file used to secure etcd communication")
+    p.add_argument("--etcd-certfile", default="", help="SSL certification file used to secure etcd communication")
+    p.add_argument("--etcd-keyfile", default="", help="SSL key file used to secure etcd communication")
     p.add_argument("--listen", default="127.0.0.1:6443", help="address to serve on (host:port)")
     p.add_argument("--pki-dir", required=True, help="directory with ca.crt, apiserver.crt, apiserver.key")
     p.add_argument("--bookmark-interval", type=float, default=30.0)
@@ -24,8 +28,20 @@ def register(sub, parents) -> None:
     p.set_defaults(func=run, daemon=True)
 
 
+@cli_command
 async def run(args) -> int:
+    https = any(u.strip().startswith("https://") for u in args.etcd_servers.split(","))
+    if bool(args.etcd_certfile) != bool(args.etcd_keyfile):
+        raise CLIError("--etcd-certfile and --etcd-keyfile go together: give both, or neither")
+    if (args.etcd_cafile or args.etcd_certfile) and not https:
+        raise CLIError(f"--etcd-cafile/--etcd-certfile given, but --etcd-servers {args.etcd_servers} is not https://")
+    for flag in ("etcd_cafile", "etcd_certfile", "etcd_keyfile"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise CLIError(f"--{flag.replace('_', '-')} {path}: no such file")
     srv = APIServer(Options(etcd_servers=args.etcd_servers, listen=args.listen, pki_dir=Path(args.pki_dir),
+                            etcd_cafile=args.etcd_cafile, etcd_certfile=args.etcd_certfile,
+                            etcd_keyfile=args.etcd_keyfile,
                             bookmark_interval=args.bookmark_interval,
                             compaction_interval=args.compaction_interval,
                             cache_capacity=args.watch_cache_size, list_page_bytes=args.list_page_bytes,

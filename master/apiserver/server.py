@@ -43,12 +43,17 @@ class Options:
     default_toleration_seconds: int = 300  # added to pods for the not-ready/unreachable taints
     list_page_bytes: int = LIST_PAGE_BYTES  # bytes of objects in one List response, at most
     advertise_address: str = ""  # host:port nodes reach this server at (cluster-info); "": listen
+    # etcd over TLS (https:// servers): etcd's CA, and the API server's client certificate at etcd
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
 
 
 class APIServer:
     def __init__(self, opts: Options):
         self.opts = opts
-        self.etcd = EtcdClient(opts.etcd_servers)
+        self.etcd = EtcdClient(opts.etcd_servers, ca=opts.etcd_cafile or None, cert=opts.etcd_certfile or None,
+                               key=opts.etcd_keyfile or None)
         self.caches: dict[str, WatchCache] = {}
         self.stores: dict[str, Store] = {}
         self.server: grpc.aio.Server | None = None

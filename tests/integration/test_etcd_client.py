@@ -478,12 +478,145 @@ async def test_unavailable():
 
 
 def test_endpoints():
-    assert _target("http://127.0.0.1:2379") == (["127.0.0.1:2379"], "127.0.0.1:2379")
-    assert _target("127.0.0.1:2379/") == (["127.0.0.1:2379"], "127.0.0.1:2379")
+    assert _target("http://127.0.0.1:2379") == (["127.0.0.1:2379"], "127.0.0.1:2379", False)
+    assert _target("127.0.0.1:2379/") == (["127.0.0.1:2379"], "127.0.0.1:2379", False)
+    assert _target("https://127.0.0.1:2379") == (["127.0.0.1:2379"], "127.0.0.1:2379", True)
     assert _target("http://127.0.0.1:1,http://127.0.0.2:2") == (["127.0.0.1:1", "127.0.0.2:2"],
-                                                                "ipv4:127.0.0.1:1,127.0.0.2:2")
+                                                                "ipv4:127.0.0.1:1,127.0.0.2:2", False)
     assert _target(["localhost:1", "127.0.0.1:2"])[1] == "localhost:1"
     assert _target(["http://[::1]:1", "[::1]:2"])[1] == "ipv6:[::1]:1,[::1]:2"
-    for bad in ("https://127.0.0.1:2379", "", "grpc://x:1"):
-        with pytest.raises(ValueError):
+    for bad, why in (("", "no etcd endpoint given"), ("grpc://x:1", "etcd endpoints look like"),
+                     ("https://127.0.0.1:1,http://127.0.0.1:2", "mixed http:// and https://")):
+        with pytest.raises(ValueError, match=why):
             _target(bad)
+    with pytest.raises(ValueError, match="TLS files given for a plaintext endpoint; use https://"):
+        EtcdClient("http://127.0.0.1:1", ca=b"x")
+    with pytest.raises(ValueError, match="give both the certificate and its key"):
+        EtcdClient("https://127.0.0.1:1", cert=b"x")
+    with pytest.raises(ValueError, match="etcd client TLS CA file /nonexistent/ca.crt: No such file"):
+        EtcdClient("https://127.0.0.1:1", ca="/nonexistent/ca.crt")
+
+
+# -- etcd over TLS, as kubeadm runs it ---------------------------------------------------------
+
+async def test_tls_etcd_takes_only_clients_with_a_certificate_of_its_ca(etcd_server, tmp_path):  # noqa: F811
+    from kubelab import pki
+    etcd_pki = pki.ensure_etcd_pki(tmp_path / "pki", "node1", ["127.0.0.1"])
+    srv = await etcd_server(tls_dir=etcd_pki.dir)  # started: its readiness check used healthcheck-client
+    assert srv.endpoint.startswith("https://127.0.0.1:")
+    assert {"--client-cert-auth=true", "--peer-client-cert-auth=true"} <= set(srv.argv())
+    e = etcd_pki.dir
+    async with EtcdClient(srv.endpoint, ca=e / "ca.crt", cert=etcd_pki.apiserver_client.cert_path,
+                          key=etcd_pki.apiserver_client.key_path, timeout=5) as c:
+        await c.put("/registry/x", "over tls")
+        assert (await c.get("/registry/x"))[0].value == b"over tls"
+    async with EtcdClient(srv.endpoint, ca=etcd_pki.ca.cert, cert=etcd_pki.apiserver_client.cert,
+                          key=etcd_pki.apiserver_client.key, timeout=5) as c:  # PEM bytes work too
+        assert (await c.get("/registry/x"))[0].value == b"over tls"
+
+    # refused at the handshake: gRPC reports UNAVAILABLE, which the client raises as EtcdUnavailable
+    other = pki.ensure_control_plane_pki(tmp_path / "cluster-pki")  # the cluster CA is not etcd's
+    refused = [("BAD_CERTIFICATE", dict(ca=e / "ca.crt")),  # no client certificate: etcd's alert
+               ("BAD_CERTIFICATE", dict(ca=e / "ca.crt", cert=other.admin.cert, key=other.admin.key)),
+               ("CERTIFICATE_VERIFY_FAILED", dict(ca=other.ca.cert, cert=etcd_pki.apiserver_client.cert,
+                                                  key=etcd_pki.apiserver_client.key))]  # etcd's cert unverified
+    for why, tls in refused:
+        async with EtcdClient(srv.endpoint, timeout=2, **tls) as c:
+            with pytest.raises(EtcdUnavailable, match=f"the TLS handshake failed .*{why}"):
+                await c.get("/registry/x")
+    async with EtcdClient(srv.endpoint.replace("https://", "http://"), timeout=2) as c:  # plaintext to TLS
+        with pytest.raises(EtcdUnavailable):
+            await c.get("/registry/x")
+
+
+def test_etcd_pki_layout_and_idempotence(tmp_path):
+    from cryptography import x509
+    from kubelab import pki
+    first = pki.ensure_etcd_pki(tmp_path, "master", ["192.168.56.10"])
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.suffix in (".crt", ".key"))
+    assert files == ["apiserver-etcd-client.crt", "apiserver-etcd-client.key", "etcd/ca.crt", "etcd/ca.key",
+                     "etcd/healthcheck-client.crt", "etcd/healthcheck-client.key", "etcd/peer.crt", "etcd/peer.key",
+                     "etcd/server.crt", "etcd/server.key"]
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in tmp_path.rglob("*.key"))
+    for ck in (first.server, first.peer):
+        assert pki.cert_sans(ck.cert) == {"localhost", "127.0.0.1", "::1", "master", "192.168.56.10"}
+    ca = x509.load_pem_x509_certificate(first.ca.cert)
+    for ck in (first.server, first.peer, first.healthcheck_client, first.apiserver_client):
+        x509.load_pem_x509_certificate(ck.cert).verify_directly_issued_by(ca)
+    assert pki.cert_identity(first.apiserver_client.cert)[0] == "kube-apiserver-etcd-client"
+    assert pki.cert_identity(first.healthcheck_client.cert)[0] == "kube-etcd-healthcheck-client"
+    again = pki.ensure_etcd_pki(tmp_path, "master", ["192.168.56.10"])
+    assert again == first  # nothing reissued
+    more = pki.ensure_etcd_pki(tmp_path, "master", ["10.0.0.5"])  # a new address: server and peer again
+    assert more.ca == first.ca and more.apiserver_client == first.apiserver_client
+    assert pki.cert_sans(more.server.cert) == pki.cert_sans(first.server.cert) | {"10.0.0.5"}
+    (tmp_path / "etcd" / "ca.key").unlink()
+    with pytest.raises(RuntimeError, match="found only one of ca.crt and ca.key"):
+        pki.ensure_etcd_pki(tmp_path, "master")
+
+
+def test_etcd_argv_names_each_flag_once():
+    from kubelab.etcd.server import etcd_argv
+    argv = etcd_argv(name="master", data_dir="/var/lib/kubelab/etcd", binary="etcd",
+                     listen_client_urls=["https://127.0.0.1:2379", "https://192.168.56.10:2379"],
+                     advertise_client_urls=["https://192.168.56.10:2379"],
+                     listen_peer_urls=["https://192.168.56.10:2380"], tls_dir="/etc/kubelab/pki/etcd")
+    assert argv[0] == "etcd"
+    words = " ".join(argv[1:])
+    for want in ("--name master", "--data-dir /var/lib/kubelab/etcd",
+                 "--listen-client-urls https://127.0.0.1:2379,https://192.168.56.10:2379",
+                 "--advertise-client-urls https://192.168.56.10:2379",
+                 "--initial-cluster master=https://192.168.56.10:2380",
+                 "--cert-file /etc/kubelab/pki/etcd/server.crt", "--key-file /etc/kubelab/pki/etcd/server.key",
+                 "--client-cert-auth=true", "--trusted-ca-file /etc/kubelab/pki/etcd/ca.crt",
+                 "--peer-cert-file /etc/kubelab/pki/etcd/peer.crt", "--peer-client-cert-auth=true",
+                 "--peer-trusted-ca-file /etc/kubelab/pki/etcd/ca.crt"):
+        assert want in words, want
+    flags = [a for a in argv if a.startswith("--")]
+    assert len(flags) == len({f.split("=")[0] for f in flags})
+    with pytest.raises(ValueError, match=r"etcd --listen-client-urls http://127.0.0.1:2379: want https://HOST:PORT"):
+        etcd_argv(name="m", data_dir="/d", listen_client_urls=["http://127.0.0.1:2379"],
+                  listen_peer_urls=["https://127.0.0.1:2380"], tls_dir="/t", binary="etcd")
+    with pytest.raises(ValueError, match=r"--listen-peer-urls https://127.0.0.1:2380: want http://"):
+        etcd_argv(name="m", data_dir="/d", listen_client_urls=["http://127.0.0.1:2379"],
+                  listen_peer_urls=["https://127.0.0.1:2380"], binary="etcd")
+
+
+async def test_apiserver_serves_on_a_tls_etcd(etcd_server, tmp_path):  # noqa: F811
+    """`kubelab apiserver --etcd-cafile --etcd-certfile --etcd-keyfile`, a process, on TLS etcd."""
+    from kubelab import pki
+    from kubelab.api.v1 import objects_pb2 as v1
+    from kubelab.client.client import Client
+    from tests.integration.conftest import KUBELAB, ROOT, admin_config, stop_group, wait_for
+    p = tmp_path / "pki"
+    pki.ensure_control_plane_pki(p)
+    etcd_pki = pki.ensure_etcd_pki(p, "node1")
+    srv = await etcd_server(tls_dir=etcd_pki.dir)
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    base = KUBELAB + ["apiserver", "--etcd-servers", srv.endpoint, "--listen", address, "--pki-dir", str(p)]
+    bad = subprocess.run(base + ["--etcd-certfile", str(p / "apiserver-etcd-client.crt")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--etcd-certfile and --etcd-keyfile go together" in bad.stderr
+    log = open(tmp_path / "apiserver.log", "wb")
+    proc = subprocess.Popen(base + ["--etcd-cafile", str(p / "etcd" / "ca.crt"),
+                                    "--etcd-certfile", str(p / "apiserver-etcd-client.crt"),
+                                    "--etcd-keyfile", str(p / "apiserver-etcd-client.key")],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        config = admin_config(p, address, tmp_path / "admin.conf")
+        async with Client.connect(str(config)) as c:
+            async def served():
+                assert proc.poll() is None, (tmp_path / "apiserver.log").read_text()[-2000:]
+                return await c.namespaces().get("kube-system")
+            await wait_for(served, 60, interval=0.2, what="the API server on TLS etcd serving")
+            cm = v1.ConfigMap()
+            cm.metadata.name, cm.metadata.namespace = "over-tls", "default"
+            cm.data["k"] = "v"
+            await c.resource("configmaps", "default").create(cm)
+        async with EtcdClient(srv.endpoint, **srv.client_tls()) as e:
+            kv, = (await e.range("/registry/configmaps/default/over-tls")).kvs
+            assert kv.value
+    finally:
+        stop_group(proc)
+        log.close()
