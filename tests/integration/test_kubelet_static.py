@@ -1,7 +1,8 @@
 """A control-plane node's first minute: the kubelet starts before any API server exists (on a
 kubeadm node the API server is one of its static pods), runs the static pods from its manifest
 directory through the runtime daemon (`kubelab runtime`, as the node services run it), restarts
-a failing one, and registers its Node, its Lease and the mirror pods once the API answers.
+a failing one, and registers its Node, its Lease and the mirror pods once the API answers, as
+the node itself (system:node:NAME, the identity kubeadm's kubelet.conf holds).
 
 Everything is the real thing: PKI and admin.conf from master.controlplane.setup, the runtime
 daemon and the kubelet as processes, runc containers, then `kubelab control-plane` on the port
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from kubelab import pki
+from kubelab.client.config import ClientConfig, write_config
 from master import controlplane
 from worker.kubelet.podsync import LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_NAME
 from worker.kubelet.reset import reset_node
@@ -87,6 +90,11 @@ def node(tmp_path_factory):
     n = Node(tmp_path_factory.mktemp("static"))
     try:
         controlplane.setup(n.base, f"127.0.0.1:{n.port}")  # PKI and admin.conf, no process yet
+        # the kubelet as the node, as kubeadm's kubelet.conf makes it: system:node:NAME in system:nodes
+        ca, ca_key = (n.base / "pki" / "ca.crt").read_bytes(), (n.base / "pki" / "ca.key").read_bytes()
+        cert, key = pki.issue_cert(ca, ca_key, f"system:node:{NODE}", organizations=["system:nodes"])
+        write_config(n.base / "kubelet.conf", ClientConfig(server=f"127.0.0.1:{n.port}", ca_pem=ca, cert_pem=cert,
+                                                           key_pem=key), user=f"system:node:{NODE}")
         subprocess.run(KUBELAB + ["image", "build-busybox", "--root-dir", str(n.img)], check=True,
                        env=n.env, capture_output=True)
         n.manifests.mkdir()
@@ -94,7 +102,7 @@ def node(tmp_path_factory):
         n.spawn(["runtime", "--root-dir", str(n.root), "--image-dir", str(n.img), "--runc-root", str(n.runc_root),
                  "--cgroup-parent", n.cgroup_parent, "--listen", n.endpoint], "runtime.log")
         n.kubelet = n.spawn(
-            ["kubelet", "--node-name", NODE, "--node-ip", "127.0.0.1", "--port", "0", "--root-dir", str(n.root),
+            ["kubelet", "--config", str(n.base / "kubelet.conf"), "--node-name", NODE, "--node-ip", "127.0.0.1", "--port", "0", "--root-dir", str(n.root),
              "--manifest-dir", str(n.manifests), "--bridge", n.bridge, "--container-runtime-endpoint", n.endpoint,
              "--lease-duration", "4", "--lease-renew-interval", "1", "--node-status-interval", "1",
              "--backoff-initial", "1", "--backoff-max", "2", "-v", "2",

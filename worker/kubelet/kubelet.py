@@ -239,6 +239,7 @@ class Kubelet:
 
     # -- node --
     async def _register(self) -> None:
+        last = ""
         while True:
             try:
                 self.node = await register_node(self.client, self.node_cfg)
@@ -247,7 +248,10 @@ class Kubelet:
                 log.info("registered node %s (%s)", self.cfg.node_name, self.cfg.node_ip)
                 return
             except Exception as e:  # noqa: BLE001 - the API server may not be up yet
-                log.info("registering node %s: %s; retrying", self.cfg.node_name, e)
+                # said once per distinct reason: on a control-plane node the wait is expected
+                (log.info if str(e) != last else log.debug)("registering node %s: %s; retrying",
+                                                            self.cfg.node_name, e)
+                last = str(e)
                 await asyncio.sleep(2)
 
     async def _heartbeat(self) -> None:
