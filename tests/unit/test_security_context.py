@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.cli.common import CLIError
 from kubelab.cli.manifest import parse_doc
 from master.apiserver import validation as val

@@ -42,7 +42,8 @@ def bounding_caps() -> set[str]:
     containerd does: runc refuses a capability outside the bounding set ("unable to apply caps"),
     and a node that is itself a container (a CI sandbox) often lacks CAP_SYS_RESOURCE."""
     try:
-        line = next(ln for ln in open("/proc/self/status") if ln.startswith("CapBnd:"))
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith("CapBnd:"))
     except (OSError, StopIteration):
         return set(ALL_CAPS)
     mask = int(line.split()[1], 16)
