@@ -3,7 +3,8 @@ join's worker half, which turns this machine into a node of an existing cluster.
 
 Phases, each printed as it runs, each failing with `error execution phase PHASE: ...` on one
 line and exit code 1:
-  preflight      flags, root, runc and conmon, not joined already (ETC/kubelet.conf), node IP
+  preflight      flags; root, runc, conmon, ip, iptables, br_netfilter, vxlan (init's checks);
+                 not joined already (ETC/kubelet.conf); the node IP
   discovery      the CA from the API server's TLS handshake, pinned by the hash, then
                  kube-public/cluster-info read trusting it (kubelab/bootstrap/discovery.py)
   kubelet-start  with the bootstrap token: no live node holds the name (the token may get a
@@ -24,9 +25,7 @@ import argparse
 import asyncio
 import datetime as dt
 import ipaddress
-import os
 import re
-import shutil
 import socket
 import sys
 import time
@@ -153,19 +152,17 @@ def check_endpoint(endpoint: str) -> None:
 
 def preflight(o: JoinOptions, ops: NodeOps) -> tuple[str, str]:
     """kubeadm's join checks that apply here; returns the node's (iface, ip)."""
-    errors = []
-    if os.geteuid() != 0:
-        errors.append("[ERROR IsPrivilegedUser]: user is not running as root")
-    for binary in ("runc", "conmon"):
-        if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists():
-            errors.append(f"[ERROR FileExisting-{binary}]: {binary} not found in system path "
-                          f"(apt-get install {binary})")
+    from kubeadm import preflight as checks
+    # init's checks that a worker needs too; not the ports: a lab VM or a test may share the
+    # host's, and the kubelet says so itself if 10250 is taken
+    errors = [e for e in (checks.check_root(),) if e] + checks.check_binaries()
+    errors += [e for e in (checks.check_br_netfilter(), checks.check_vxlan()) if e]
     conf = o.etc_dir / "kubelet.conf"
     if conf.exists():
         errors.append(f"[ERROR FileAvailable-{_dashed(conf)}]: {conf} already exists: this node has "
-                      "already joined a cluster; run 'kubelab reset' first")
+                      'already joined a cluster; run "kubelab reset" first')
     if errors:
-        raise JoinError("preflight", " ".join(errors))
+        raise JoinError("preflight", " ".join(errors))  # one line: every error at once
     return ops.pick_node_ip(o.iface, o.node_ip)
 
 
@@ -387,11 +384,11 @@ async def _cmd(args) -> int:
         print(e.line(), file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - one line, as kubeadm; the trace on request
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         if args.verbosity >= 5:
             traceback.print_exc()
-        else:
-            print("To see the stack trace of this error execute with --v=5 or higher", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {e}" + ("" if args.verbosity >= 5 else
+                                                   " (to see the stack trace, run with --v=5 or higher)"),
+              file=sys.stderr)
         return 1
     print("\nThis node has joined the cluster:\n"
           "* Certificate signing request was sent to apiserver and a response was received.\n"

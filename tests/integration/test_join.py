@@ -28,7 +28,7 @@ from kubelab.client.client import Client
 from kubelab.client.config import ClientConfig
 from kubelab.errors import Conflict, Forbidden
 
-from .conftest import free_port
+from .conftest import KUBELAB, free_port
 
 JOIN = re.compile(r"^kubelab join (127\.0\.0\.1:\d+) --token ([a-z0-9]{6}\.[a-z0-9]{16}) "
                   r"--discovery-token-ca-cert-hash (sha256:[0-9a-f]{64})$")
@@ -359,7 +359,7 @@ def test_already_joined(control_plane, join_line, root, underlay):
     r = run_join(control_plane, root, underlay, address, "--token", token, "--discovery-token-ca-cert-hash", GOOD_HASH)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.strip() == (f"error execution phase preflight: [ERROR FileAvailable-{str(conf).strip('/').replace('/', '-')}]: "
-                                f"{conf} already exists: this node has already joined a cluster; run 'kubelab reset' first")
+                                f"{conf} already exists: this node has already joined a cluster; run \"kubelab reset\" first")
     assert conf.read_text() == "kept\n" and sorted(root.rglob("*")) == [conf.parent, conf]
 
 
@@ -420,3 +420,23 @@ async def test_long_waits_show_progress():
     assert await asyncio.wait_for(kjoin.with_progress(slow(), say, "[kubelet-start] still waiting", every=0.01),
                                   60) == 7
     assert len(said) == 1 and re.fullmatch(r"\[kubelet-start\] still waiting \(\d+s\)", said[0])
+
+
+def test_preflight_reports_every_missing_tool_at_once(control_plane, join_line, root, underlay):
+    """With only unshare on PATH: runc, conmon, ip, iptables and the VXLAN probe fail, one line."""
+    import shutil
+    import subprocess
+    address, token, _ = join_line
+    iface, ip = underlay
+    bin_dir = root.parent / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "unshare").symlink_to(shutil.which("unshare"))
+    r = subprocess.run([*KUBELAB, "join", address, "--token", token, "--discovery-token-ca-cert-hash", GOOD_HASH,
+                        "--node-name", "w", "--iface", iface, "--node-ip", ip, "--etc-dir", str(root / "etc"),
+                        "--var-dir", str(root / "var")],
+                       env=dict(control_plane.env, PATH=str(bin_dir)), capture_output=True, text=True,
+                       timeout=60, check=False)
+    line = refused(r, root)
+    assert line.startswith("error execution phase preflight: [ERROR FileExisting-runc]: runc not found in system "
+                           "path (Debian package runc) [ERROR FileExisting-conmon]: conmon not found in system path")
+    assert "[ERROR FileExisting-iptables]" in line and "[ERROR SystemVerification]" in line
