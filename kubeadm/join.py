@@ -16,8 +16,8 @@ line and exit code 1:
 Unlike kubeadm, where the kubelet performs the TLS bootstrap from bootstrap-kubelet.conf,
 join performs it itself and hands the kubelet a finished kubelet.conf: the kubelet never sees
 the token. A join that fails takes back what it wrote (kubelet.conf, ca.crt, the overlay
-manifest, the flags files, so the services stop); what is left on the API side is the CSR,
-as with kubeadm.
+manifest; the services stopped and what they started removed, as init's rollback does with
+kubeadm/reset.py); what is left on the API side is the CSR, as with kubeadm.
 """
 from __future__ import annotations
 
@@ -80,15 +80,16 @@ class NodeOps:
     in its own to stop short of starting daemons."""
     start_node: Callable[..., None]
     wait_node_ready: Callable[..., Awaitable[None]]
-    stop_node: Callable[..., None]
+    stop_node: Callable[..., Awaitable[None]]
     pick_node_ip: Callable[[str, str], tuple[str, str]]
 
     @classmethod
     def host(cls) -> NodeOps:
-        from kubeadm import node, services
+        from kubeadm import node, reset
 
-        def stop(spec) -> None:
-            services.stop_services(spec.var_dir, say=lambda m: None)
+        async def stop(spec) -> None:
+            # as init's rollback: services, the containers they started, flannel.1, the cgroups
+            await reset.reset_node_half(spec.var_dir, say=lambda m: None)
 
         def pick(iface: str, node_ip: str) -> tuple[str, str]:
             try:
@@ -214,10 +215,10 @@ class _Undo:
         else:
             self.files.append(path)
 
-    def run(self, ops: NodeOps, say) -> None:
+    async def run(self, ops: NodeOps, say) -> None:
         if self.node_spec is not None:
             try:
-                ops.stop_node(self.node_spec)
+                await ops.stop_node(self.node_spec)
             except Exception as e:  # noqa: BLE001 - undo what else it can, and say what is left
                 say(f"[reset] WARNING: could not stop the node services: {e}; run 'kubelab reset'")
             spec = self.node_spec
@@ -246,7 +247,7 @@ async def join(o: JoinOptions, *, ops: NodeOps | None = None, say=print) -> Join
     try:
         return await _join(o, ops, say, undo, iface, node_ip)
     except BaseException:
-        undo.run(ops, say)
+        await undo.run(ops, say)
         raise
 
 

@@ -227,7 +227,9 @@ async def test_a_failure_after_the_bootstrap_takes_back_what_join_wrote(control_
         assert (root / "etc" / "kubelet.conf").exists()
         raise TimeoutError(f'node "{name}" not Ready after {timeout:.0f}s: not registered yet')
 
-    ops = kjoin.NodeOps(start_node, never_ready, stopped.append, lambda iface, ip: ("eth-test", "192.0.2.8"))
+    async def stop_node(spec):
+        stopped.append(spec)
+    ops = kjoin.NodeOps(start_node, never_ready, stop_node, lambda iface, ip: ("eth-test", "192.0.2.8"))
     with pytest.raises(kjoin.JoinError) as e:
         await kjoin.join(kjoin.JoinOptions(address, token, pin, node_name="never-ready", etc_dir=root / "etc",
                                            var_dir=root / "var", timeout=60), ops=ops, say=lambda m: None)
