@@ -345,8 +345,9 @@ async def with_progress(coro, say, what: str, every: float = 10.0):
 
 
 def _duration(seconds: float) -> str:
+    """Go's time.Duration text, as kubeadm prints it: 4m0s, 1m30s, 45s."""
     m, s = divmod(int(seconds), 60)
-    return f"{m}m{s}s"
+    return f"{m}m{s}s" if m else f"{s}s"
 
 
 # ---- the command

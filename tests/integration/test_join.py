@@ -442,3 +442,7 @@ def test_preflight_reports_every_missing_tool_at_once(control_plane, join_line, 
     assert line.startswith("error execution phase preflight: [ERROR FileExisting-runc]: runc not found in system "
                            "path (Debian package runc) [ERROR FileExisting-conmon]: conmon not found in system path")
     assert "[ERROR FileExisting-iptables]" in line and "[ERROR SystemVerification]" in line
+
+
+def test_durations_read_as_kubeadm_prints_them():
+    assert [kjoin._duration(s) for s in (240, 90, 45)] == ["4m0s", "1m30s", "45s"]
