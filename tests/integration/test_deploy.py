@@ -98,6 +98,72 @@ def test_vagrantfile_broken_copy_fails(tmp_path, vagrant_home, breakage, message
     assert message in p.stdout + p.stderr
 
 
+HANDOVER_PROBE = r"""
+require "json"
+require ARGV[0]
+# stands in for Vagrant's machine.communicate: files it has, others missing; output in pieces
+class FakeCommunicator
+  attr_reader :commands
+  def initialize(files)
+    @files = files
+    @commands = []
+  end
+
+  def sudo(command, opts = {})
+    @commands << [command, opts]
+    name = File.basename(command.split(" ").last)
+    unless @files.key?(name)
+      yield :stderr, "cat: #{name}: No such file or directory"
+      return 1
+    end
+    yield :stderr, "sudo: a warning"
+    @files[name].scan(/.{1,7}/m).each { |piece| yield :stdout, piece }
+    0
+  end
+end
+comm = FakeCommunicator.new(JSON.parse(ARGV[2]))
+copied = KubelabHandover.fetch(Struct.new(:communicate).new(comm), ARGV[1])
+KubelabHandover.clear(ARGV[1]) if ARGV[3] == "clear"
+puts JSON.generate({"copied" => copied, "commands" => comm.commands})
+"""
+
+
+def handover(tmp_path: Path, guest_files: dict, *extra: str) -> dict:
+    """deploy/vagrant/handover.rb (the Vagrantfile's trigger code) against a stand-in machine."""
+    if not shutil.which("ruby"):
+        pytest.fail("ruby is missing (it comes with the vagrant package: make install)")
+    probe = tmp_path / "probe.rb"
+    probe.write_text(HANDOVER_PROBE)
+    p = run(["ruby", str(probe), str(DEPLOY / "vagrant/handover.rb"), str(tmp_path / ".kubelab"),
+             json.dumps(guest_files), *extra])
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_handover_copies_the_masters_files_to_the_host(tmp_path):
+    join = f"#!/bin/sh\nexec kubelab join 192.168.56.10:6443 --token {TOKEN} ... \"$@\"\n"
+    got = handover(tmp_path, {"join.sh": join, "admin.conf": "apiVersion: v1\nkind: Config\n"})
+    assert got == {"copied": ["join.sh", "admin.conf"], "commands": [
+        ["cat /vagrant/.kubelab/join.sh", {"error_check": False}],
+        ["cat /vagrant/.kubelab/admin.conf", {"error_check": False}]]}
+    host = tmp_path / ".kubelab"
+    assert sorted(p.name for p in host.iterdir()) == ["admin.conf", "join.sh"]
+    assert (host / "join.sh").read_text() == join
+    assert (host / "admin.conf").read_text() == "apiVersion: v1\nkind: Config\n"
+    assert all((host / n).stat().st_mode & 0o777 == 0o600 for n in ("join.sh", "admin.conf"))
+
+
+def test_handover_leaves_out_what_the_master_lacks_and_clears(tmp_path):
+    host = tmp_path / ".kubelab"
+    host.mkdir()
+    (host / "admin.conf").write_text("the host's own\n")
+    got = handover(tmp_path, {"join.sh": "exec kubelab join x\n"})
+    assert got["copied"] == ["join.sh"]
+    assert (host / "admin.conf").read_text() == "the host's own\n"  # not emptied
+    got = handover(tmp_path, {"join.sh": "exec kubelab join x\n"}, "clear")
+    assert list(host.iterdir()) == []
+
+
 # ---- scripts and units
 
 SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
