@@ -24,6 +24,10 @@ from .test_runtime import registry  # noqa: F401 - the local registry fixture
 import yaml
 
 NODE = "kl-test-node"
+# The node's bridge lives in the host's own network namespace, so its podCIDR becomes a host
+# route: a range of its own, never the 10.244.0.0/16 that labs on this host route into their VMs.
+CLUSTER_CIDR = "10.202.0.0/16"
+CP_FLAGS = ("--node-monitor-grace-period", "5", "--node-monitor-period", "1", "--cluster-cidr", CLUSTER_CIDR)
 
 
 class Node:
@@ -36,7 +40,7 @@ class Node:
         self.proc = self.cp.start(
             "kubelet", "--node-name", NODE, "--node-ip", "127.0.0.1", "--port", "0",
             "--root-dir", str(self.root), "--image-dir", str(self.root / "img"),
-            "--manifest-dir", str(self.root / "manifests"), "--bridge", self.bridge,
+            "--manifest-dir", str(self.root / "manifests"), "--bridge", self.bridge, "--cluster-cidr", CLUSTER_CIDR,
             "--lease-duration", "4", "--lease-renew-interval", "1", "--node-status-interval", "1",
             "--backoff-initial", "1", "--backoff-max", "4", "-v", "2", log="kubelet.log")
 
@@ -92,7 +96,7 @@ def node_leftovers(n: Node) -> list[str]:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     d = tmp_path_factory.mktemp("kubelet")
-    cp = launch_control_plane(d, "--node-monitor-grace-period", "5", "--node-monitor-period", "1")
+    cp = launch_control_plane(d, *CP_FLAGS)
     n = Node(cp, d / "node")
     try:
         subprocess.run(KUBELAB + ["image", "build-busybox", "--root-dir", str(n.root / "img")], check=True,
@@ -208,7 +212,7 @@ spec:
     volumeMounts: [{name: logs, mountPath: /logs}]
 """)
         pod = await running(c, "duo")
-        assert pod.status.podIP.startswith("10.244.")
+        assert pod.status.podIP.startswith("10.202.")
         k = node.cp.kubelab
         await wait_for(lambda: "hello-from-web" in k("logs", "duo", "-c", "client", check=False).stdout, 20,
                        what="client reaching web over localhost")
@@ -780,8 +784,7 @@ spec:
             return (await rt.status(cid)).state == "exited"
         await wait_for(exited, 60, what="the container exiting with the control plane away")
         assert kubelet.poll() is None, "the kubelet must survive the API server's absence"
-        fresh = launch_control_plane(cp.data_dir, "--node-monitor-grace-period", "5", "--node-monitor-period", "1",
-                                     port=cp.port)
+        fresh = launch_control_plane(cp.data_dir, *CP_FLAGS, port=cp.port)
         cp.proc = fresh.proc
     finally:
         cp.children.append(kubelet)  # whatever happened, the fixture's teardown stops it

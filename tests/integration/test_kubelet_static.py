@@ -33,6 +33,8 @@ from .conftest import KUBELAB, ROOT, free_port, launch_control_plane, stop_contr
 from .test_runtime_daemon import leftovers
 
 NODE = "klp-static"
+# the node's bridge gets the podCIDR in the host's namespace: never a lab's 10.244.0.0/16
+CLUSTER_CIDR = "10.203.0.0/16"
 STATIC_POD = """
 apiVersion: v1
 kind: Pod
@@ -103,7 +105,8 @@ def node(tmp_path_factory):
                  "--cgroup-parent", n.cgroup_parent, "--listen", n.endpoint], "runtime.log")
         n.kubelet = n.spawn(
             ["kubelet", "--config", str(n.base / "kubelet.conf"), "--node-name", NODE, "--node-ip", "127.0.0.1", "--port", "0", "--root-dir", str(n.root),
-             "--manifest-dir", str(n.manifests), "--bridge", n.bridge, "--container-runtime-endpoint", n.endpoint,
+             "--manifest-dir", str(n.manifests), "--bridge", n.bridge, "--cluster-cidr", CLUSTER_CIDR,
+             "--container-runtime-endpoint", n.endpoint,
              "--lease-duration", "4", "--lease-renew-interval", "1", "--node-status-interval", "1",
              "--backoff-initial", "1", "--backoff-max", "2", "-v", "2",
              "--node-labels", "node-role.kubernetes.io/control-plane=",
@@ -158,12 +161,13 @@ async def test_static_pods_run_before_any_api_server(node):
 
 async def test_node_lease_and_mirror_pod_once_the_api_server_answers(node):
     node.cp = launch_control_plane(node.base, "--node-monitor-grace-period", "5", "--node-monitor-period", "1",
-                                   port=node.port)
+                                   "--cluster-cidr", CLUSTER_CIDR, port=node.port)
     async with node.cp.client() as c:
         async def ready():
             n = await c.nodes().get(NODE)
-            return any(x.type == "Ready" and x.status == "True" for x in n.status.conditions) and n
+            return any(x.type == "Ready" and x.status == "True" for x in n.status.conditions) and n.spec.podCIDR and n
         n = await wait_for(ready, 60, interval=0.5, what=f"node {NODE} registered and Ready")
+        assert n.spec.podCIDR.startswith("10.203.")
         assert "node-role.kubernetes.io/control-plane" in n.metadata.labels  # as kubeadm marks it
         assert [(t.key, t.effect) for t in n.spec.taints if t.key.startswith("node-role")] == \
             [("node-role.kubernetes.io/control-plane", "NoSchedule")]
