@@ -35,8 +35,8 @@ from kubelab.lab.state import VM, LabError, LabState, save
 JOIN_LINE = re.compile(r"^kubelab join (\S+:\d+) --token ([a-z0-9]{6}\.[a-z0-9]{16}) "
                        r"--discovery-token-ca-cert-hash (sha256:[0-9a-f]{64})\s*$")
 BUSYBOX = "docker.io/library/busybox:latest"
-INIT_TIMEOUT = 180.0
-JOIN_TIMEOUT = 120.0
+INIT_TIMEOUT = 300.0   # past init's own deadlines (240 s), so that its own error is what shows
+JOIN_TIMEOUT = 300.0
 READY_TIMEOUT = 120.0
 RESET_TIMEOUT = 60.0
 TAIL = 12  # lines of a failed command's output quoted in the error

@@ -20,7 +20,7 @@ IFNAMSIZ = 15
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run(list(cmd), capture_output=True, text=True)
+    p = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
     if check and p.returncode != 0:
         raise LabError(f"{' '.join(cmd)}: {p.stderr.strip() or p.stdout.strip() or f'exit {p.returncode}'}")
     return p

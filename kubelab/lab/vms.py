@@ -166,7 +166,7 @@ def up(d: Path, *, workers: int = 2, subnet: str = net.DEFAULT_SUBNET, bridge: s
         else:
             print("lab up failed: taking the lab down again", file=sys.stderr)
         try:
-            down(d, out=open(os.devnull, "w"))
+            down(d, out=sys.stderr)
         except LabError as e:
             print(f"warning: rolling back the failed lab up: {e}", file=sys.stderr)
         raise
@@ -257,6 +257,11 @@ def status(d: Path, out=sys.stdout) -> int:
     for r in rows:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
     print(f"\nbridge {st.bridge}, subnet {st.subnet}, host address {st.bridge_ip}", file=out)
+    if st.kubeconfig:
+        print(f"cluster: made by init and join (pods {st.pod_cidr}, services {st.service_cidr}); "
+              f"admin config {st.kubeconfig}", file=out)
+    elif st.bare:
+        print("cluster: none made by lab up (--bare): run init and join in the VMs", file=out)
     return 0
 
 
@@ -311,6 +316,9 @@ def down(d: Path, out=sys.stdout) -> None:
     # would run `kubelab reset` on each VM before deleting it
     live = [vm for vm in st.vms if alive(vm) and any(Path(vm.dir, sub).is_dir() and os.listdir(Path(vm.dir, sub))
                                                      for sub in ("etc-kubelab", "var-lib-kubelab"))]
+    for vm in st.vms:
+        if vm.partitioned:  # reset may want the API server, and a VM cut off would wait on it
+            net.set_link(vm.veth, up=True)
     if live:
         say(f"kubelab reset in {', '.join(vm.name for vm in live)}")
         cluster.reset_vms(live, say)

@@ -113,9 +113,14 @@ def walkthrough(sh: Shell) -> None:
     out = sh.run("exec", "client", "-n", NS, "--", "wget", "-qO-", f"http://{web_ip}:{PORT}/")
     if "hello from" not in out:
         raise WalkthroughError(f"the client could not reach http://{web_ip}:{PORT}/: {out}")
+    deadline = time.monotonic() + 10  # the log line goes through the runtime's log file: a moment
+    while client_ip not in sh.run("logs", "web", "-n", NS, show=False) and time.monotonic() < deadline:
+        time.sleep(0.2)
     logs = sh.run("logs", "web", "-n", NS)
-    if client_ip in logs:
-        print(f"# httpd saw the client's own pod IP {client_ip}: pod to pod without NAT, across nodes")
+    if client_ip not in logs:
+        raise WalkthroughError(f"httpd's log does not name the client's pod IP {client_ip} as the source "
+                               "(NAT between the nodes?)")
+    print(f"# httpd saw the client's own pod IP {client_ip}: pod to pod without NAT, across nodes")
     master = next((n["metadata"]["name"] for n in nodes if n["metadata"]["name"] not in workers), "MASTER")
     print(f"""
 The lab stays up. Go on with:

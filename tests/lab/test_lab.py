@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -28,7 +30,7 @@ from tests.lab.conftest import (
     wait_for,
 )
 
-NS = "lab-test"
+NS = "default"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager")
 
 
@@ -118,39 +120,28 @@ def test_control_plane_and_overlay_run_as_pods(lab):
         assert pods[f"kube-overlay-{n}"]["spec"]["nodeName"] == n
 
 
-def test_pod_to_pod_across_nodes_keeps_the_source_ip(lab):
-    lab.kl("create", "ns", NS)
-    lab.apply(f"""apiVersion: v1
-kind: Pod
-metadata: {{name: srv, namespace: {NS}}}
-spec:
-  nodeName: {W1}
-  containers:
-  - name: web
-    image: busybox
-    command: [sh, -c, "mkdir -p /www; echo from-srv > /www/index.html; exec httpd -f -vv -p 8080 -h /www"]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: cli, namespace: {NS}}}
-spec:
-  nodeName: {W2}
-  containers:
-  - name: c
-    image: busybox
-    command: [sleep, "100000"]
-""")
-    srv, cli = lab.wait_running("srv", NS), lab.wait_running("cli", NS)
-    ips, ipc = srv["status"]["podIP"], cli["status"]["podIP"]
-    assert ips.rsplit(".", 1)[0] != ipc.rsplit(".", 1)[0], "two nodes' pods share a /24"
-    # no wget -T: Debian's busybox-static has none (it crashes on it); busybox's timeout bounds it
-    got = lab.kl("exec", "cli", "-n", NS, "--", "timeout", "10", "wget", "-qO-", f"http://{ips}:8080/")
-    assert got.stdout == "from-srv\n"
+def test_walkthrough_pod_to_pod_across_nodes_keeps_the_source_ip(lab):
+    """make lab's walkthrough on the session's lab: the seed's commands, and a web pod on one
+    worker reached from a pod on the other by pod IP, httpd logging the client's own pod IP."""
+    p = subprocess.run([sys.executable, "-m", "kubelab.lab.walkthrough"], capture_output=True, text=True,
+                       env=lab.env, timeout=300, check=False)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr
+    for shown in ("$ kubelab get nodes", "$ kubelab get pods -n kube-system", "$ kubelab create ns dev",
+                  "namespace/dev created", "$ kubelab get pods -n dev -o wide", "hello from web",
+                  "kubelab lab down"):
+        assert shown in p.stdout, f"{shown!r} not in the walkthrough's output"
+    assert re.search(r"^NAME +STATUS +ROLES", p.stdout, re.MULTILINE)
+    web, client = lab.pod("web", "dev"), lab.pod("client", "dev")
+    assert web["spec"]["nodeName"] != client["spec"]["nodeName"]
+    assert {web["spec"]["nodeName"], client["spec"]["nodeName"]} <= {W1, W2}, "a pod on the tainted master"
+    ipw, ipc = web["status"]["podIP"], client["status"]["podIP"]
+    assert ipw.rsplit(".", 1)[0] != ipc.rsplit(".", 1)[0], "two nodes' pods share a /24"
     # httpd -vv logs the client's address: the sender's pod IP, not a node's (no NAT on the overlay)
-    wait_for(f"srv's log naming {ipc}", lambda: ipc in lab.kl("logs", "srv", "-n", NS).stdout, 10)
+    assert f"httpd saw the client's own pod IP {ipc}" in p.stdout
+    assert f"[::ffff:{ipc}]" in lab.kl("logs", "web", "-n", "dev").stdout
     # and the host reaches a pod by its IP, through the lab's route via the pod's node
-    with urllib.request.urlopen(f"http://{ips}:8080/", timeout=5) as r:
-        assert r.read() == b"from-srv\n"
+    with urllib.request.urlopen(f"http://{ipw}:8080/", timeout=5) as r:
+        assert r.read() == b"hello from web\n"
 
 
 def test_lab_load_puts_an_image_into_every_vm(lab, tmp_path):
@@ -249,3 +240,20 @@ def test_node_deleted_leaves_no_entries_then_joins_again(lab):
     wait_for(f"{W2} Ready after joining again", lambda: lab.node_ready(W2), 60)
     wait_for(f"{W1} holding entries for {W2} again",
              lambda: overlay_entries(W1) == expected_entries(lab, W1), 40)
+
+
+def test_failed_up_is_rolled_back(lab, tmp_path):
+    """A second lab of other names whose init fails (a pod range too small for a /24 per node):
+    up says which step failed and why, and takes back everything it made."""
+    d, env = tmp_path / "lab2", dict(lab.env, HOME=str(tmp_path / "home"))
+    # ranges apart from the session lab's, which the host routes already
+    p = subprocess.run([*KUBELAB, "lab", "up", "--workers", "1", "--lab-dir", str(d), "--prefix", "kll2",
+                        "--bridge", "kll20", "--subnet", "192.168.66.0/24", "--pod-network-cidr", "10.250.0.0/28",
+                        "--service-cidr", "10.112.0.0/12"], capture_output=True, text=True, env=env, timeout=300,
+                       check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert '"kubelab init --apiserver-advertise-address 192.168.66.10' in p.stderr and "failed (exit 1)" in p.stderr
+    assert 'invalid --pod-network-cidr "10.250.0.0/28"' in p.stderr and "taking the lab down again" in p.stderr
+    assert not d.exists() and not (tmp_path / "home" / ".kubelab").exists()
+    assert not os.path.exists("/run/netns/kll2-master") and not os.path.exists("/sys/class/net/kll20")
+    assert not list(Path("/sys/fs/cgroup").glob("*/kubelab/kll2-*"))
