@@ -431,7 +431,7 @@ def bare_lab(tmp_path_factory):
         down = lab("down")
         assert down.returncode == 0, down.stdout + down.stderr
         netns = run(["ip", "netns", "list"]).stdout
-        assert not [n for n in netns.split() if n.startswith(f"{PREFIX}-")], netns
+        assert not {MASTER, WORKER} & set(netns.split()), netns
         assert run(["ip", "link", "show", BRIDGE]).returncode != 0
 
 
