@@ -129,10 +129,9 @@ def _certs(o: InitOptions):
         ctx.say(f'[certs] Using certificateDir folder "{d}"')
         ctx.say("[certs] ca, apiserver (serving for " + ", ".join(sans) + "), kubernetes-admin, "
                 "scheduler, controller-manager")
-        ensure_etcd = getattr(pki, "ensure_etcd_pki", None)
-        if ensure_etcd is not None:
-            ensure_etcd(d)
-            ctx.say("[certs] etcd/ca, etcd/server, etcd/peer, apiserver-etcd-client")
+        if manifests.etcd_tls_supported():
+            pki.ensure_etcd_pki(d, o.node_name, [ctx.values["advertise"]])
+            ctx.say("[certs] etcd/ca, etcd/server, etcd/peer, etcd/healthcheck-client, apiserver-etcd-client")
     return run
 
 
@@ -158,7 +157,8 @@ def _kubeconfig(o: InitOptions):
 
 def _control_plane_spec(o: InitOptions, ctx: Context) -> manifests.ControlPlane:
     return manifests.ControlPlane(etc_dir=o.etc_dir, var_dir=o.var_dir, advertise_address=ctx.values["advertise"],
-                                  pod_network_cidr=o.pod_network_cidr, service_cidr=o.service_cidr)
+                                  pod_network_cidr=o.pod_network_cidr, service_cidr=o.service_cidr,
+                                  node_name=o.node_name)
 
 
 def _write_manifests(o: InitOptions, names: list[str], phase: str):
@@ -182,10 +182,10 @@ def _kubelet_start(o: InitOptions):
         ctx.track(spec.manifest_dir / "kube-overlay.yaml")
         for s in services.SERVICES:
             ctx.track(services.flags_path(o.var_dir, s))
-        ctx.track(o.var_dir / "log")
+        # VAR/log is not taken back by a rollback: it is where the failure is explained
         # the daemons make their own state in VAR (containers, pods, network...): a rollback
         # takes back whatever was not there before they started
-        ctx.values["var_before"] = {p.name for p in o.var_dir.iterdir()} if o.var_dir.is_dir() else set()
+        ctx.values["var_before"] = ({p.name for p in o.var_dir.iterdir()} if o.var_dir.is_dir() else set()) | {"log"}
         ctx.services_started = True  # from here on the rollback stops them and resets the node
         node.start_node(spec, say=ctx.say)
     return run
@@ -210,10 +210,9 @@ def _wait_control_plane(o: InitOptions):
             now = time.monotonic()
             if now > end:
                 raise PhaseError("wait-control-plane", f"the API server did not answer in {o.timeout:.0f}s "
-                                 f"({str(last).splitlines()[0] if str(last) else type(last).__name__}); see "
-                                 f"{o.var_dir}/log/kubelab-kubelet.log, {o.var_dir}/log/kubelab-runtime.log "
-                                 "and the static pods' logs under "
-                                 f"{o.var_dir}/pods/*/ for why")
+                                 f"({str(last).splitlines()[0] if str(last) else type(last).__name__}); "
+                                 f"{o.var_dir}/log/ keeps why: kubelab-kubelet.log, kubelab-runtime.log and "
+                                 "containers/<static pod>.log")
             if now > next_note:
                 ctx.say(f"[wait-control-plane] still waiting for the API server ({now - started:.0f}s)")
                 next_note = now + 10
@@ -277,9 +276,24 @@ def init_phases(o: InitOptions) -> list[Phase]:
     ]
 
 
+def keep_container_logs(var_dir: Path) -> list[Path]:
+    """Copy the containers' logs (VAR/pods/UID/logs/NAME/N.log) to VAR/log/containers/NAME.log
+    before the node reset removes the pods: a failed init's reasons are in them."""
+    import shutil
+    kept = []
+    for log in sorted(var_dir.glob("pods/*/logs/*/*.log")):
+        dst = var_dir / "log" / "containers" / f"{log.parent.name}.log"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, dst)
+        kept.append(dst)
+    return kept
+
+
 async def rollback(ctx: Context) -> None:
     from kubeadm import reset
     if ctx.services_started:
+        for path in keep_container_logs(ctx.var_dir):
+            ctx.say(f"[rollback] kept {path}")
         await reset.reset_node_half(ctx.var_dir, ctx.values.get("run_dir", services.RUN_DIR), say=ctx.say)
         before = ctx.values.get("var_before", set())
         if ctx.var_dir.is_dir():

@@ -308,9 +308,14 @@ def stop_services(var_dir: Path = VAR_DIR, run_dir: Path = RUN_DIR, *, say=print
         _kill_orphans(run_dir, say)
         return
     deadline = time.monotonic() + timeout
-    while running(run_dir):
+    # until the runner has seen them exit (it removes their pid files once reaped), so that
+    # nothing of them is left when this returns; a runner that dies meanwhile leaves orphans
+    while any((Path(run_dir) / f"{s}.pid").exists() for s in SERVICES):
+        if not runner_pid(run_dir):
+            _kill_orphans(run_dir, say)
+            break
         if time.monotonic() > deadline:
-            left = ", ".join(f"{s} (pid {pid})" for s, pid in running(run_dir).items())
+            left = ", ".join(s for s in SERVICES if (Path(run_dir) / f"{s}.pid").exists())
             raise ServiceError(f"{left} still running {timeout:.0f}s after their flags files were removed")
         time.sleep(0.1)
     say("[reset] stopped the kubelet and the container runtime")
@@ -324,6 +329,7 @@ def _kill_orphans(run_dir: Path, say) -> None:
             say(f"[reset] killed {s} (pid {pid}), left without its runner")
         except ProcessLookupError:
             pass
+    for s in SERVICES:
         (Path(run_dir) / f"{s}.pid").unlink(missing_ok=True)
 
 

@@ -112,7 +112,9 @@ def test_failed_init_rolls_back_what_it_made(bare):
         assert "error execution phase wait-control-plane: the API server did not answer in 0s" in p.stderr
         assert "[kubelet-start] wrote /var/lib/kubelab/kubelab-kubelet.env" in p.stdout  # it got that far
         assert "[rollback] removed /etc/kubelab/pki" in p.stdout
-        assert node_state(bare, MASTER) == dict(EMPTY, etc=["keep.txt"])
+        # only the logs stay, for the reasons of the failure
+        assert node_state(bare, MASTER) == dict(EMPTY, etc=["keep.txt"], var=["log"])
+        assert (bare.vm_dir(MASTER, "var-lib-kubelab") / "log" / "kubelab-kubelet.log").exists()
     finally:
         keep.unlink()
 
@@ -123,11 +125,12 @@ def test_taken_port_fails_preflight_before_anything_is_made(bare):
                                "print('up', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "up"
+        before = node_state(bare, MASTER)
         p = bare.sh(MASTER, *INIT)
         assert p.returncode == 1
         assert "error execution phase preflight: [preflight] Some fatal errors occurred:" in p.stderr
         assert "[ERROR Port-10250]: Port 10250 is in use" in p.stderr
-        assert node_state(bare, MASTER) == EMPTY
+        assert node_state(bare, MASTER) == before and before["etc"] == [] and before["services"] == []
     finally:
         holder.kill()
         holder.wait()
