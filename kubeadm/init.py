@@ -129,9 +129,9 @@ def _certs(o: InitOptions):
         ctx.say(f'[certs] Using certificateDir folder "{d}"')
         ctx.say("[certs] ca, apiserver (serving for " + ", ".join(sans) + "), kubernetes-admin, "
                 "scheduler, controller-manager")
-        if manifests.etcd_tls_supported():
-            pki.ensure_etcd_pki(d, o.node_name, [ctx.values["advertise"]])
-            ctx.say("[certs] etcd/ca, etcd/server, etcd/peer, etcd/healthcheck-client, apiserver-etcd-client")
+        pki.ensure_etcd_pki(d, o.node_name, [ctx.values["advertise"]])
+        ctx.say("[certs] etcd/ca, etcd/server, etcd/peer, etcd/healthcheck-client, apiserver-etcd-client "
+                "(etcd's own CA)")
     return run
 
 

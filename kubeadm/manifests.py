@@ -118,58 +118,29 @@ class ControlPlane:
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_client_port}"
-
-
-# etcd over TLS (kubeadm's way) once its pieces are in and an init with them has been seen to
-# work end to end (tests/lab/test_init.py); until then etcd serves plain HTTP on the master's
-# loopback only, which nothing off the node can reach
-ETCD_TLS = False
-
-
-def etcd_tls_supported() -> bool:
-    """Whether init runs etcd with TLS: ETCD_TLS, and this tree has the pieces (the etcd PKI,
-    etcd_argv, the API server's --etcd-cafile), which landed in parallel with init."""
-    import argparse
-    if not ETCD_TLS:
-        return False
-    from kubelab import pki
-    from kubelab.etcd import server
-    if not (hasattr(pki, "ensure_etcd_pki") and hasattr(server, "etcd_argv")):
-        return False
-    from master.apiserver import cmd
-    parser = argparse.ArgumentParser()
-    cmd.register(parser.add_subparsers(), [])
-    _, unknown = parser.parse_known_args(["apiserver", "--etcd-servers=x", "--pki-dir=x", "--etcd-cafile=x"])
-    return not unknown
+        return f"https://127.0.0.1:{self.etcd_client_port}"
 
 
 def etcd_pod(cp: ControlPlane) -> dict:
-    from kubelab.etcd import server
+    """kubeadm's etcd: TLS for clients and peers, each asked for a certificate of etcd's own CA
+    (pki/etcd, pki.ensure_etcd_pki), on the master's loopback (the API server is its only client)."""
+    from kubelab.etcd.server import etcd_argv
     data = cp.var_dir / "etcd"
-    mounts = [Mount("etcd-data", str(data), read_only=False, type="DirectoryOrCreate")]
-    if etcd_tls_supported():
-        # kubeadm's etcd: TLS for clients and peers, each asked for a certificate of etcd's own CA
-        argv = server.etcd_argv(name=cp.node_name or "default", data_dir=data,
-                                listen_client_urls=[f"https://127.0.0.1:{cp.etcd_client_port}"],
-                                listen_peer_urls=[f"https://127.0.0.1:{cp.etcd_peer_port}"], tls_dir=cp.pki / "etcd")
-        mounts.append(Mount("etcd-certs", str(cp.pki / "etcd"), type="Directory"))
-    else:
-        argv = server.EtcdServer(data, client_port=cp.etcd_client_port, peer_port=cp.etcd_peer_port).argv()
-    return static_pod("etcd", argv, mounts, component="etcd")
+    argv = etcd_argv(name=cp.node_name or "default", data_dir=data,
+                     listen_client_urls=[f"https://127.0.0.1:{cp.etcd_client_port}"],
+                     listen_peer_urls=[f"https://127.0.0.1:{cp.etcd_peer_port}"], tls_dir=cp.pki / "etcd")
+    return static_pod("etcd", argv, [Mount("etcd-data", str(data), read_only=False, type="DirectoryOrCreate"),
+                                     Mount("etcd-certs", str(cp.pki / "etcd"), type="Directory")], component="etcd")
 
 
 def apiserver_pod(cp: ControlPlane) -> dict:
     # on the advertise address, which every config names: the API server publishes its listen
     # address in kube-public/cluster-info, and a wildcard there is no address a node can dial
-    etcd = ["--etcd-servers", cp.etcd_endpoint]
-    if etcd_tls_supported():
-        etcd = ["--etcd-servers", cp.etcd_endpoint.replace("http://", "https://"),
-                "--etcd-cafile", str(cp.pki / "etcd" / "ca.crt"),
-                "--etcd-certfile", str(cp.pki / "apiserver-etcd-client.crt"),
-                "--etcd-keyfile", str(cp.pki / "apiserver-etcd-client.key")]
-    argv = python_argv("apiserver", *etcd, "--listen", f"{cp.advertise_address}:{cp.apiserver_port}",
-                       "--pki-dir", str(cp.pki))
+    argv = python_argv("apiserver", "--etcd-servers", cp.etcd_endpoint,
+                       "--etcd-cafile", str(cp.pki / "etcd" / "ca.crt"),
+                       "--etcd-certfile", str(cp.pki / "apiserver-etcd-client.crt"),
+                       "--etcd-keyfile", str(cp.pki / "apiserver-etcd-client.key"),
+                       "--listen", f"{cp.advertise_address}:{cp.apiserver_port}", "--pki-dir", str(cp.pki))
     return static_pod("kube-apiserver", argv, [Mount("k8s-certs", str(cp.pki), type="Directory")],
                       component="kube-apiserver")
 

@@ -51,17 +51,15 @@ def test_environment_holds_interpreter_venv_and_source():
 
 
 def test_apiserver_flags():
-    argv = manifests.apiserver_pod(CP)["spec"]["containers"][0]["command"]
+    c = manifests.apiserver_pod(CP)["spec"]["containers"][0]
+    argv = c["command"]
     args = parse_argv(argv)
     assert args.listen == "192.168.56.10:6443" and args.pki_dir == "/etc/kubelab/pki"
-    if manifests.etcd_tls_supported():  # kubeadm's: etcd over TLS with the API server's own client cert
-        assert args.etcd_servers == "https://127.0.0.1:2379"
-        assert (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) == (
-            "/etc/kubelab/pki/etcd/ca.crt", "/etc/kubelab/pki/apiserver-etcd-client.crt",
-            "/etc/kubelab/pki/apiserver-etcd-client.key")
-    else:
-        assert args.etcd_servers == "http://127.0.0.1:2379"
-    c = manifests.apiserver_pod(CP)["spec"]["containers"][0]
+    # kubeadm's: etcd over TLS, with the API server's own client certificate of etcd's CA
+    assert args.etcd_servers == "https://127.0.0.1:2379"
+    assert (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) == (
+        "/etc/kubelab/pki/etcd/ca.crt", "/etc/kubelab/pki/apiserver-etcd-client.crt",
+        "/etc/kubelab/pki/apiserver-etcd-client.key")
     mounts = {m["mountPath"]: m["readOnly"] for m in c["volumeMounts"]}
     assert mounts["/etc/kubelab/pki"] is True
 
@@ -84,9 +82,10 @@ def test_etcd_data_is_writable_and_on_the_host():
     assert "--data-dir" in argv and argv[argv.index("--data-dir") + 1] == "/var/lib/kubelab/etcd"
     mounts = {m["mountPath"]: m["readOnly"] for m in c["volumeMounts"]}
     assert mounts["/var/lib/kubelab/etcd"] is False
-    if manifests.etcd_tls_supported():
-        assert mounts["/etc/kubelab/pki/etcd"] is True
-        assert "--client-cert-auth=true" in argv and "https://127.0.0.1:2379" in argv
+    assert mounts["/etc/kubelab/pki/etcd"] is True
+    assert "--client-cert-auth=true" in argv and "--peer-client-cert-auth=true" in argv
+    assert argv[argv.index("--listen-client-urls") + 1] == "https://127.0.0.1:2379"
+    assert argv[argv.index("--trusted-ca-file") + 1] == "/etc/kubelab/pki/etcd/ca.crt"
 
 
 def test_overlay_pod_is_privileged_with_run_flannel():
