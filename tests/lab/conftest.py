@@ -1,12 +1,13 @@
 """The session's lab: one `kubelab lab up` (1 master + 2 workers, init and join inside the VMs)
 for every test in tests/lab, on names of its own (prefix kll, bridge kll0, 192.168.65.0/24,
 lab dir /tmp/lab-l) so that it never meets a real lab or another session's. HOME is a temp
-dir (lab up writes ~/.kubelab/config there) and KUBELAB_CONFIG is unset, so the CLI finds the
-lab's admin config by default, as a user's does.
+dir holding a config of "the user's" (lab up puts it aside and writes ~/.kubelab/config there)
+and KUBELAB_CONFIG is unset, so the CLI finds the lab's admin config by default, as a user's
+does.
 
 At the end of the session `kubelab lab down` runs and the host is compared with before: no
 namespace, link, mount, route, FORWARD rule, process or container cgroup of the lab left, the
-config gone from HOME, the lab dir gone.
+user's config back in HOME, the lab dir gone.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ MASTER, W1, W2 = f"{PREFIX}-master", f"{PREFIX}-worker1", f"{PREFIX}-worker2"
 NODES = (MASTER, W1, W2)
 IPS = {MASTER: "192.168.65.10", W1: "192.168.65.11", W2: "192.168.65.12"}
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
+USERS_CONFIG = "# the user's own client config, from before the lab\n"
 
 
 @dataclass
@@ -154,6 +156,9 @@ def lab(tmp_path_factory):
     if (LAB_DIR / "lab.json").exists():  # an earlier run of this suite was killed: ours, by its names
         probe.lab("down", check=False, timeout=300)
     before = host_snapshot()
+    # a config of the user's own: up keeps it aside, down puts it back
+    (home / ".kubelab").mkdir()
+    (home / ".kubelab" / "config").write_text(USERS_CONFIG)
     p = probe.lab("up", "--workers", "2", "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", SUBNET,
                   check=False, timeout=400)
     the_lab = Lab(home, env, p.stdout)
@@ -180,4 +185,4 @@ def lab(tmp_path_factory):
     assert procs and not alive, f"processes of the lab left after down: {alive}"
     assert cgroups, "the lab's containers had no cgroups under /kubelab/kll-* (is the check looking in the right place?)"
     assert host_snapshot() == before
-    assert not (home / ".kubelab" / "config").exists(), "lab down left the admin config in HOME"
+    assert (home / ".kubelab" / "config").read_text() == USERS_CONFIG, "lab down did not put back HOME's config"

@@ -87,7 +87,7 @@ def overlay_pids(vm: str) -> set[int]:
 def test_lab_up_made_the_cluster(lab):
     # lab up said what it did, step by step, and what to try next
     for step in ("seeding the busybox image into 3 VMs", f"kubelab init in {MASTER}", "kubelab join in",
-                 "the cluster is up", "kubelab lab down"):
+                 "the cluster is up", "kubelab lab down", "comes back with \"kubelab lab down\""):
         assert step in lab.up_output, f"{step!r} not in lab up's output:\n{lab.up_output}"
     nodes = {n["metadata"]["name"]: n for n in lab.json("get", "nodes")["items"]}
     assert set(nodes) == set(NODES)
