@@ -124,6 +124,8 @@ def kubelet_flags(spec: NodeSpec) -> dict[str, str]:
              "container-runtime-endpoint": RUNTIME_ENDPOINT, "cluster-cidr": spec.cluster_cidr}
     if spec.labels:
         flags["node-labels"] = ",".join(f"{k}={v}" for k, v in spec.labels.items())
+    if spec.taints:  # KEY[=VALUE]:EFFECT, set when the kubelet creates its Node
+        flags["register-with-taints"] = ",".join(spec.taints)
     return flags
 
 

@@ -42,7 +42,7 @@ def test_node_ip_errors_name_the_flag(addrs, default, kw, message):
 
 def test_flags_files_and_overlay_manifest(tmp_path):
     spec = NodeSpec("w1", "192.168.56.11", "eth0", tmp_path / "etc" / "kubelet.conf", etc_dir=tmp_path / "etc",
-                    var_dir=tmp_path / "var", labels={"a": "b", "c": ""})
+                    var_dir=tmp_path / "var", labels={"a": "b", "c": ""}, taints=["k:NoSchedule", "k2=v:NoExecute"])
     node.write_node_files(spec)
     rt = services.parse_flags(services.flags_path(spec.var_dir, services.RUNTIME).read_text())
     assert rt == [f"--root-dir={tmp_path / 'var'}", "--listen=unix:///run/kubelab/runtime.sock",
@@ -51,4 +51,5 @@ def test_flags_files_and_overlay_manifest(tmp_path):
     assert f"--config={tmp_path / 'etc' / 'kubelet.conf'}" in kl and "--node-name=w1" in kl
     assert "--node-ip=192.168.56.11" in kl and f"--manifest-dir={tmp_path / 'etc' / 'manifests'}" in kl
     assert "--container-runtime-endpoint=unix:///run/kubelab/runtime.sock" in kl and "--node-labels=a=b,c=" in kl
+    assert "--register-with-taints=k:NoSchedule,k2=v:NoExecute" in kl
     assert Path(tmp_path / "etc" / "manifests" / "kube-overlay.yaml").exists()
