@@ -165,7 +165,8 @@ def test_runner_run_stops_its_services_on_sigterm(tmp_path):
     services.write_flags(var, KUBELET, {"a": "1"})
     code = ("import sys; from pathlib import Path; from kubeadm.services import Runner; "
             "from tests.unit.test_kubeadm_services import _argv; "
-            f"r = Runner(Path({str(var)!r}), Path({str(run)!r}), log=print, argv=_argv(Path({str(tmp_path / 'm')!r}))); "
+            f"r = Runner(Path({str(var)!r}), Path({str(run)!r}), log=print, "
+            f"argv=_argv(Path({str(tmp_path / 'm')!r}))); "
             "sys.exit(r.run())")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parents[2]))
     try:
