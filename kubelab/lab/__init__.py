@@ -1,8 +1,11 @@
 """The local lab: "VMs" that are bundles of Linux namespaces on one machine.
 
 Where it sits: kubeadm's and kind's role for people without a hypervisor. `kubelab lab` builds
-the machines; the next layer runs `kubelab init` / `kubelab join` inside them through the CLI,
-as a person would on a real VM, so this package never imports master/ or worker/.
+the machines (vms.py, net.py, supervisor.py); cluster.py then runs `kubelab init` / `kubelab
+join` inside them through the CLI, as a person would on a real VM, and reads the result
+through the API, so this package never imports master/, worker/ or kubeadm/ (the supervisor
+runs kubeadm's node service Runner, the one exception: it is the VM's systemd). docs/lab.md
+tells the whole story: up's steps, the host's routes, load, partition, down.
 
 A lab VM is:
 - a network namespace `/run/netns/<vm>` with `lo` and `eth0`, the peer of a veth whose host

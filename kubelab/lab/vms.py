@@ -317,8 +317,8 @@ def down(d: Path, out=sys.stdout) -> None:
     live = [vm for vm in st.vms if alive(vm) and any(Path(vm.dir, sub).is_dir() and os.listdir(Path(vm.dir, sub))
                                                      for sub in ("etc-kubelab", "var-lib-kubelab"))]
     for vm in st.vms:
-        if vm.partitioned:  # reset may want the API server, and a VM cut off would wait on it
-            net.set_link(vm.veth, up=True)
+        if vm.partitioned and net.link_exists(vm.veth):
+            net.set_link(vm.veth, up=True)  # reset may want the API server: a VM cut off would wait on it
     if live:
         say(f"kubelab reset in {', '.join(vm.name for vm in live)}")
         cluster.reset_vms(live, say)
