@@ -77,6 +77,9 @@ async def run_phases(phases: list[Phase], ctx: Context, *, rollback: Callable[[C
 
 
 def _message(e: BaseException) -> str:
+    import asyncio
+    if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "interrupted (Ctrl-C or SIGTERM)"
     return str(e) or type(e).__name__
 
 
