@@ -15,8 +15,6 @@ src=$(cd "${1:-$(dirname "$(readlink -f "$0")")/..}" && pwd)
 PREFIX=${KUBELAB_PREFIX:-/opt/kubelab}
 UNIT_DIR=${KUBELAB_UNIT_DIR:-/etc/systemd/system}
 BIN_LINK=${KUBELAB_BIN_LINK:-/usr/local/bin/kubelab}
-# what runs the Makefile itself; everything else comes from the Makefile's list
-BOOTSTRAP_PACKAGES="make python3 python3-venv rsync"
 
 say() { echo "[kubelab install] $*"; }
 die() { echo "error: $*" >&2; exit 1; }
@@ -25,10 +23,11 @@ die() { echo "error: $*" >&2; exit 1; }
 [ -f "$src/Makefile" ] && [ -f "$src/pyproject.toml" ] || die "$src is not a kubelab checkout (no Makefile/pyproject.toml)"
 command -v apt-get >/dev/null || die "install.sh is for Debian/Ubuntu (no apt-get here)"
 
+# the Makefile's list holds what running the Makefile needs too (make, python3-venv, rsync)
 apt_packages=$(sed -n 's/^APT_PACKAGES[[:space:]]*:=[[:space:]]*//p' "$src/Makefile")
 [ -n "$apt_packages" ] || die "no APT_PACKAGES := ... line in $src/Makefile"
 missing=""
-for p in $BOOTSTRAP_PACKAGES $apt_packages; do
+for p in $apt_packages; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then

@@ -251,6 +251,57 @@ def test_unit_verifies(unit_root, unit):
     assert (p.returncode, p.stdout + p.stderr) == (0, "")
 
 
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """deploy/install.sh run twice into a prefix of the test's own (the venv, the link and the
+    units where /opt/kubelab, /usr/local/bin and /etc/systemd/system would be; the kernel's
+    modules and sysctls left alone). Every apt package is there already (`make install`), so
+    apt is not asked; pip installs from this machine's own configuration, as make install does."""
+    root = tmp_path_factory.mktemp("install")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
+    env.update(KUBELAB_PREFIX=str(root / "opt/kubelab"), KUBELAB_UNIT_DIR=str(root / "units"),
+               KUBELAB_BIN_LINK=str(root / "bin/kubelab"), KUBELAB_NO_KERNEL="1")
+    try:
+        runs = [subprocess.run(["bash", str(DEPLOY / "install.sh"), str(REPO)], capture_output=True, text=True,
+                               env=env, timeout=600) for _ in range(2)]
+        yield root, runs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_install_sh_installs_the_project_in_a_venv(installed):
+    root, (first, second) = installed
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "[kubelab install] apt packages: all there" in first.stdout
+    venv_kubelab = root / "opt/kubelab/venv/bin/kubelab"
+    assert os.readlink(root / "bin/kubelab") == str(venv_kubelab)
+    p = run([str(root / "bin/kubelab"), "--help"])
+    assert p.returncode == 0 and "Usage: kubelab COMMAND" in p.stdout, p.stderr
+    # the installed code is the copy in the prefix, protos compiled there, not the checkout's
+    where = run([str(root / "opt/kubelab/venv/bin/python"), "-c",
+                 "import kubelab.api.v1.objects_pb2 as m, kubeadm; print(m.__file__); print(kubeadm.__file__)"],
+                cwd="/")
+    assert where.returncode == 0, where.stderr
+    assert all(line.startswith(str(root / "opt/kubelab/src") + "/") for line in where.stdout.split())
+    src = root / "opt/kubelab/src"
+    assert not (src / ".git").exists() and not (src / ".venv").exists()
+    for unit in UNITS:
+        assert (root / "units" / f"{unit}.service").read_bytes() == (DEPLOY / "systemd" / f"{unit}.service").read_bytes()
+
+
+def test_install_sh_twice_is_fine(installed):
+    root, (first, second) = installed
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "[kubelab install] done: kubelab is ready" in second.stdout
+    assert os.readlink(root / "bin/kubelab") == str(root / "opt/kubelab/venv/bin/kubelab")
+
+
+def test_install_sh_refuses_a_directory_that_is_no_checkout(tmp_path):
+    p = run(["bash", str(DEPLOY / "install.sh"), str(tmp_path)])
+    assert p.returncode == 1
+    assert f"{tmp_path} is not a kubelab checkout" in p.stderr
+
+
 # ---- node address and interface, in a namespace laid out like a Vagrant VM
 
 @pytest.fixture(scope="module")
