@@ -40,7 +40,7 @@ class BareLab:
         return subprocess.run([*KUBELAB, "lab", verb, "--lab-dir", str(self.dir), *args], capture_output=True,
                               text=True, timeout=timeout, env=self.env, check=False)
 
-    def sh(self, vm: str, *cmd: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    def sh(self, vm: str, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return self.lab("shell", vm, "--", *cmd, timeout=timeout)
 
     def kl(self, *args: str) -> subprocess.CompletedProcess:
