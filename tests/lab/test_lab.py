@@ -104,7 +104,12 @@ def test_lab_up_made_the_cluster(lab):
                                                                               (SUBNET, None)}
     assert got == want
     # the admin config is where the CLI looks by default, and talks to the master over the bridge
-    assert f"server: https://{IPS[MASTER]}:6443" in (lab.home / ".kubelab" / "config").read_text()
+    config = lab.home / ".kubelab" / "config"
+    assert f"server: https://{IPS[MASTER]}:6443" in config.read_text()
+    status = lab.lab("status").stdout
+    assert f"cluster: made by init and join (pods 10.244.0.0/16, services 10.96.0.0/12); admin config {config}" in status
+    # inside the master, the VM's own admin config is the CLI's default, as on a kubeadm master after init
+    assert lab.shell(MASTER, "kubelab", "get", "nodes", "--no-headers").stdout.count(" Ready ") == 3
 
 
 def test_control_plane_and_overlay_run_as_pods(lab):
