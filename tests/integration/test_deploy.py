@@ -30,7 +30,12 @@ UNITS = {"kubelab-runtime": "runtime", "kubelab-kubelet": "kubelet"}
 HASH = "sha256:" + "0123456789abcdef" * 4
 TOKEN = "abcdef.0123456789abcdef"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def need_root() -> None:
+    """For what install.sh, network namespaces and the lab need; the rest runs as anyone."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
@@ -257,6 +262,7 @@ def installed(tmp_path_factory):
     units where /opt/kubelab, /usr/local/bin and /etc/systemd/system would be; the kernel's
     modules and sysctls left alone). Every apt package is there already (`make install`), so
     apt is not asked; pip installs from this machine's own configuration, as make install does."""
+    need_root()
     root = tmp_path_factory.mktemp("install")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
     env.update(KUBELAB_PREFIX=str(root / "opt/kubelab"), KUBELAB_UNIT_DIR=str(root / "units"),
@@ -297,6 +303,7 @@ def test_install_sh_twice_is_fine(installed):
 
 
 def test_install_sh_refuses_a_directory_that_is_no_checkout(tmp_path):
+    need_root()
     p = run(["bash", str(DEPLOY / "install.sh"), str(tmp_path)])
     assert p.returncode == 1
     assert f"{tmp_path} is not a kubelab checkout" in p.stderr
@@ -307,6 +314,7 @@ def test_install_sh_refuses_a_directory_that_is_no_checkout(tmp_path):
 @pytest.fixture(scope="module")
 def vm_netns():
     """eth0 holds the NAT address every Vagrant VM has (and comes first), eth1 the private one."""
+    need_root()
     name = f"klv-deploy-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -467,6 +475,7 @@ KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 def bare_lab(tmp_path_factory):
     """`kubelab lab up --bare --workers 1` on this role's names; `lab down` (which resets every
     VM) whatever happens, then nothing of it may be left on the host."""
+    need_root()
     sync = tmp_path_factory.mktemp("synced")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELAB_")}
     env["KUBELAB_SYNC_DIR"] = str(sync)
