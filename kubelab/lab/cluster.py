@@ -133,17 +133,18 @@ def load_archive(st: LabState, archive: Path, say) -> None:
         return vm, subprocess.run([*kubelab_argv(), "image", "import", "--root-dir",
                                    str(Path(vm.dir) / "var-lib-kubelab"), str(archive.resolve())],
                                   capture_output=True, text=True, check=False)
-    failed = []
+    failed: dict[str, list[str]] = {}  # the import's error -> the VMs it failed in
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as ex:
         for vm, p in ex.map(one, st.vms):
             if p.returncode != 0:
-                failed.append(f"{vm.name}: {(p.stderr or p.stdout).strip()}")
+                why = (p.stderr or p.stdout).strip().removeprefix("error: ")
+                failed.setdefault(why, []).append(vm.name)
                 continue
             for line in p.stdout.splitlines():
                 ref = line.removeprefix("Loaded image: ").strip()
                 say(f'Image: "{ref}" loaded into node "{vm.name}"')
     if failed:
-        raise LabError("loading " + str(archive) + " failed on " + "; ".join(failed))
+        raise LabError("; ".join(f"loading into {', '.join(vms)} failed: {why}" for why, vms in failed.items()))
 
 
 # ---- 2, 3. init and join

@@ -174,6 +174,11 @@ spec:
     lab.wait_running("loaded", NS)
     missing = lab.lab("load", str(tmp_path / "nope.tar"), check=False)
     assert missing.returncode == 1 and "nope.tar: no such file" in missing.stderr
+    (tmp_path / "bad.tar").write_text("not an image archive\n")
+    bad = lab.lab("load", str(tmp_path / "bad.tar"), check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"error: loading into {', '.join(NODES)} failed: {tmp_path / 'bad.tar'}: "
+                                 "not a readable image archive"), bad.stderr
 
 
 def test_overlay_agent_restart_leaves_no_duplicates_or_leftovers(lab):
