@@ -224,6 +224,40 @@ def _wait_control_plane(o: InitOptions):
     return run
 
 
+def cluster_configuration(o: InitOptions, advertise: str) -> str:
+    """kubeadm's ClusterConfiguration as init stores it in kube-system/kubeadm-config: what a
+    joining node reads to learn the pod network (kubelab join) and a student reads to see how
+    the cluster was made."""
+    import yaml
+    return yaml.safe_dump({
+        "apiVersion": "kubeadm.k8s.io/v1beta3", "kind": "ClusterConfiguration", "clusterName": "kubelab",
+        "controlPlaneEndpoint": f"{advertise}:6443",
+        "networking": {"podSubnet": o.pod_network_cidr, "serviceSubnet": o.service_cidr,
+                       "dnsDomain": "cluster.local"},
+    }, sort_keys=False)
+
+
+def _upload_config(o: InitOptions):
+    async def run(ctx: Context) -> None:
+        from kubelab.api.v1 import objects_pb2 as v1
+        from kubelab.client.client import Client
+        from kubelab.errors import AlreadyExists
+        cm = v1.ConfigMap()
+        cm.metadata.name, cm.metadata.namespace = "kubeadm-config", "kube-system"
+        cm.data["ClusterConfiguration"] = cluster_configuration(o, ctx.values["advertise"])
+        ctx.say('[upload-config] Storing the configuration used in ConfigMap "kubeadm-config" in the '
+                '"kube-system" Namespace')
+        async with Client.connect(str(o.etc_dir / "admin.conf"), timeout=5) as c:
+            configmaps = c.resource("configmaps", "kube-system")
+            try:
+                await configmaps.create(cm)
+            except AlreadyExists:  # a re-run after a failed later phase: take this run's values
+                old = await configmaps.get("kubeadm-config")
+                old.data["ClusterConfiguration"] = cm.data["ClusterConfiguration"]
+                await configmaps.update(old)
+    return run
+
+
 def _mark_control_plane(o: InitOptions):
     async def run(ctx: Context) -> None:
         from kubelab.api.v1 import objects_pb2 as v1
@@ -274,6 +308,7 @@ def init_phases(o: InitOptions) -> list[Phase]:
                                                 "control-plane")),
         Phase("kubelet-start", _kubelet_start(o)),
         Phase("wait-control-plane", _wait_control_plane(o)),
+        Phase("upload-config", _upload_config(o)),
         Phase("mark-control-plane", _mark_control_plane(o)),
         Phase("bootstrap-token", _bootstrap_token(o)),
     ]

@@ -10,6 +10,7 @@ the worker joins and is Ready; reset leaves no flannel.1, cni0, container, servi
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -27,7 +28,9 @@ KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 JOIN = re.compile(r"^kubelab join 192\.168\.63\.10:6443 --token [a-z0-9]{6}\.[a-z0-9]{16} "
                   r"--discovery-token-ca-cert-hash sha256:[0-9a-f]{64}$")
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager")
-INIT = ["kubelab", "init", "--apiserver-advertise-address", MASTER_IP, "--iface", "eth0", "--node-name", MASTER]
+POD_CIDR = "10.163.0.0/16"  # not the default: a joining node must learn it from kubeadm-config
+INIT = ["kubelab", "init", "--apiserver-advertise-address", MASTER_IP, "--iface", "eth0", "--node-name", MASTER,
+        "--pod-network-cidr", POD_CIDR]
 
 
 class BareLab:
@@ -209,6 +212,13 @@ def test_worker_joins_with_the_printed_command_and_is_ready(bare, initialized):
         return got.returncode == 0 and json.loads(got.stdout)["status"].get("phase") == "Running"
     wait_for(f"kube-overlay-{WORKER} Running", overlay_running, 90)
     wait_for(f"flannel.1 in {WORKER}", lambda: "flannel.1" in bare.links(WORKER), 30)
+    # the pod network init was given reaches the worker through kube-system/kubeadm-config
+    cm = json.loads(bare.kl("get", "configmap", "kubeadm-config", "-n", "kube-system", "-o", "json").stdout)
+    assert f"podSubnet: {POD_CIDR}" in cm["data"]["ClusterConfiguration"]
+    flags = (bare.vm_dir(WORKER, "var-lib-kubelab") / "kubelab-kubelet.env").read_text()
+    assert f"--cluster-cidr={POD_CIDR}" in flags.split()
+    node = json.loads(bare.kl("get", "node", WORKER, "-o", "json").stdout)
+    assert ipaddress.ip_network(node["spec"]["podCIDR"]).subnet_of(ipaddress.ip_network(POD_CIDR))
 
 
 def test_reset_takes_everything_back_and_is_safe_twice(bare, initialized):
