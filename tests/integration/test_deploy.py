@@ -39,7 +39,7 @@ def need_root() -> None:
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, **kw)
 
 
 # ---- the Vagrantfile
@@ -71,7 +71,7 @@ def test_vagrantfile_validates(tmp_path, vagrant_home, workers):
     p = validate(vagrant_copy(tmp_path), vagrant_home, **env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "validated successfully" in p.stdout
-    machines = re.findall(r"^==> (\S+):", p.stdout, re.M)
+    machines = re.findall(r"^==> (\S+):", p.stdout, re.MULTILINE)
     want = ["master"] + [f"worker{i}" for i in range(1, int(workers or 2) + 1)]
     assert machines == want, p.stdout
 
@@ -269,14 +269,14 @@ def installed(tmp_path_factory):
                KUBELAB_BIN_LINK=str(root / "bin/kubelab"), KUBELAB_NO_KERNEL="1")
     try:
         runs = [subprocess.run(["bash", str(DEPLOY / "install.sh"), str(REPO)], capture_output=True, text=True,
-                               env=env, timeout=600) for _ in range(2)]
+                               env=env, timeout=600, check=False) for _ in range(2)]
         yield root, runs
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def test_install_sh_installs_the_project_in_a_venv(installed):
-    root, (first, second) = installed
+    root, (first, _) = installed
     assert first.returncode == 0, first.stdout + first.stderr
     assert "[kubelab install] apt packages: all there" in first.stdout
     venv_kubelab = root / "opt/kubelab/venv/bin/kubelab"
@@ -296,7 +296,7 @@ def test_install_sh_installs_the_project_in_a_venv(installed):
 
 
 def test_install_sh_twice_is_fine(installed):
-    root, (first, second) = installed
+    root, (_, second) = installed
     assert second.returncode == 0, second.stdout + second.stderr
     assert "[kubelab install] done: kubelab is ready" in second.stdout
     assert os.readlink(root / "bin/kubelab") == str(root / "opt/kubelab/venv/bin/kubelab")
@@ -324,7 +324,7 @@ def vm_netns():
             subprocess.run(["ip", "-n", name, "link", "set", dev, "up"], check=True)
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def in_vm(netns: str, script: str, *args: str, hostname: str = "worker1", env: dict | None = None):
@@ -398,8 +398,8 @@ def test_master_inits_on_the_private_network_and_hands_over(vm_netns, node):
     p = in_vm(vm_netns, str(DEPLOY / "vagrant/master.sh"), "192.168.67.11", hostname="master", env=node)
     assert p.returncode == 0, p.stdout + p.stderr
     etc, var = node["KUBELAB_ETC_DIR"], node["KUBELAB_VAR_DIR"]
-    assert calls(node) == [f"init --apiserver-advertise-address 192.168.67.11 --iface eth1 --node-name master "
-                           f"--etc-dir={etc} --var-dir={var}"]
+    assert calls(node) == [(f"init --apiserver-advertise-address 192.168.67.11 --iface eth1 --node-name master "
+                            f"--etc-dir={etc} --var-dir={var}")]
     handover = Path(node["KUBELAB_SYNC_DIR"]) / ".kubelab"
     join = (handover / "join.sh").read_text()
     assert f'exec kubelab join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH} "$@"\n' in join
@@ -431,8 +431,8 @@ def test_worker_joins_with_the_masters_command_and_its_own_address(vm_netns, nod
     p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker1", env=node)
     assert p.returncode == 0, p.stdout + p.stderr
     etc, var = node["KUBELAB_ETC_DIR"], node["KUBELAB_VAR_DIR"]
-    assert calls(node) == [f"join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH} "
-                           f"--node-ip 192.168.67.11 --iface eth1 --node-name worker1 --etc-dir={etc} --var-dir={var}"]
+    assert calls(node) == [(f"join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH} "
+                            f"--node-ip 192.168.67.11 --iface eth1 --node-name worker1 --etc-dir={etc} --var-dir={var}")]
 
     # joined: provisioning again does nothing
     p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker1", env=node)
@@ -482,7 +482,7 @@ def bare_lab(tmp_path_factory):
 
     def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([*KUBELAB, "lab", args[0], "--lab-dir", str(LAB_DIR), *args[1:]],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
     up = lab("up", "--bare", "--workers", "1", "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", SUBNET)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
