@@ -33,6 +33,32 @@ FILES = {
 }
 
 
+# Debian's busybox-static (1.35) is built without wget's -T (timeout) and crashes on it, while
+# the busybox image people pull has it, and lessons and checks type `wget -T 5 URL`. Where the
+# binary lacks it, /bin/wget is this wrapper: the same command line, -T N run as `timeout N`.
+WGET_WRAPPER = """#!/bin/sh
+# kubelab's busybox: this busybox's wget has no -T (timeout); -T N runs it under timeout N.
+t=
+n=$#
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n - 1))
+  case $a in
+    -T|--timeout) t=$1; shift; n=$((n - 1)) ;;
+    -T*) t=${a#-T} ;;
+    --timeout=*) t=${a#--timeout=} ;;
+    *) set -- "$@" "$a" ;;
+  esac
+done
+if [ -n "$t" ]; then exec /bin/busybox timeout "$t" /bin/busybox wget "$@"; fi
+exec /bin/busybox wget "$@"
+"""
+
+
+def wget_has_timeout(busybox: Path = BUSYBOX) -> bool:
+    p = subprocess.run([str(busybox), "wget", "--help"], capture_output=True, text=True)
+    return "-T SEC" in p.stdout + p.stderr
+
+
 class BusyboxError(Exception):
     pass
 
@@ -72,7 +98,15 @@ def layer_tar(busybox: Path = BUSYBOX) -> bytes:
         ti = tarfile.TarInfo("bin/busybox")
         ti.mode, ti.size = 0o755, len(binary)
         add(ti, binary)
+        wrap_wget = not wget_has_timeout(busybox)
+        if wrap_wget:
+            data = WGET_WRAPPER.encode()
+            ti = tarfile.TarInfo("bin/wget")
+            ti.mode, ti.size = 0o755, len(data)
+            add(ti, data)
         for a in applets(busybox):
+            if a == "wget" and wrap_wget:
+                continue
             ti = tarfile.TarInfo(f"bin/{a}")
             ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, "busybox", 0o777
             add(ti)
