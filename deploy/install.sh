@@ -20,7 +20,9 @@ say() { echo "[kubelab install] $*"; }
 die() { echo "error: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "install.sh needs root (apt, /opt, systemd units): sudo $0"
-[ -f "$src/Makefile" ] && [ -f "$src/pyproject.toml" ] || die "$src is not a kubelab checkout (no Makefile/pyproject.toml)"
+if [ ! -f "$src/Makefile" ] || [ ! -f "$src/pyproject.toml" ]; then
+  die "$src is not a kubelab checkout (no Makefile/pyproject.toml)"
+fi
 command -v apt-get >/dev/null || die "install.sh is for Debian/Ubuntu (no apt-get here)"
 
 # the Makefile's list holds what running the Makefile needs too (make, python3-venv, rsync)
@@ -33,6 +35,7 @@ done
 if [ -n "$missing" ]; then
   say "installing apt packages:$missing"
   apt-get update -qq
+  # shellcheck disable=SC2086 # one word per package
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 else
   say "apt packages: all there"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by master.sh and worker.sh (sourced, never run): where the kubelab CLI and the synced
 # folder are, and which of the machine's interfaces is the private network's.
 #
@@ -10,6 +11,7 @@
 KUBELAB=${KUBELAB:-$(command -v kubelab || echo /opt/kubelab/venv/bin/kubelab)}
 # the folder Vagrant syncs from the host, and the hand-over directory in it (join.sh, admin.conf)
 KUBELAB_SYNC_DIR=${KUBELAB_SYNC_DIR:-/vagrant}
+# shellcheck disable=SC2034 # used by master.sh and worker.sh
 HANDOVER=$KUBELAB_SYNC_DIR/.kubelab
 # where init/join leave their files (the hidden --etc-dir and --var-dir of init/join, for tests)
 KUBELAB_ETC_DIR=${KUBELAB_ETC_DIR:-/etc/kubelab}
@@ -46,8 +48,9 @@ private_address() {
     */*) net=${want%/*} len=${want#*/} ;;
     *) net=$want len=32 ;;
   esac
-  valid_ipv4 "$net" && [[ $len =~ ^[0-9]+$ ]] && ((len <= 32)) ||
+  if ! valid_ipv4 "$net" || ! [[ $len =~ ^[0-9]+$ ]] || ((len > 32)); then
     die "\"$want\" is not an IPv4 address or network (want e.g. 192.168.56.10 or 192.168.56.0/24)"
+  fi
   mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
   # `ip -o -4 addr show`: "2: eth1    inet 192.168.56.11/24 brd ... scope global eth1 ..."
   while read -r _ ifname _ cidr _; do

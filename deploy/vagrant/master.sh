@@ -9,7 +9,7 @@
 # the master is how a late worker gets a fresh join command.
 set -euo pipefail
 src=${KUBELAB_SRC:-$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)}
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$src/deploy/vagrant/common.sh"
 
 [ $# -le 1 ] || die "usage: master.sh [PRIVATE_IP | NETWORK] (default 192.168.56.0/24)"

@@ -7,7 +7,7 @@
 # Idempotent: a node that has joined (its kubelet.conf exists) is left as it is.
 set -euo pipefail
 src=${KUBELAB_SRC:-$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)}
-# shellcheck source=common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$src/deploy/vagrant/common.sh"
 
 [ $# -le 1 ] || die "usage: worker.sh [PRIVATE_IP | NETWORK] (default 192.168.56.0/24)"

@@ -185,6 +185,13 @@ def test_script_parses(script):
     assert p.returncode == 0, p.stderr
 
 
+def test_scripts_pass_shellcheck():
+    if not shutil.which("shellcheck"):
+        pytest.fail("shellcheck is not installed: `make install` installs it (Makefile APT_TEST_PACKAGES)")
+    p = run(["shellcheck", "-x", "-f", "gcc", *map(str, SCRIPTS)], cwd=DEPLOY)
+    assert (p.returncode, p.stdout + p.stderr) == (0, "")
+
+
 def unit_keys(path: Path) -> dict[tuple[str, str], list[str]]:
     """(section, key) -> values, in order, as systemd reads a unit (a key may repeat)."""
     keys: dict[tuple[str, str], list[str]] = {}
