@@ -1,8 +1,11 @@
 """deploy/ and the Vagrantfile, checked where no hypervisor runs: `vagrant validate -p` on the
-Vagrantfile (and on broken copies, which must fail), `bash -n` on every script, the systemd units
-through `systemd-analyze verify` and against the keys kubeadm/services.py relies on, and the
-Vagrant scripts' choice of the node's address and interface inside a network namespace made
-like a Vagrant VM's (the NAT interface, 10.0.2.15, first; the private network second).
+Vagrantfile (and on broken copies, which must fail); the Vagrantfile loaded by ruby under a
+recorder of Vagrant's configuration API (machines, addresses, provisioning order and arguments,
+provider sizes from the environment) and its triggers run against a stand-in master; `bash -n`
+and shellcheck on every script; deploy/install.sh run twice into a prefix of the test's own; the
+systemd units through `systemd-analyze verify` and against the keys kubeadm/services.py relies
+on; the Vagrant scripts' choice of the node's address and interface inside a network namespace
+made like a Vagrant VM's (the NAT interface, 10.0.2.15, first; the private network second).
 
 The scripts' hand-over (master.sh writes .kubelab/join.sh, worker.sh reads it and adds its own
 flags) is checked with a recording stand-in for the CLI (which flags the scripts pass, their
@@ -103,9 +106,7 @@ def test_vagrantfile_broken_copy_fails(tmp_path, vagrant_home, breakage, message
     assert message in p.stdout + p.stderr
 
 
-HANDOVER_PROBE = r"""
-require "json"
-require ARGV[0]
+FAKE_COMMUNICATOR = r"""
 # stands in for Vagrant's machine.communicate: files it has, others missing; output in pieces
 class FakeCommunicator
   attr_reader :commands
@@ -126,17 +127,120 @@ class FakeCommunicator
     0
   end
 end
+"""
+
+HANDOVER_PROBE = r"""
+require "json"
+require ARGV[0]
+""" + FAKE_COMMUNICATOR + r"""
 comm = FakeCommunicator.new(JSON.parse(ARGV[2]))
 copied = KubelabHandover.fetch(Struct.new(:communicate).new(comm), ARGV[1])
 KubelabHandover.clear(ARGV[1]) if ARGV[3] == "clear"
 puts JSON.generate({"copied" => copied, "commands" => comm.commands})
 """
 
+# Loads the Vagrantfile with Vagrant's configuration API stood in by a recorder: each setting or
+# call lands in CALLS under the scope it was made in ("vm", "master.vm", "virtualbox", ...); the
+# trigger blocks named in ARGV[2] (a JSON list) then run against a stand-in master.
+VAGRANTFILE_PROBE = r"""
+require "json"
+""" + FAKE_COMMUNICATOR + r"""
+CALLS = []
+TRIGGERS = {}
+class Recorder
+  def initialize(scope, triggers = nil)
+    @scope = scope
+    @triggers = triggers
+  end
+
+  def respond_to_missing?(*) = true
+
+  def method_missing(name, *args, **opts, &blk)
+    name = name.to_s
+    return TRIGGERS[@triggers] = blk if name == "ruby" && @triggers
+    CALLS << {"scope" => @scope, "call" => name, "args" => args.map(&:to_s), "opts" => opts} unless args.empty? && opts.empty?
+    child = if %w[define provider].include?(name) then Recorder.new(args.first.to_s)
+            elsif @scope.end_with?("trigger") then Recorder.new(@scope, "#{@scope}.#{name}(#{args.first.inspect})")
+            else Recorder.new([@scope, name].reject(&:empty?).join("."))
+            end
+    blk&.call(child)
+    child
+  end
+end
+module Vagrant
+  def self.configure(_version) = yield(Recorder.new(""))
+end
+load ARGV[0]
+comm = FakeCommunicator.new(JSON.parse(ARGV[1]))
+JSON.parse(ARGV[2]).each { |t| TRIGGERS.fetch(t).call(nil, Struct.new(:communicate).new(comm)) }
+puts JSON.generate({"calls" => CALLS, "triggers" => TRIGGERS.keys, "no_parallel" => ENV["VAGRANT_NO_PARALLEL"]})
+"""
+
+
+def need_ruby() -> None:
+    if not shutil.which("ruby"):
+        pytest.fail("ruby is missing (it comes with the vagrant package: make install)")
+
+
+def load_vagrantfile(project: Path, guest_files: dict | None = None, run_triggers: tuple = (), **env) -> dict:
+    """The Vagrantfile's settings, per scope: {scope: [(call, args, opts), ...]}, and its triggers."""
+    need_ruby()
+    probe = project / "probe.rb"
+    probe.write_text(VAGRANTFILE_PROBE)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KUBELAB_", "VAGRANT_"))}
+    environ.update(env)
+    p = run(["ruby", str(probe), str(project / "Vagrantfile"), json.dumps(guest_files or {}),
+             json.dumps(list(run_triggers))], env=environ, cwd=project)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    scopes: dict[str, list] = {}
+    for c in got["calls"]:
+        scopes.setdefault(c["scope"], []).append((c["call"], c["args"], c["opts"]))
+    return {"scopes": scopes, "triggers": got["triggers"], "no_parallel": got["no_parallel"]}
+
+
+@pytest.mark.parametrize("env", [{}, {"KUBELAB_WORKERS": "3", "KUBELAB_CPUS": "4", "KUBELAB_MEMORY": "4096",
+                                      "KUBELAB_BOX": "debian/testing64"}], ids=["defaults", "from-env"])
+def test_vagrantfile_machines_and_their_provisioning(tmp_path, env):
+    got = load_vagrantfile(vagrant_copy(tmp_path), **env)
+    scopes = got["scopes"]
+    workers, cpus, memory = int(env.get("KUBELAB_WORKERS", 2)), env.get("KUBELAB_CPUS", "2"), env.get("KUBELAB_MEMORY", "2048")
+    # every VM: the box, the install script first (outer-scope provisioners run before a machine's own)
+    assert scopes["vm"] == [
+        ("box=", [env.get("KUBELAB_BOX", "debian/bookworm64")], {}),
+        ("provider", ["virtualbox"], {}), ("provider", ["libvirt"], {}),
+        ("provision", ["install"], {"type": "shell", "path": "deploy/install.sh", "args": ["/vagrant"]}),
+        ("define", ["master"], {"primary": True}),
+        *[("define", [f"worker{i}"], {}) for i in range(1, workers + 1)]]
+    for provider in ("virtualbox", "libvirt"):
+        assert scopes[provider] == [("cpus=", [cpus], {}), ("memory=", [memory], {})]
+    machines = {"master": ("192.168.56.10", "init", "deploy/vagrant/master.sh")}
+    machines |= {f"worker{i}": (f"192.168.56.{10 + i}", "join", "deploy/vagrant/worker.sh") for i in range(1, workers + 1)}
+    for name, (ip, step, script) in machines.items():
+        assert scopes[f"{name}.vm"] == [
+            ("hostname=", [name], {}),
+            ("network", ["private_network"], {"ip": ip}),
+            ("provision", [step], {"type": "shell", "path": script, "args": [ip], "env": {"KUBELAB_SRC": "/vagrant"}})]
+    assert not [s for s in scopes if s.startswith(f"worker{workers + 1}")]
+    # workers need the master's token: one machine after another
+    assert got["no_parallel"] == "yes"
+
+
+def test_vagrantfile_triggers_carry_the_handover_to_the_host(tmp_path):
+    project = vagrant_copy(tmp_path)
+    up, destroy = "master.trigger.after([:up, :provision])", "master.trigger.after(:destroy)"
+    got = load_vagrantfile(project, {"join.sh": "exec kubelab join x\n", "admin.conf": "kind: Config\n"}, (up,))
+    assert got["triggers"] == [up, destroy]
+    host = project / ".kubelab"
+    assert (host / "join.sh").read_text() == "exec kubelab join x\n"
+    assert (host / "admin.conf").read_text() == "kind: Config\n"
+    load_vagrantfile(project, {}, (destroy,))
+    assert list(host.iterdir()) == []
+
 
 def handover(tmp_path: Path, guest_files: dict, *extra: str) -> dict:
     """deploy/vagrant/handover.rb (the Vagrantfile's trigger code) against a stand-in machine."""
-    if not shutil.which("ruby"):
-        pytest.fail("ruby is missing (it comes with the vagrant package: make install)")
+    need_ruby()
     probe = tmp_path / "probe.rb"
     probe.write_text(HANDOVER_PROBE)
     p = run(["ruby", str(probe), str(DEPLOY / "vagrant/handover.rb"), str(tmp_path / ".kubelab"),
