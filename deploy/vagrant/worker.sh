@@ -43,4 +43,6 @@ server=${BASH_REMATCH[1]} token=${BASH_REMATCH[2]} hash=${BASH_REMATCH[3]}
 say "kubelab join $server as $node: node IP $ip on $iface (the private network, not the NAT interface)"
 # shellcheck disable=SC2046 # dir_flags prints whole flags, one per line, or nothing
 "$KUBELAB" join "$server" --token "$token" --discovery-token-ca-cert-hash "$hash" \
-  --node-ip "$ip" --iface "$iface" --node-name "$node" $(dir_flags)
+  --node-ip "$ip" --iface "$iface" --node-name "$node" $(dir_flags) ||
+  die "kubelab join failed (its error is above). If the token expired (they live 24 h):" \
+    "vagrant provision master, then vagrant rsync $node && vagrant provision $node"

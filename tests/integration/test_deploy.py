@@ -483,7 +483,9 @@ case "$1 $2" in
     echo "kubelab join 192.168.67.10:6443 --token {TOKEN} --discovery-token-ca-cert-hash {HASH}" ;;
   "token list") printf 'TOKEN                     TTL\\n%s   23h\\n' "${{FAKE_LIVE_TOKEN:-none}}" ;;
   "token create") echo "kubelab join 192.168.67.10:6443 --token zyxwvu.0123456789abcdef --discovery-token-ca-cert-hash {HASH}" ;;
-  join\\ *) mkdir -p "$etc" && echo "fake kubelet.conf" >"$etc/kubelet.conf" ;;
+  join\\ *)
+    [ -z "${{FAKE_JOIN_ERROR:-}}" ] || {{ echo "$FAKE_JOIN_ERROR" >&2; exit 1; }}
+    mkdir -p "$etc" && echo "fake kubelet.conf" >"$etc/kubelet.conf" ;;
 esac
 """
 
@@ -549,6 +551,17 @@ def test_worker_joins_with_the_masters_command_and_its_own_address(vm_netns, nod
     p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker1", env=node)
     assert p.returncode == 0 and "nothing to do" in p.stdout
     assert len(calls(node)) == 1
+
+
+def test_worker_whose_join_fails_says_how_to_get_a_fresh_token(vm_netns, node):
+    master = in_vm(vm_netns, str(DEPLOY / "vagrant/master.sh"), "192.168.67.11", hostname="master", env=node)
+    assert master.returncode == 0, master.stderr
+    Path(node["KUBELAB_ETC_DIR"], "admin.conf").unlink()
+    p = in_vm(vm_netns, str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11", hostname="worker3",
+              env=dict(node, FAKE_JOIN_ERROR="error execution phase preflight: the token has expired"))
+    assert p.returncode == 1
+    assert "the token has expired" in p.stderr
+    assert "vagrant provision master, then vagrant rsync worker3 && vagrant provision worker3" in p.stderr
 
 
 def test_worker_without_a_join_command_gives_up_with_the_fix(vm_netns, node):
