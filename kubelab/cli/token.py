@@ -7,6 +7,8 @@ request of TLS bootstrap), and the tokencleaner controller deletes it once expir
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import datetime as dt
 
 from kubelab import meta, pki
@@ -18,9 +20,21 @@ from .common import CLIError, cli_command, connect
 from .printers import format_table, human_duration
 
 
+def without_defaults(parents: list[argparse.ArgumentParser]) -> list[argparse.ArgumentParser]:
+    """The common flags (--config, -v) once more for `token VERB`, with no defaults: argparse
+    copies a nested parser's defaults over what the outer one parsed, so a default there would
+    undo `kubelab token --config X list`."""
+    out = copy.deepcopy(parents)
+    for parser in out:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+    return out
+
+
 def register(sub, parents) -> None:
     p = sub.add_parser("token", parents=parents, help="Manage bootstrap tokens for joining nodes")
     tsub = p.add_subparsers(dest="token_command", required=True)
+    parents = without_defaults(parents)
     c = tsub.add_parser("create", parents=parents, help="Create a bootstrap token (printed on stdout)")
     c.add_argument("token", nargs="?", default="", help="the token to create ([a-z0-9]{6}.[a-z0-9]{16}); "
                    "default: a random one")

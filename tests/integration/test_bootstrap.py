@@ -6,6 +6,7 @@ as system:node:NAME, `kubelab get csr`, discovery's CA pin, and the tokencleaner
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -15,7 +16,7 @@ from kubelab.bootstrap import discovery, tlsbootstrap
 from kubelab.client.client import Client
 from kubelab.errors import Conflict, Forbidden, NotFound
 
-from .conftest import free_port, wait_for
+from .conftest import KUBELAB, free_port, wait_for
 
 JOIN = re.compile(r"^kubelab join (127\.0\.0\.1:\d+) --token ([a-z0-9]{6}\.[a-z0-9]{16}) "
                   r"--discovery-token-ca-cert-hash (sha256:[0-9a-f]{64})$")
@@ -177,3 +178,16 @@ async def test_token_delete_and_tokencleaner(control_plane):
                 return True
             return False
         await wait_for(gone, 60, what="the tokencleaner deleting the expired token")
+
+
+def test_token_verbs_take_config_before_or_after_the_verb(control_plane, tmp_path):
+    """`--config` given before `token`'s verb is not undone by the verb's own defaults."""
+    env = {k: v for k, v in control_plane.env.items() if k != "KUBELAB_CONFIG"}
+    env["HOME"] = str(tmp_path)  # no ~/.kubelab/config to fall back on
+    admin = str(control_plane.config)
+    control_plane.kubelab("token", "create", "--description", "config-flag")
+    for argv in (["--config", admin, "token", "list"], ["token", "--config", admin, "list"],
+                 ["token", "list", "--config", admin]):
+        r = subprocess.run(KUBELAB + argv, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert r.stdout.split()[:2] == ["TOKEN", "TTL"] and "config-flag" in r.stdout
