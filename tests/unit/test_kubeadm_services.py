@@ -180,3 +180,8 @@ def test_runner_run_stops_its_services_on_sigterm(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+        for pid in services.running(run).values():  # a service the runner failed to stop
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
