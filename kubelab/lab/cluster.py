@@ -308,7 +308,7 @@ Try:
   kubelab get nodes -o wide
   kubelab get pods -n kube-system
   kubelab run web --image=busybox -- httpd -f -p 8080
-  kubelab lab shell {w}              # a shell on a node (kubelab crictl ps, ip route, ...)
+  kubelab lab shell {w}              # a shell on a node (ip route, bridge fdb, kubelab image ls, ...)
   kubelab lab partition {w}          # then watch it go NotReady: kubelab get nodes -w
   kubelab token create --print-join-command
 Take it down with: kubelab lab down""")

@@ -19,6 +19,7 @@ DEFAULT_PREFIX = "kubelab"
 PRIVATE = {"etc-kubelab": "/etc/kubelab", "var-lib-kubelab": "/var/lib/kubelab", "run": "/run"}
 READY_TIMEOUT = 30.0
 GONE_TIMEOUT = 15.0
+REAP_TIMEOUT = 10.0
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,9 +93,15 @@ def kill_all(pids: set[int]) -> None:
     while True:
         left = sorted(p for p in pids if proc_state(p) not in ("", "Z", "X"))
         if not left:
-            return
+            break
         if time.monotonic() > deadline:
             raise LabError(f"lab VM processes {left} did not exit after SIGKILL")
+        time.sleep(0.05)
+    # the dead linger as zombies until their reaper (pid 1, for the VMs' detached daemons)
+    # collects them; wait a little for that too, so that nothing of the lab is left in the
+    # process table when down returns (a zombie that outlives this holds nothing)
+    reaped = time.monotonic() + REAP_TIMEOUT
+    while any(proc_state(p) for p in pids) and time.monotonic() < reaped:
         time.sleep(0.05)
 
 
