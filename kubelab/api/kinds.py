@@ -54,6 +54,12 @@ KINDS: tuple[Kind, ...] = (
     Kind("CertificateSigningRequest", "certificatesigningrequests", v1.CertificateSigningRequest, False,
          api_version="certificates.k8s.io/v1", short_names=("csr",),
          field_selectors=("metadata.name", "spec.signerName")),
+    Kind("Service", "services", v1.Service, True, short_names=("svc",),
+         field_selectors=("metadata.name", "metadata.namespace", "spec.clusterIP", "spec.type")),
+    Kind("Endpoints", "endpoints", v1.Endpoints, True, short_names=("ep",), has_status=False),
+    # labelled kubernetes.io/service-name=<service>: a service's slices are found by that label
+    Kind("EndpointSlice", "endpointslices", v1.EndpointSlice, True, api_version="discovery.k8s.io/v1",
+         has_status=False),
 )
 
 BY_RESOURCE: dict[str, Kind] = {k.resource: k for k in KINDS}

@@ -290,6 +290,9 @@ STRATEGIES: dict[str, Strategy] = {
     "secrets": SecretStrategy(kinds.BY_RESOURCE["secrets"]),
     "configmaps": ConfigMapStrategy(kinds.BY_RESOURCE["configmaps"]),
     "certificatesigningrequests": CSRStrategy(kinds.BY_RESOURCE["certificatesigningrequests"]),
+    "services": Strategy(kinds.BY_RESOURCE["services"]),
+    "endpoints": Strategy(kinds.BY_RESOURCE["endpoints"]),
+    "endpointslices": Strategy(kinds.BY_RESOURCE["endpointslices"]),
 }
 
 

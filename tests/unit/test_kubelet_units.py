@@ -409,7 +409,7 @@ def test_scan_names_bad_manifests_once_and_keeps_the_good_ones(tmp_path, caplog)
         "list.yaml": "- a\n- b\n",
         "empty.yml": "",
         "namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: s\n",
-        "service.yaml": "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n",
+        "service.yaml": "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: s\n",
         "nokind.yaml": "apiVersion: v1\nmetadata:\n  name: x\n",
         "badfield.yaml": POD_YAML.replace("namespace: kube-system", "namespace: kube-system\n  colour: blue"),
     }
@@ -424,7 +424,7 @@ def test_scan_names_bad_manifests_once_and_keeps_the_good_ones(tmp_path, caplog)
         assert "line 3" in errors["broken.yaml"]
         assert "not array" in errors["list.yaml"] and "not NoneType" in errors["empty.yml"]
         assert "must be a Pod" in errors["namespace.yaml"]
-        assert 'no matches for kind "Service"' in errors["service.yaml"]
+        assert 'no matches for kind "Ingress"' in errors["service.yaml"]
         assert "Object 'Kind' is missing" in errors["nokind.yaml"]
         assert 'unknown field "metadata.colour"' in errors["badfield.yaml"]
         # each is logged once, naming the file
