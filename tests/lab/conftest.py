@@ -22,11 +22,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-LAB_DIR = Path("/tmp/lab-l")
-PREFIX, BRIDGE, SUBNET = "kll", "kll0", "192.168.65.0/24"
+# Several people may run tests/lab at once on one host: KUBELAB_TEST_LAB=NAME and
+# KUBELAB_TEST_LAB_NET=N (the third octet, and 10.N/16 for pods, 10.(N+1)/16 for services)
+# give a run names of its own. The defaults are CI's.
+PREFIX = os.environ.get("KUBELAB_TEST_LAB", "kll")
+_NET = int(os.environ.get("KUBELAB_TEST_LAB_NET", "65"))
+LAB_DIR = Path("/tmp/lab-l" if PREFIX == "kll" else f"/tmp/lab-{PREFIX}")
+BRIDGE, SUBNET = f"{PREFIX}0", f"192.168.{_NET}.0/24"
+POD_CIDR, SERVICE_CIDR = ("10.244.0.0/16", "10.96.0.0/12") if _NET == 65 else (f"10.{_NET}.0.0/16",
+                                                                               f"10.{_NET + 1}.0.0/16")
 MASTER, W1, W2 = f"{PREFIX}-master", f"{PREFIX}-worker1", f"{PREFIX}-worker2"
 NODES = (MASTER, W1, W2)
-IPS = {MASTER: "192.168.65.10", W1: "192.168.65.11", W2: "192.168.65.12"}
+IPS = {MASTER: f"192.168.{_NET}.10", W1: f"192.168.{_NET}.11", W2: f"192.168.{_NET}.12"}
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 USERS_CONFIG = "# the user's own client config, from before the lab\n"
 
@@ -100,8 +107,8 @@ def host_snapshot() -> dict:
     links = {link["ifname"] for link in json.loads(out("ip", "-j", "link", "show"))}
     routes = json.loads(out("ip", "-j", "-4", "route", "show", "table", "main"))
     return {
-        "netns": {n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if n.startswith(PREFIX)},
-        "links": {n for n in links if n.startswith(PREFIX)},
+        "netns": {n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if n.startswith(f"{PREFIX}-")},
+        "links": {n for n in links if n.startswith(BRIDGE)},  # the bridge and its VMs' host ends
         "mounts": mounts,
         "routes": {(r.get("dst"), r.get("gateway")) for r in routes if r.get("dev", "").startswith(BRIDGE)},
         "rules": {r for r in out("iptables-save").splitlines() if r.startswith("-A") and BRIDGE in r},
@@ -160,7 +167,7 @@ def lab(tmp_path_factory):
     (home / ".kubelab").mkdir()
     (home / ".kubelab" / "config").write_text(USERS_CONFIG)
     p = probe.lab("up", "--workers", "2", "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", SUBNET,
-                  check=False, timeout=400)
+                  "--pod-network-cidr", POD_CIDR, "--service-cidr", SERVICE_CIDR, check=False, timeout=400)
     the_lab = Lab(home, env, p.stdout)
     procs: dict[int, float] = {}
     try:

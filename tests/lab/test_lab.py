@@ -24,6 +24,9 @@ from tests.lab.conftest import (
     LAB_DIR,
     MASTER,
     NODES,
+    POD_CIDR,
+    PREFIX,
+    SERVICE_CIDR,
     SUBNET,
     W1,
     W2,
@@ -31,6 +34,7 @@ from tests.lab.conftest import (
 )
 
 NS = "default"
+STALE = POD_CIDR.rsplit(".", 2)[0] + ".250"  # a /24 of the pod range that no node has
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager")
 
 
@@ -100,14 +104,14 @@ def test_lab_up_made_the_cluster(lab):
     routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "dev", BRIDGE], capture_output=True,
                                        text=True, check=True).stdout)
     got = {(r["dst"], r.get("gateway")) for r in routes}
-    want = {(n["spec"]["podCIDR"], IPS[name]) for name, n in nodes.items()} | {("10.96.0.0/12", IPS[MASTER]),
+    want = {(n["spec"]["podCIDR"], IPS[name]) for name, n in nodes.items()} | {(SERVICE_CIDR, IPS[MASTER]),
                                                                               (SUBNET, None)}
     assert got == want
     # the admin config is where the CLI looks by default, and talks to the master over the bridge
     config = lab.home / ".kubelab" / "config"
     assert f"server: https://{IPS[MASTER]}:6443" in config.read_text()
     status = lab.lab("status").stdout
-    assert f"cluster: made by init and join (pods 10.244.0.0/16, services 10.96.0.0/12); admin config {config}" in status
+    assert f"cluster: made by init and join (pods {POD_CIDR}, services {SERVICE_CIDR}); admin config {config}" in status
     # inside the master, the VM's own admin config is the CLI's default, as on a kubeadm master after init
     assert lab.shell(MASTER, "kubelab", "get", "nodes", "--no-headers").stdout.count(" Ready ") == 3
 
@@ -191,10 +195,10 @@ def test_overlay_agent_restart_leaves_no_duplicates_or_leftovers(lab):
     assert old, f"no overlay agent process in {W1}"
     # behind the agent's back, then a crash: its restart must converge on exactly the Node list
     stale_mac = "0e:00:00:00:00:99"
-    for cmd in (["route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "flannel.1", "onlink"],
-                ["neigh", "add", "10.244.250.0", "lladdr", stale_mac, "dev", "flannel.1", "nud", "permanent"]):
+    for cmd in (["route", "add", f"{STALE}.0/24", "via", f"{STALE}.0", "dev", "flannel.1", "onlink"],
+                ["neigh", "add", f"{STALE}.0", "lladdr", stale_mac, "dev", "flannel.1", "nud", "permanent"]):
         subprocess.run(["ip", "-n", W1, *cmd], check=True)
-    subprocess.run(["ip", "netns", "exec", W1, "bridge", "fdb", "append", stale_mac, "dst", "192.168.65.99",
+    subprocess.run(["ip", "netns", "exec", W1, "bridge", "fdb", "append", stale_mac, "dst", SUBNET.replace(".0/24", ".99"),
                     "dev", "flannel.1", "self", "permanent"], check=True)
     for pid in old:
         psutil.Process(pid).send_signal(signal.SIGKILL)
@@ -225,7 +229,7 @@ def test_partition_then_heal(lab):
 
 def test_second_lab_up_is_refused(lab):
     before = (LAB_DIR / "lab.json").read_text()
-    p = lab.lab("up", "--prefix", "kll", "--bridge", BRIDGE, "--subnet", SUBNET, check=False)
+    p = lab.lab("up", "--prefix", PREFIX, "--bridge", BRIDGE, "--subnet", SUBNET, check=False)
     assert p.returncode == 1
     assert f"a lab is already up (3 VMs on bridge {BRIDGE}" in p.stderr and "kubelab lab down" in p.stderr
     assert (LAB_DIR / "lab.json").read_text() == before
@@ -257,13 +261,14 @@ def test_failed_up_is_rolled_back(lab, tmp_path):
     up says which step failed and why, and takes back everything it made."""
     d, env = tmp_path / "lab2", dict(lab.env, HOME=str(tmp_path / "home"))
     # ranges apart from the session lab's, which the host routes already
-    p = subprocess.run([*KUBELAB, "lab", "up", "--workers", "1", "--lab-dir", str(d), "--prefix", "kll2",
-                        "--bridge", "kll20", "--subnet", "192.168.66.0/24", "--pod-network-cidr", "10.250.0.0/28",
+    name, net = f"{PREFIX}2", int(SUBNET.split(".")[2]) + 1
+    p = subprocess.run([*KUBELAB, "lab", "up", "--workers", "1", "--lab-dir", str(d), "--prefix", name,
+                        "--bridge", f"{name}0", "--subnet", f"192.168.{net}.0/24", "--pod-network-cidr", "10.250.0.0/28",
                         "--service-cidr", "10.112.0.0/12"], capture_output=True, text=True, env=env, timeout=300,
                        check=False)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert '"kubelab init --apiserver-advertise-address 192.168.66.10' in p.stderr and "failed (exit 1)" in p.stderr
+    assert f'"kubelab init --apiserver-advertise-address 192.168.{net}.10' in p.stderr and "failed (exit 1)" in p.stderr
     assert 'invalid --pod-network-cidr "10.250.0.0/28"' in p.stderr and "taking the lab down again" in p.stderr
     assert not d.exists() and not (tmp_path / "home" / ".kubelab").exists()
-    assert not os.path.exists("/run/netns/kll2-master") and not os.path.exists("/sys/class/net/kll20")
-    assert not list(Path("/sys/fs/cgroup").glob("*/kubelab/kll2-*"))
+    assert not os.path.exists(f"/run/netns/{name}-master") and not os.path.exists(f"/sys/class/net/{name}0")
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/kubelab/{name}-*"))
