@@ -35,8 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("kubeadm.reset", "Take back what init or join made on this host"),
     "image": ("worker.runtime.imagecmd", "Manage the node's images: import, ls, rm, pull, build-busybox"),
     "overlay": ("worker.overlay.cmd", "Run the VXLAN overlay agent (flannel's role) on this node"),
+    "proxy": ("worker.proxy.cmd", "Run kube-proxy (iptables mode) on this node"),
+    "dns": ("addons.dns.cmd", "Run the cluster DNS server (CoreDNS's role) for Services and pods"),
     "node-services": ("kubeadm.services", "Run the node daemons from their flags files where there is no systemd"),
     "lab": ("kubelab.lab.cmd", "A local lab of namespace-bundle VMs: up, status, shell, load, partition, heal, down"),
+    "net": ("kubelab.net.cmd", "Network experiments on a node: show (routes, VXLAN, bridge, service rules), trace"),
 }
 
 

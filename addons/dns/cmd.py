@@ -1,0 +1,77 @@
+"""`kubelab dns`: the cluster DNS server (CoreDNS's role), run by kubeadm as the static pod
+kube-dns on the master, behind the Service kube-system/kube-dns."""
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+
+from kubelab.daemon import run_until_signalled
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def register(sub, parents) -> None:
+    p = sub.add_parser("dns", parents=parents, help="Run the cluster DNS server (CoreDNS's role)")
+    p.add_argument("--listen", default="0.0.0.0:53", help="HOST:PORT for UDP and TCP (port 0: any free port)")
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument("--upstream", action="append", default=[], metavar="IP[:PORT]",
+                   help="resolver to forward names outside the cluster domain to (repeatable; "
+                        "default none: they are REFUSED)")
+    p.set_defaults(func=run, daemon=True)
+
+
+def parse_hostport(value: str, flag: str, default_port: int | None = None) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, ""
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'invalid {flag} "{value}": want IP:PORT with an IP address (e.g. 0.0.0.0:53)') from None
+    if not port and default_port is not None:
+        return host, default_port
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f'invalid {flag} "{value}": the port must be a number between 0 and 65535')
+    return host, int(port)
+
+
+def flag_error(args) -> str | None:
+    try:
+        parse_hostport(args.listen, "--listen")
+        for up in args.upstream:
+            if parse_hostport(up, "--upstream", 53)[1] == 0:
+                raise ValueError(f'invalid --upstream "{up}": the port must not be 0')
+    except ValueError as e:
+        return f"error: {e}"
+    domain = args.cluster_domain.strip(".").lower()
+    if not domain or not all(_LABEL.match(part) for part in domain.split(".")):
+        return (f'error: invalid --cluster-domain "{args.cluster_domain}": must be a DNS name '
+                f"of lower-case labels (e.g. cluster.local)")
+    return None
+
+
+async def run(args) -> int:
+    err = flag_error(args)
+    if err:
+        print(err, flush=True)
+        return 1
+    from kubelab.client.client import Client
+    from kubelab.client.config import ConfigError, load_default
+
+    from .records import Zone
+    from .server import DNSServer, Upstream, serve
+    try:
+        client = Client.from_config(load_default(args.config))
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", flush=True)
+        return 1
+    host, port = parse_hostport(args.listen, "--listen")
+    upstreams = tuple(Upstream(*parse_hostport(u, "--upstream", 53)) for u in args.upstream)
+    zone = Zone(args.cluster_domain, serial=int(time.time()))  # a restarted server counts on
+    server = DNSServer(zone, host=host, port=port, upstreams=upstreams)
+    print(f"cluster DNS for {zone.domain}: listening on {host}:{port}, "
+          + (f"forwarding other names to {', '.join(f'{u.host}:{u.port}' for u in upstreams)}"
+             if upstreams else "other names REFUSED (no --upstream)"), flush=True)
+    return await run_until_signalled(serve(client, zone, server), cleanup=client.close)
