@@ -36,6 +36,13 @@ def register(sub, parents) -> None:
                    help="where images live (default: ROOT_DIR when `kubelab image --root-dir ROOT_DIR` "
                         "put images there, else the host's shared store /var/lib/kubelab)")
     p.add_argument("--insecure-registry", action="append", default=[], help="registry host:port pulled without TLS")
+    p.add_argument("--cluster-dns", default="",
+                   help="comma-separated DNS server IPs for pods with dnsPolicy ClusterFirst (kubeadm: the 10th "
+                        "address of the service CIDR); without it they fall back to Default")
+    p.add_argument("--cluster-domain", default="cluster.local",
+                   help="the cluster's DNS domain, searched by ClusterFirst pods")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf",
+                   help='the node\'s resolver config, given to dnsPolicy Default pods ("": none)')
     p.add_argument("--container-runtime-endpoint", default="",
                    help="unix:///path of a `kubelab runtime` daemon (default: the runtime runs in this process)")
     p.set_defaults(func=run, daemon=True)
@@ -90,6 +97,17 @@ async def wait_for_runtime(runtime, timeout: float = 60.0) -> str:
             await asyncio.sleep(1)
 
 
+def parse_cluster_dns(value: str) -> list[str]:
+    import ipaddress
+    out = []
+    for item in filter(None, (x.strip() for x in value.split(","))):
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise CLIError(f'invalid --cluster-dns "{item}": must be an IP address (e.g. 10.96.0.10)') from None
+    return out
+
+
 async def run(args) -> int:
     from worker.network import PodNetwork
     from worker.runtime.images import ImageStore
@@ -97,12 +115,18 @@ async def run(args) -> int:
 
     root = Path(args.root_dir)
     labels = dict(kv.split("=", 1) for kv in args.node_labels.split(",") if "=" in kv)
-    taints = parse_taints(args.register_with_taints)
+    try:
+        taints = parse_taints(args.register_with_taints)
+        cluster_dns = parse_cluster_dns(args.cluster_dns)
+    except CLIError as e:  # a bad flag is one line, not a traceback
+        print(f"error: {e}", flush=True)
+        return 1
     cfg = KubeletConfig(node_name=args.node_name, node_ip=args.node_ip or guess_node_ip(), root_dir=root,
                         manifest_dir=Path(args.manifest_dir), lease_duration=args.lease_duration,
                         lease_renew_interval=args.lease_renew_interval, status_interval=args.node_status_interval,
                         backoff_initial=args.backoff_initial, backoff_max=args.backoff_max, labels=labels, taints=taints,
-                        port=args.port)
+                        port=args.port, cluster_dns=cluster_dns, cluster_domain=args.cluster_domain,
+                        resolv_conf=args.resolv_conf)
     if args.container_runtime_endpoint:
         from worker.runtime.remote import RemoteImageStore, RemoteRuntime
         images = RemoteImageStore(args.container_runtime_endpoint)

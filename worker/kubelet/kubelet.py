@@ -26,6 +26,7 @@ from kubelab.client.informer import Informer
 from kubelab.errors import AlreadyExists, Conflict, NotFound
 
 from .backoff import Backoff
+from .dns import DNSConfigurer
 from .nodestatus import NodeConfig, NodeLease, fill_status, register_node, set_healthy_conditions
 from .podsync import LABEL_UID, PodSyncer
 from .podworkers import PodWorkers
@@ -52,6 +53,9 @@ class KubeletConfig:
     taints: list = field(default_factory=list)  # [{key, value, effect}]: set when the Node is created
     port: int = 10250  # 0: any free port (several kubelets on one host, in tests)
     listen_address: str = "0.0.0.0"
+    cluster_dns: list = field(default_factory=list)  # --cluster-dns: the pods' nameservers (ClusterFirst)
+    cluster_domain: str = "cluster.local"
+    resolv_conf: str = "/etc/resolv.conf"  # the node's resolver config, for dnsPolicy Default
 
 
 def host_capacity() -> dict:
@@ -86,7 +90,9 @@ class Kubelet:
         self.syncer = PodSyncer(runtime=runtime, images=images, network=network, recorder=self.recorder,
                                 status=self.status, root_dir=cfg.root_dir, node_ip=cfg.node_ip,
                                 backoff=Backoff(cfg.backoff_initial, cfg.backoff_max),
-                                pull_backoff=Backoff(cfg.backoff_initial, cfg.backoff_max))
+                                pull_backoff=Backoff(cfg.backoff_initial, cfg.backoff_max),
+                                dns=DNSConfigurer(cluster_dns=cfg.cluster_dns, cluster_domain=cfg.cluster_domain,
+                                                  resolv_conf=cfg.resolv_conf))
         self.workers = PodWorkers(self.syncer.sync, self._terminate)
         self.pods = Informer(client.pods(""), field_selector=f"spec.nodeName={cfg.node_name}")
         self.static = StaticPods(cfg.manifest_dir, cfg.node_name)

@@ -19,6 +19,7 @@ from kubelab.api.v1 import objects_pb2 as v1
 
 from . import prober
 from .backoff import Backoff
+from .dns import DNSConfigurer
 from .podstatus_compute import ContainerView, build_status
 
 log = logging.getLogger("kubelet.sync")
@@ -42,12 +43,14 @@ class PodRuntimeState:
     pod_ip: str = ""
     netns_path: str | None = None
     sandbox_ready: bool = False
+    resolv_conf: str | None = None  # the pod's /etc/resolv.conf, by its dnsPolicy
 
 
 class PodSyncer:
     def __init__(self, *, runtime, images, network, recorder, status, root_dir: Path, node_ip: str,
-                 backoff: Backoff, pull_backoff: Backoff, insecure_registries=()):
+                 backoff: Backoff, pull_backoff: Backoff, insecure_registries=(), dns: DNSConfigurer | None = None):
         self.runtime, self.images, self.network = runtime, images, network
+        self.dns = dns or DNSConfigurer()
         self.recorder, self.status = recorder, status
         self.root_dir, self.node_ip = Path(root_dir), node_ip
         self.backoff, self.pull_backoff = backoff, pull_backoff
@@ -157,6 +160,10 @@ class PodSyncer:
         else:
             net = await self.network.setup_pod(pod.metadata.uid, pod.metadata.name, pod.metadata.namespace)
             state.pod_ip, state.netns_path = net.ip, str(net.netns_path)
+        resolv, warnings = self.dns.pod_config(pod)
+        state.resolv_conf = resolv.render()
+        for reason, message in warnings:
+            self.recorder.event(pod, "Warning", reason, message)
         state.sandbox_ready = True
 
     def pod_dir(self, uid: str) -> Path:
@@ -293,6 +300,7 @@ class PodSyncer:
             cpu_millis=quantity.milli(limits["cpu"]) if "cpu" in limits else None,
             memory_bytes=quantity.value(limits["memory"]) if "memory" in limits else None,
             log_path=str(log_path), pod_ip=state.pod_ip or None, privileged=c.securityContext.privileged,
+            resolv_conf=state.resolv_conf,
             labels={LABEL_UID: pod.metadata.uid, LABEL_NAME: pod.metadata.name, LABEL_NS: pod.metadata.namespace,
                     LABEL_CONTAINER: c.name, LABEL_ATTEMPT: str(attempt)})
 
