@@ -177,3 +177,21 @@ def overlay_pod(*, kubelet_conf: Path, node_name: str, iface: str, node_ip: str,
     return static_pod("kube-overlay", argv,
                       [Mount("run-flannel", "/run/flannel", read_only=False, type="DirectoryOrCreate"),
                        Mount("kubeconfig", str(kubelet_conf), type="File")], privileged=True)
+
+
+# ---- addons (on the master)
+
+def dns_pod(*, kubelet_conf: Path, cluster_domain: str = "cluster.local") -> dict:
+    """The cluster DNS (kubeadm's CoreDNS Deployment, as a static pod): on the pod network, so
+    it has a pod IP behind the Service kube-system/kube-dns (selector k8s-app=kube-dns);
+    dnsPolicy Default, as CoreDNS's pods have, so it never asks itself. It reads Services and
+    EndpointSlices with the node's credentials."""
+    argv = python_argv("dns", "--config", str(kubelet_conf), "--listen", "0.0.0.0:53",
+                       "--cluster-domain", cluster_domain)
+    pod = static_pod("kube-dns", argv, [Mount("kubeconfig", str(kubelet_conf), type="File")])
+    pod["metadata"]["labels"] = {"k8s-app": "kube-dns"}
+    pod["spec"]["hostNetwork"] = False
+    pod["spec"]["dnsPolicy"] = "Default"
+    pod["spec"]["containers"][0]["ports"] = [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]
+    return pod
