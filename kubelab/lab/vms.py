@@ -22,6 +22,8 @@ GONE_TIMEOUT = 15.0
 REAP_TIMEOUT = 10.0
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 REPO = Path(__file__).resolve().parents[2]
+# first on lab shell's PATH: a busybox that gives the host's Debian build wget -T (see the file)
+SHIM_DIR = Path(__file__).resolve().parent / "bin"
 
 
 # ---- processes and namespaces
@@ -273,10 +275,12 @@ def status(d: Path, out=sys.stdout) -> int:
 
 
 def shell_argv(d: Path, node: str, cmd: list[str]) -> tuple[list[str], dict[str, str]]:
-    """nsenter argv and environment for a shell or command inside a VM, with this venv on PATH."""
+    """nsenter argv and environment for a shell or command inside a VM, with this venv on PATH
+    and, before it, the lab's busybox shim."""
     st = require(d)
     vm = running(st, node)
     env = dict(cluster.vm_env(vm), PS1=f"root@{vm.name}:\\w# ")
+    env["PATH"] = os.pathsep.join([str(SHIM_DIR), env["PATH"]])
     try:
         cwd = os.getcwd()
     except OSError:
