@@ -107,10 +107,19 @@ class NodeSpec:
     cluster_cidr: str = "10.244.0.0/16"
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[str] = field(default_factory=list)
+    # the kube-dns Service's address, the pods' nameserver (kubeadm's clusterDNS); None: read
+    # from kube-system/kubeadm-config when the node starts (join), "": no cluster DNS
+    cluster_dns: str | None = None
+    cluster_domain: str = "cluster.local"
 
     @property
     def manifest_dir(self) -> Path:
         return Path(self.etc_dir) / "manifests"
+
+
+def dns_service_ip(service_cidr: str) -> str:
+    """kube-dns's ClusterIP: the tenth address of the service CIDR, as kubeadm picks it (10.96.0.10)."""
+    return str(ipaddress.ip_network(service_cidr)[10])
 
 
 def runtime_flags(spec: NodeSpec) -> dict[str, str]:
@@ -122,6 +131,9 @@ def kubelet_flags(spec: NodeSpec) -> dict[str, str]:
     flags = {"config": str(spec.kubelet_conf), "node-name": spec.node_name, "node-ip": spec.node_ip,
              "root-dir": str(spec.var_dir), "manifest-dir": str(spec.manifest_dir),
              "container-runtime-endpoint": RUNTIME_ENDPOINT, "cluster-cidr": spec.cluster_cidr}
+    if spec.cluster_dns:
+        flags["cluster-dns"] = spec.cluster_dns
+        flags["cluster-domain"] = spec.cluster_domain
     if spec.labels:
         flags["node-labels"] = ",".join(f"{k}={v}" for k, v in spec.labels.items())
     if spec.taints:  # KEY[=VALUE]:EFFECT, set when the kubelet creates its Node
@@ -162,9 +174,35 @@ def ensure_image(var_dir: Path, say=print) -> bool:
     return True
 
 
+def cluster_dns_from_config(kubelet_conf: Path) -> tuple[str, str]:
+    """(kube-dns IP, cluster domain) from init's kube-system/kubeadm-config (networking.serviceSubnet
+    and dnsDomain), read with the node's credentials, as kubeadm join reads clusterDNS from the
+    cluster; ("", domain) when the cluster does not say."""
+    import concurrent.futures
+
+    import yaml
+
+    async def read() -> dict:
+        from kubelab.client.client import Client
+        async with Client.connect(str(kubelet_conf), timeout=10) as c:
+            cm = await c.resource("configmaps", "kube-system").get("kubeadm-config")
+        return (yaml.safe_load(cm.data.get("ClusterConfiguration", "")) or {}).get("networking") or {}
+
+    try:  # start_node is called from a running event loop: the read gets a loop of its own
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            net = pool.submit(asyncio.run, read()).result()
+        domain = str(net.get("dnsDomain") or "cluster.local")
+        return (dns_service_ip(str(net["serviceSubnet"])) if net.get("serviceSubnet") else ""), domain
+    except Exception:  # noqa: BLE001 - no config (an older init): the kubelet runs without cluster DNS
+        return "", "cluster.local"
+
+
 def start_node(spec: NodeSpec, say=print) -> None:
     """kubeadm's kubelet-start: the static pods' image, the overlay static pod, the flags
     files, then the services."""
+    if spec.cluster_dns is None:
+        spec.cluster_dns, spec.cluster_domain = cluster_dns_from_config(spec.kubelet_conf)
+        say(f"[kubelet-start] cluster DNS for the pods: {spec.cluster_dns or 'none (no serviceSubnet in kubeadm-config)'}")
     ensure_image(spec.var_dir, say)
     for path in write_node_files(spec):
         say(f"[kubelet-start] wrote {path}")
