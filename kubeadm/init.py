@@ -178,7 +178,7 @@ def _kubelet_start(o: InitOptions):
     def run(ctx: Context) -> None:
         spec = node.NodeSpec(node_name=o.node_name, node_ip=ctx.values["advertise"], iface=ctx.values["iface"],
                              kubelet_conf=o.etc_dir / "kubelet.conf", etc_dir=o.etc_dir, var_dir=o.var_dir,
-                             cluster_cidr=o.pod_network_cidr,
+                             cluster_cidr=o.pod_network_cidr, cluster_dns=node.dns_service_ip(o.service_cidr),
                              # as kubeadm's nodeRegistration: the Node is born tainted, so nothing is
                              # scheduled onto it before mark-control-plane runs
                              taints=[f"{CONTROL_PLANE_LABEL}:NoSchedule"])
