@@ -297,6 +297,43 @@ def _bootstrap_token(o: InitOptions):
     return run
 
 
+def dns_service(service_cidr: str):
+    """kube-system/kube-dns as kubeadm's CoreDNS addon makes it: the tenth service address,
+    dns 53/UDP and dns-tcp 53/TCP to the pods labelled k8s-app=kube-dns."""
+    from google.protobuf import struct_pb2
+
+    from kubelab.api.v1 import objects_pb2 as v1
+    ip = node.dns_service_ip(service_cidr)
+    svc = v1.Service()
+    svc.metadata.name, svc.metadata.namespace = "kube-dns", "kube-system"
+    svc.metadata.labels.update({"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                                "kubernetes.io/name": "KubeDNS"})
+    svc.spec.type, svc.spec.clusterIP = "ClusterIP", ip
+    svc.spec.clusterIPs.append(ip)
+    svc.spec.selector["k8s-app"] = "kube-dns"
+    for name, proto in (("dns", "UDP"), ("dns-tcp", "TCP")):
+        svc.spec.ports.add(name=name, protocol=proto, port=53, targetPort=struct_pb2.Value(number_value=53))
+    return svc
+
+
+def _addon_dns(o: InitOptions):
+    async def run(ctx: Context) -> None:
+        from kubelab.client.client import Client
+        from kubelab.errors import AlreadyExists
+        d = ctx.mkdir(o.etc_dir / "manifests")
+        path = ctx.track(d / "kube-dns.yaml")
+        manifests.write(d, "kube-dns", manifests.dns_pod(kubelet_conf=o.etc_dir / "kubelet.conf"))
+        svc = dns_service(o.service_cidr)
+        async with Client.connect(str(o.etc_dir / "admin.conf"), timeout=5) as c:
+            try:
+                await c.resource("services", "kube-system").create(svc)
+            except AlreadyExists:  # a re-run after a failed later phase: the same Service
+                pass
+        ctx.say(f'[addons] Applied essential addon: kube-dns (static Pod "kube-dns" at {path}, '
+                f"Service kube-system/kube-dns at {svc.spec.clusterIP})")
+    return run
+
+
 def init_phases(o: InitOptions) -> list[Phase]:
     return [
         Phase("preflight", _preflight(o)),
@@ -311,6 +348,7 @@ def init_phases(o: InitOptions) -> list[Phase]:
         Phase("upload-config", _upload_config(o)),
         Phase("mark-control-plane", _mark_control_plane(o)),
         Phase("bootstrap-token", _bootstrap_token(o)),
+        Phase("addon", _addon_dns(o)),
     ]
 
 
