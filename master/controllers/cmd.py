@@ -1,6 +1,6 @@
 """`kubelab controller-manager`: the controllers, behind leader election on the
 kube-controller-manager Lease: namespace, nodeipam (pod CIDRs), nodelifecycle, tokencleaner,
-csrapproving and csrsigning.
+csrapproving, csrsigning and endpoint (a Service's Endpoints and EndpointSlices).
 
 csrsigning needs the cluster CA's key, as kube-controller-manager does: --cluster-signing-cert-file
 and --cluster-signing-key-file, by default pki/ca.crt and pki/ca.key next to the --config file
@@ -21,6 +21,7 @@ from kubelab.client.config import resolve_config_path
 
 from .bootstraptoken import TokenCleaner
 from .csrsigning import CSRApprovingController, CSRSigningController
+from .endpoints import EndpointsController
 from .namespace import NamespaceController
 from .nodeipam import InvalidIpamConfig, NodeIpamController, parse_cluster_cidr
 from .nodelifecycle import NodeLifecycleController
@@ -36,6 +37,7 @@ CONTROLLERS = {
     "csrsigning": lambda client, args: CSRSigningController(
         client, cert_file=args.cluster_signing_cert_file, key_file=args.cluster_signing_key_file,
         duration=args.cluster_signing_duration),
+    "endpoint": lambda client, args: EndpointsController(client),
 }
 log = logging.getLogger("controller-manager")
 
