@@ -8,9 +8,12 @@ The rules, fixed in code (there is no RBAC API yet):
   PodScheduled), pod deletion (preemption), events, and Leases in kube-system (leader election).
 - system:kube-controller-manager: reads, and writes on the kinds its controllers own:
   namespaces, nodes (+status), pods (delete, status: eviction and namespace cleanup), events,
-  Leases, Secrets (tokencleaner), CertificateSigningRequests (+status: approval and signing).
+  Leases, Secrets (tokencleaner), CertificateSigningRequests (+status: approval and signing),
+  Endpoints and EndpointSlices (the endpoints controllers); Services only deleted (namespace
+  cleanup), never written: their spec is the user's.
 - a node, system:node:NAME in system:nodes (Kubernetes' Node authorizer, simplified): reads
-  except Secrets; its own Node (+status) and its own Lease in kube-node-lease; pods bound to it
+  except Secrets (Services, Endpoints and EndpointSlices included: kube-proxy and the cluster
+  DNS run with the node's credentials); its own Node (+status) and its own Lease in kube-node-lease; pods bound to it
   (create a mirror pod, update, delete, status); events; creating signing requests.
 - a bootstrap token (system:bootstrappers): reading cluster-info, and creating and reading
   CertificateSigningRequests (kubeadm's system:node-bootstrapper role: it must see its own
@@ -93,9 +96,10 @@ async def allowed(a: Attributes, fetch: Fetch) -> bool:
                 or (a.resource == "events" and a.verb in WRITE)
                 or (a.resource == "leases" and a.namespace == "kube-system"))
     if u.name == CONTROLLER_MANAGER:
-        owned = {"namespaces", "nodes", "events", "leases", "secrets", "configmaps", CSRS}
+        owned = {"namespaces", "nodes", "events", "leases", "secrets", "configmaps", CSRS, "endpoints",
+                 "endpointslices"}
         return (reads or (a.resource in owned and a.subresource in ("", "status"))
-                or (a.resource == "pods" and (a.verb == "delete" or a.subresource == "status")))
+                or (a.resource in ("pods", "services") and (a.verb == "delete" or a.subresource == "status")))
     if NODES in groups and u.name.startswith(NODE_PREFIX):
         return await _node_allowed(a, u.name[len(NODE_PREFIX):], fetch)
     if BOOTSTRAPPERS in groups:

@@ -7,6 +7,7 @@ from pathlib import Path
 from kubelab.cli.common import CLIError, cli_command
 from kubelab.daemon import run_until_signalled
 
+from .allocator import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, IPRange, PortRange
 from .server import APIServer, Options
 
 
@@ -25,6 +26,13 @@ def register(sub, parents) -> None:
                    help="most bytes of objects in one List response; the rest comes with a continue token")
     p.add_argument("--default-toleration-seconds", type=int, default=300,
                    help="tolerationSeconds of the not-ready/unreachable tolerations added to every pod")
+    p.add_argument("--advertise-address", default="",
+                   help="the IP address on which to advertise the apiserver to members of the cluster "
+                        "(cluster-info, the kubernetes service's endpoints); default: the --listen host")
+    p.add_argument("--service-cluster-ip-range", default=DEFAULT_SERVICE_CIDR,
+                   help="a CIDR IP range from which to assign service cluster IPs (/12 to /28)")
+    p.add_argument("--service-node-port-range", default=DEFAULT_NODE_PORTS,
+                   help="a port range to reserve for services with NodePort visibility (FROM-TO, inclusive)")
     p.set_defaults(func=run, daemon=True)
 
 
@@ -39,12 +47,26 @@ async def run(args) -> int:
         path = getattr(args, flag)
         if path and not Path(path).is_file():
             raise CLIError(f"--{flag.replace('_', '-')} {path}: no such file")
+    if args.advertise_address:
+        import ipaddress
+        try:
+            ipaddress.IPv4Address(args.advertise_address)
+        except ValueError:
+            raise CLIError(f'--advertise-address "{args.advertise_address}": must be an IPv4 address') from None
+    try:
+        IPRange(args.service_cluster_ip_range)
+        PortRange(args.service_node_port_range)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     srv = APIServer(Options(etcd_servers=args.etcd_servers, listen=args.listen, pki_dir=Path(args.pki_dir),
                             etcd_cafile=args.etcd_cafile, etcd_certfile=args.etcd_certfile,
                             etcd_keyfile=args.etcd_keyfile,
                             bookmark_interval=args.bookmark_interval,
                             compaction_interval=args.compaction_interval,
                             cache_capacity=args.watch_cache_size, list_page_bytes=args.list_page_bytes,
-                            default_toleration_seconds=args.default_toleration_seconds))
+                            default_toleration_seconds=args.default_toleration_seconds,
+                            advertise_address=args.advertise_address,
+                            service_cluster_ip_range=args.service_cluster_ip_range,
+                            service_node_port_range=args.service_node_port_range))
     await srv.start()
     return await run_until_signalled(asyncio.Event().wait(), cleanup=srv.stop)

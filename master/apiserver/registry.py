@@ -137,6 +137,7 @@ class PodStrategy(Strategy):
         if not s.HasField("terminationGracePeriodSeconds"):
             s.terminationGracePeriodSeconds = 30
         s.schedulerName = s.schedulerName or "default-scheduler"
+        s.dnsPolicy = s.dnsPolicy or "ClusterFirst"
         for c in list(s.initContainers) + list(s.containers):
             if not c.imagePullPolicy:
                 c.imagePullPolicy = "Always" if image_tag(c.image) == "latest" else "IfNotPresent"
@@ -160,12 +161,14 @@ class PodStrategy(Strategy):
 
     def validate_kind(self, pod: v1.Pod, old, errs) -> None:
         val.validate_pod_spec(pod.spec, errs)
+        val.validate_pod_dns(pod.spec, errs)
         if old is None:
             return
         # Kubernetes allows only a few pod spec fields to change after creation.
         a, b = v1.PodSpec(), v1.PodSpec()
         a.CopyFrom(pod.spec)
         b.CopyFrom(old.spec)
+        b.dnsPolicy = b.dnsPolicy or "ClusterFirst"  # stored before dnsPolicy was defaulted
         for s in (a, b):
             for c in list(s.containers) + list(s.initContainers):
                 c.image = ""
@@ -280,6 +283,96 @@ class CSRStrategy(Strategy):
         val.validate_csr_status(csr, old, errs)
 
 
+class ServiceStrategy(Strategy):
+    """Defaults as Kubernetes' (type ClusterIP, protocol TCP, targetPort = port, ...); the
+    ClusterIP and NodePorts themselves are the Store's allocator's (allocator.py), after
+    validation. An update that leaves clusterIP or a nodePort empty keeps the allocated one
+    (Kubernetes' patchAllocatedValues: a replace from a manifest does not know them), and a
+    NodePort -> ClusterIP change drops the node ports it did not touch."""
+
+    name_check = staticmethod(val.check_dns1035_label)  # a service's name is a DNS name
+
+    def default(self, svc: v1.Service) -> None:
+        s = svc.spec
+        s.type = s.type or "ClusterIP"
+        s.sessionAffinity = s.sessionAffinity or "None"
+        if s.sessionAffinity == "ClientIP" and not s.sessionAffinityConfig.clientIP.HasField("timeoutSeconds"):
+            s.sessionAffinityConfig.clientIP.timeoutSeconds = 10800
+        for p in s.ports:
+            p.protocol = p.protocol or "TCP"
+            kind = p.targetPort.WhichOneof("kind")
+            if p.port and (kind is None or (kind == "number_value" and p.targetPort.number_value == 0) or (
+                    kind == "string_value" and not p.targetPort.string_value)):
+                p.targetPort.number_value = p.port
+        if s.clusterIP and not s.clusterIPs:
+            s.clusterIPs.append(s.clusterIP)
+        elif s.clusterIPs and not s.clusterIP:
+            s.clusterIP = s.clusterIPs[0]
+        if s.type == "NodePort" and not s.externalTrafficPolicy:
+            s.externalTrafficPolicy = "Cluster"
+        s.internalTrafficPolicy = s.internalTrafficPolicy or "Cluster"
+        if not s.ipFamilies:
+            s.ipFamilies.append("IPv4")
+        if not s.HasField("ipFamilyPolicy"):
+            s.ipFamilyPolicy = "SingleStack"
+
+    def prepare_create(self, svc: v1.Service) -> None:
+        super().prepare_create(svc)
+        svc.status.Clear()
+
+    def prepare_update(self, svc: v1.Service, old: v1.Service) -> None:
+        s, o = svc.spec, old.spec
+        if not s.clusterIP and not s.clusterIPs:
+            s.clusterIP = o.clusterIP
+            s.clusterIPs[:] = o.clusterIPs
+        if s.type == "NodePort" and o.type == "NodePort":
+            by_name = {p.name: p.nodePort for p in o.ports}
+            by_port = {(p.port, p.protocol or "TCP"): p.nodePort for p in o.ports}
+            for p in s.ports:
+                if not p.nodePort:
+                    p.nodePort = by_port.get((p.port, p.protocol or "TCP")) or by_name.get(p.name, 0)
+        elif o.type == "NodePort" and s.type != "NodePort":
+            if {p.nodePort for p in s.ports if p.nodePort} <= {p.nodePort for p in o.ports}:
+                for p in s.ports:
+                    p.nodePort = 0
+            if s.externalTrafficPolicy == o.externalTrafficPolicy:
+                s.externalTrafficPolicy = ""
+        super().prepare_update(svc, old)
+
+    def validate_kind(self, svc: v1.Service, old, errs) -> None:
+        val.validate_service(svc, errs)
+        if old is not None:
+            val.validate_service_update(svc, old, errs)
+
+
+class EndpointsStrategy(Strategy):
+    def default(self, ep: v1.Endpoints) -> None:
+        for sub in ep.subsets:
+            for p in sub.ports:
+                p.protocol = p.protocol or "TCP"
+
+    def prepare_update(self, obj, old) -> None:
+        keep_server_meta(obj.metadata, old.metadata)
+        self.default(obj)
+
+    def validate_kind(self, ep: v1.Endpoints, old, errs) -> None:
+        val.validate_endpoints(ep, errs)
+
+
+class EndpointSliceStrategy(Strategy):
+    def default(self, es: v1.EndpointSlice) -> None:
+        for p in es.ports:
+            if not p.HasField("protocol"):
+                p.protocol = "TCP"
+
+    def prepare_update(self, obj, old) -> None:
+        keep_server_meta(obj.metadata, old.metadata)
+        self.default(obj)
+
+    def validate_kind(self, es: v1.EndpointSlice, old, errs) -> None:
+        val.validate_endpoint_slice(es, errs, old)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "namespaces": NamespaceStrategy(kinds.BY_RESOURCE["namespaces"]),
     "nodes": NodeStrategy(kinds.BY_RESOURCE["nodes"]),
@@ -290,9 +383,9 @@ STRATEGIES: dict[str, Strategy] = {
     "secrets": SecretStrategy(kinds.BY_RESOURCE["secrets"]),
     "configmaps": ConfigMapStrategy(kinds.BY_RESOURCE["configmaps"]),
     "certificatesigningrequests": CSRStrategy(kinds.BY_RESOURCE["certificatesigningrequests"]),
-    "services": Strategy(kinds.BY_RESOURCE["services"]),
-    "endpoints": Strategy(kinds.BY_RESOURCE["endpoints"]),
-    "endpointslices": Strategy(kinds.BY_RESOURCE["endpointslices"]),
+    "services": ServiceStrategy(kinds.BY_RESOURCE["services"]),
+    "endpoints": EndpointsStrategy(kinds.BY_RESOURCE["endpoints"]),
+    "endpointslices": EndpointSliceStrategy(kinds.BY_RESOURCE["endpointslices"]),
 }
 
 

@@ -4,7 +4,11 @@ per kind, the generic API service, grpc health and reflection, served with mutua
 
 It also owns housekeeping that Kubernetes' API server and kubeadm own: creating the four
 default namespaces and publishing kube-public/cluster-info (CA + address, for discovery by
-joining nodes) on start, and compacting etcd's history every few minutes.
+joining nodes) on start, compacting etcd's history every few minutes, and the `kubernetes`
+Service in `default` with its Endpoints and EndpointSlice (Kubernetes' lease endpoint
+reconciler: every API server keeps /registry/masterleases/<its address> alive on an etcd lease,
+and the endpoints list the live ones, so a stopped server drops out within the lease's TTL).
+Services get their ClusterIPs and NodePorts from the Store's allocator (allocator.py).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from kubelab.client.config import server_credentials, server_options
 from kubelab.errors import AlreadyExists
 from kubelab.etcd.client import EtcdClient
 
+from .allocator import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, Allocator, IPRange, PortRange
 from .proxy import KubeletProxy
 from .registry import PROTECTED_NAMESPACES
 from .service import SERVICE, ApiService, generic_handler
@@ -42,7 +47,10 @@ class Options:
     compaction_interval: float = 300.0
     default_toleration_seconds: int = 300  # added to pods for the not-ready/unreachable taints
     list_page_bytes: int = LIST_PAGE_BYTES  # bytes of objects in one List response, at most
-    advertise_address: str = ""  # host:port nodes reach this server at (cluster-info); "": listen
+    advertise_address: str = ""  # the IP nodes reach this server at (cluster-info, endpoints); "": listen's
+    service_cluster_ip_range: str = DEFAULT_SERVICE_CIDR
+    service_node_port_range: str = DEFAULT_NODE_PORTS
+    endpoint_reconcile_interval: float = 10.0  # the masterlease's TTL is 1.5 times this
     # etcd over TLS (https:// servers): etcd's CA, and the API server's client certificate at etcd
     etcd_cafile: str = ""
     etcd_certfile: str = ""
@@ -59,6 +67,9 @@ class APIServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task] = []
+        self.ips = IPRange(opts.service_cluster_ip_range)  # ValueError names the flag
+        self.node_ports = PortRange(opts.service_node_port_range)
+        self._master_lease = 0
 
     async def start(self) -> None:
         from .registry import STRATEGIES
@@ -78,6 +89,7 @@ class APIServer:
                 self.stores[kind.resource] = (ns_store if kind.resource == "namespaces" else
                                               Store(kind, self.etcd, self.caches[kind.resource], ns_store,
                                                     list_page_bytes=page))
+        self.stores["services"].allocator = Allocator(self.etcd, self.ips, self.node_ports)
         await self._wait_for_etcd()
         await asyncio.gather(*(c.start() for c in self.caches.values()))
         await self._default_namespaces()
@@ -107,6 +119,11 @@ class APIServer:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self._compactor(), name="compactor"))
+        try:
+            await self._reconcile_master_endpoints()
+        except Exception as e:  # noqa: BLE001 - the loop below tries again
+            log.warning("the kubernetes service's endpoints: %s", e)
+        self._tasks.append(asyncio.create_task(self._endpoint_reconciler(), name="endpoint-reconciler"))
         log.info("serving on %s (port %d)", self.opts.listen, self.port)
 
     async def _wait_for_etcd(self, timeout: float = 60.0) -> None:
@@ -131,14 +148,23 @@ class APIServer:
             except AlreadyExists:
                 pass
 
+    def advertise_host(self, *, resolve: bool = False) -> str:
+        """--advertise-address, else the --listen host; a wildcard is not an address a node can
+        dial, so then the host's name (resolved to its address for the endpoints)."""
+        if self.opts.advertise_address:
+            return self.opts.advertise_address
+        host = self.opts.listen.rpartition(":")[0].strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            import socket
+            host = socket.gethostname()
+            if resolve:
+                host = socket.gethostbyname(host)
+        return host
+
     async def _publish_cluster_info(self, ca_pem: bytes) -> None:
         """kube-public/cluster-info, readable without credentials: what `join` discovers."""
         from kubelab.bootstrap.discovery import cluster_info_configmap
-        host = self.opts.listen.rpartition(":")[0]
-        if host in ("", "0.0.0.0", "[::]", "::"):
-            import socket
-            host = socket.gethostname()  # a wildcard is not an address a node can dial
-        server = self.opts.advertise_address or f"{host}:{self.port}"
+        server = f"{self.advertise_host()}:{self.port}"
         cm = cluster_info_configmap(ca_pem, server)
         store = self.stores["configmaps"]
         try:
@@ -164,16 +190,131 @@ class APIServer:
             except Exception as e:  # noqa: BLE001 - compaction is best effort
                 log.warning("compaction failed: %s", e)
 
+    # -- the kubernetes Service and its endpoints (Kubernetes' lease endpoint reconciler) --
+    async def _endpoint_reconciler(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.endpoint_reconcile_interval)
+            try:
+                await self._reconcile_master_endpoints()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - tried again next interval
+                log.warning("the kubernetes service's endpoints: %s", e)
+
+    async def _reconcile_master_endpoints(self) -> None:
+        ttl = max(int(self.opts.endpoint_reconcile_interval * 1.5), 5)
+        if not self._master_lease or not await self.etcd.lease_keepalive_once(self._master_lease):
+            self._master_lease = await self.etcd.lease_grant(ttl)
+            await self.etcd.put(MASTER_LEASES + self.advertise_host(resolve=True).encode(),
+                                str(self.port).encode(), lease=self._master_lease)
+        await reconcile_master_endpoints(self.stores, self.etcd, self.ips.address(1), self.port)
+
+    async def _leave_master_endpoints(self) -> None:
+        """A stopping server takes itself out of the endpoints at once, as Kubernetes' does."""
+        if self._master_lease:
+            await self.etcd.lease_revoke(self._master_lease)
+            self._master_lease = 0
+            await reconcile_master_endpoints(self.stores, self.etcd, self.ips.address(1), self.port)
+
     async def stop(self, grace: float = 2.0) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._leave_master_endpoints(), 2.0)
+        except Exception as e:  # noqa: BLE001 - best effort: the lease expires anyway
+            log.info("leaving the kubernetes service's endpoints: %s", e)
         for c in self.caches.values():
             await c.stop()
         if self.server is not None:
             await self.server.stop(grace)
             await self.proxy.close()
         await self.etcd.close()
+
+
+MASTER_LEASES = b"/registry/masterleases/"
+KUBERNETES = "kubernetes"
+
+
+async def reconcile_master_endpoints(stores: dict[str, Store], etcd: EtcdClient, cluster_ip: str,
+                                     port: int) -> None:
+    """default/kubernetes: the Service (ClusterIP = the range's first address, 443 -> the API
+    servers' port), and its Endpoints and EndpointSlice listing every API server with a live
+    masterlease. Writes only what differs, so an idle cluster sees no events from it."""
+    from kubelab.etcd.txn import prefix_end
+    r = await etcd.range(MASTER_LEASES, range_end=prefix_end(MASTER_LEASES))
+    ips = sorted(kv.key[len(MASTER_LEASES):].decode() for kv in r.kvs)
+    port = int(r.kvs[0].value) if r.kvs and r.kvs[0].value.isdigit() else port
+
+    svc = v1.Service()
+    svc.metadata.name, svc.metadata.namespace = KUBERNETES, "default"
+    svc.metadata.labels.update({"component": "apiserver", "provider": "kubernetes"})
+    svc.spec.type, svc.spec.clusterIP = "ClusterIP", cluster_ip
+    p = svc.spec.ports.add(name="https", protocol="TCP", port=443)
+    p.targetPort.number_value = port
+
+    def fix_service(old: v1.Service) -> bool:
+        if [(q.name, q.port, q.targetPort) for q in old.spec.ports] == [(p.name, p.port, p.targetPort)]:
+            return False
+        del old.spec.ports[:]
+        old.spec.ports.add().CopyFrom(p)
+        return True
+    await _ensure(stores["services"], svc, fix_service)
+
+    ep = v1.Endpoints()
+    ep.metadata.name, ep.metadata.namespace = KUBERNETES, "default"
+    ep.metadata.labels["endpointslice.kubernetes.io/skip-mirror"] = "true"
+    if ips:
+        sub = ep.subsets.add()
+        for ip in ips:
+            sub.addresses.add(ip=ip)
+        sub.ports.add(name="https", port=port, protocol="TCP")
+
+    def fix_endpoints(old: v1.Endpoints) -> bool:
+        if list(old.subsets) == list(ep.subsets):
+            return False
+        del old.subsets[:]
+        old.subsets.extend(ep.subsets)
+        return True
+    await _ensure(stores["endpoints"], ep, fix_endpoints)
+
+    es = v1.EndpointSlice(addressType="IPv4")
+    es.metadata.name, es.metadata.namespace = KUBERNETES, "default"
+    es.metadata.labels["kubernetes.io/service-name"] = KUBERNETES
+    for ip in ips:
+        e = es.endpoints.add(addresses=[ip])
+        e.conditions.ready = True
+    es.ports.add(name="https", port=port, protocol="TCP")
+
+    def fix_slice(old: v1.EndpointSlice) -> bool:
+        if list(old.endpoints) == list(es.endpoints) and list(old.ports) == list(es.ports):
+            return False
+        del old.endpoints[:]
+        old.endpoints.extend(es.endpoints)
+        del old.ports[:]
+        old.ports.extend(es.ports)
+        return True
+    await _ensure(stores["endpointslices"], es, fix_slice)
+
+
+async def _ensure(store: Store, obj, fix) -> None:
+    """Create obj, or bring the stored one in line through fix(stored) -> changed."""
+    from kubelab.errors import Conflict
+    try:
+        await store.create("default", obj)
+        return
+    except AlreadyExists:
+        pass
+    for _ in range(5):
+        raw = await store.get("default", obj.metadata.name)
+        old = type(obj).FromString(raw)
+        if not fix(old):
+            return
+        try:
+            await store.update("default", old)
+            return
+        except Conflict:
+            continue
 
 
 async def serve(opts: Options) -> None:

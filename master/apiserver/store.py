@@ -55,6 +55,9 @@ class Store:
         self.prefix = f"/registry/{kind.resource}/"
         self.list_page_bytes = list_page_bytes
         self._lease = (0, 0.0)  # events: (etcd lease id, valid until)
+        # services: ClusterIPs and NodePorts, allocated and released in the same transactions
+        # as the objects that hold them (allocator.py); None for every other kind
+        self.allocator = None
 
     # -- keys and bytes --
     def key(self, namespace: str, name: str) -> bytes:
@@ -104,8 +107,15 @@ class Store:
             m.name = registry.generate_name(m.generateName)
         self.strategy.prepare_create(obj)
         self.strategy.validate(obj)
+        asked = type(obj.spec)() if self.allocator else None
+        if asked is not None:
+            asked.CopyFrom(obj.spec)  # what was asked for: every attempt allocates from it again
         renames = 0
         for _ in range(UPDATE_RETRIES):
+            plan = None
+            if asked is not None:
+                obj.spec.CopyFrom(asked)
+                plan = await self.allocator.plan_create(obj)
             raw = self.encode(obj)
             key = self.key(m.namespace, m.name)
             guards, otherwise = [Compare.create_revision(key, "==", 0)], []
@@ -115,7 +125,12 @@ class Store:
                 ns_key = self.namespaces.key("", m.namespace)
                 guards.append(Compare.mod_revision(ns_key, "==", ns_rev))
                 otherwise = [Op.get(ns_key, keys_only=True)]
-            res = await self.etcd.txn(guards, [await self._put(key, raw)], otherwise)
+            ops = [await self._put(key, raw)]
+            if plan is not None:
+                guards += plan.guards()
+                ops += plan.ops()
+                otherwise += [Op.get(key, keys_only=True)] + plan.reads()
+            res = await self.etcd.txn(guards, ops, otherwise)
             if res.succeeded:
                 return raw + meta.rv_suffix(res.revision)
             if ns_rev:
@@ -124,6 +139,10 @@ class Store:
                     # the namespace changed (or the cache was behind): check it again in etcd
                     ns_rev = await self.check_namespace(m.namespace, fresh=True)
                     continue
+            if plan is not None:
+                rest = res.responses[1 if ns_rev else 0:]
+                if not rest[0].kvs and plan.lost(rest[1:]):
+                    continue  # an address or port picked was taken meanwhile: pick again
             if m.generateName and renames < 4:
                 renames += 1
                 m.name = registry.generate_name(m.generateName)
@@ -287,10 +306,12 @@ class Store:
                 self.strategy.prepare_update(new, old)
             self.strategy.validate(new, old)
             if self._delete_on_update(new, old):
-                res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [Op.delete(key)])
+                res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)],
+                                          [Op.delete(key)] + self._release(old))
                 if res.succeeded:
                     return self.encode(new) + meta.rv_suffix(res.revision)
                 continue
+            plan = await self.allocator.plan_update(new, old) if self.allocator and not status else None
             raw = self.encode(new)
             if raw == old_raw:
                 # no-op updates keep the resourceVersion; one read from the cache is confirmed
@@ -298,10 +319,18 @@ class Store:
                 if not cached or (await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [])).succeeded:
                     return raw + meta.rv_suffix(old_rv)
                 continue
-            res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [await self._put(key, raw)])
+            guards, ops, otherwise = [Compare.mod_revision(key, "==", old_rv)], [await self._put(key, raw)], []
+            if plan is not None:
+                guards, ops, otherwise = guards + plan.guards(), ops + plan.ops(), plan.reads()
+            res = await self.etcd.txn(guards, ops, otherwise)
             if res.succeeded:
                 return raw + meta.rv_suffix(res.revision)
+            if plan is not None:
+                plan.lost(res.responses)  # Invalid when a nodePort asked for is taken
         raise conflict(self.kind.resource, name)
+
+    def _release(self, obj: Message) -> list:
+        return self.allocator.release(obj) if self.allocator else []
 
     def _delete_on_update(self, new: Message, old: Message) -> bool:
         """Kubernetes' rule: an object marked for deletion goes with the update that removes
@@ -356,7 +385,7 @@ class Store:
             key = self.key(namespace, name)
             mark = self._graceful(obj, grace)
             if mark is None:
-                res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [Op.delete(key)])
+                res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [Op.delete(key)] + self._release(obj))
                 if res.succeeded:
                     return self.encode(obj) + meta.rv_suffix(res.revision)
                 continue

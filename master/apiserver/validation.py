@@ -70,6 +70,22 @@ def check_dns_label(value: str, path: str, errs: list, max_len: int = 63) -> Non
         errs.append(invalid(path, value, LABEL_MSG))
 
 
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_MSG = ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+               "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
+               "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
+
+
+def check_dns1035_label(value: str, path: str, errs: list) -> None:
+    """A Service's name: it becomes a DNS name (and an environment variable), so no leading digit."""
+    if not value:
+        errs.append(required(path))
+    elif len(value) > 63:
+        errs.append(invalid(path, value, "must be no more than 63 characters"))
+    elif not DNS1035_LABEL.match(value):
+        errs.append(invalid(path, value, DNS1035_MSG))
+
+
 def check_dns_subdomain(value: str, path: str, errs: list) -> None:
     if not value:
         errs.append(required(path))
@@ -350,3 +366,237 @@ def validate_csr_status(csr: v1.CertificateSigningRequest, old: v1.CertificateSi
         errs.append(FieldError("status.certificate", "Forbidden: updates may not modify existing certificate content"))
     if csr.status.certificate and not old.status.certificate and "Approved" not in types:
         errs.append(FieldError("status.certificate", "Forbidden: certificate may only be set on an approved request"))
+
+
+# ---- Service, Endpoints, EndpointSlice ----
+SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_PROTOCOLS = ("TCP", "UDP")
+SESSION_AFFINITIES = ("ClientIP", "None")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
+MAX_AFFINITY_TIMEOUT = 86400
+IP_MSG = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+PORT_RANGE_MSG = "must be between 1 and 65535, inclusive"
+
+
+def is_ip(value: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def port_name_errors(name: str) -> list[str]:
+    """IANA_SVC_NAME, as Kubernetes' IsValidPortName words it: what a named targetPort (and a
+    container port's name) must be."""
+    out = []
+    if len(name) > 15:
+        out.append("must be no more than 15 characters")
+    if not re.match(r"^[-a-z0-9]+$", name):
+        out.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
+    if "--" in name:
+        out.append("must not contain consecutive hyphens")
+    if not re.search(r"[a-z]", name):
+        out.append("must contain at least one letter (a-z)")
+    if name.startswith("-") or name.endswith("-"):
+        out.append("must not begin or end with a hyphen")
+    return out
+
+
+def check_int_or_name(v, path: str, errs: list) -> None:
+    """A port given by number (1-65535) or by IANA_SVC_NAME (google.protobuf.Value)."""
+    kind = v.WhichOneof("kind")
+    if kind == "number_value":
+        n = v.number_value
+        if not 0 < n < 65536 or n != int(n):
+            errs.append(invalid(path, int(n) if n == int(n) else n, PORT_RANGE_MSG))
+    elif kind == "string_value" and v.string_value:
+        for why in port_name_errors(v.string_value):
+            errs.append(invalid(path, v.string_value, why))
+    else:
+        errs.append(required(path))
+
+
+def validate_service(svc: v1.Service, errs: list) -> None:
+    s = svc.spec
+    if s.type not in SERVICE_TYPES:
+        errs.append(unsupported("spec.type", s.type, SERVICE_TYPES))
+    headless = s.clusterIP == "None"
+    if s.clusterIP and not headless and not is_ip(s.clusterIP):
+        errs.append(invalid("spec.clusterIPs[0]", s.clusterIP, IP_MSG))
+    if len(s.clusterIPs) > 1:
+        errs.append(FieldError("spec.clusterIPs", f"Too many: {len(s.clusterIPs)}: must have at most 1 items "
+                               "(only IPv4 single-stack is supported)"))
+    if s.clusterIPs and s.clusterIPs[0] != s.clusterIP:
+        errs.append(invalid("spec.clusterIPs[0]", s.clusterIPs[0], "must match `clusterIP` when both are specified"))
+    if headless and s.type == "NodePort":
+        errs.append(invalid("spec.clusterIPs[0]", "None", "may not be set to 'None' for NodePort services"))
+    for f in ("ipFamilies",):
+        for i, fam in enumerate(getattr(s, f)):
+            if fam != "IPv4":
+                errs.append(unsupported(f"spec.{f}[{i}]", fam, ("IPv4",)))
+    if s.HasField("ipFamilyPolicy") and s.ipFamilyPolicy != "SingleStack":
+        errs.append(unsupported("spec.ipFamilyPolicy", s.ipFamilyPolicy, ("SingleStack",)))
+    if not s.ports and not headless:
+        errs.append(required("spec.ports"))
+    names: set[str] = set()
+    seen: set[tuple[int, str]] = set()
+    node_ports: set[tuple[int, str]] = set()
+    for i, p in enumerate(s.ports):
+        path = f"spec.ports[{i}]"
+        if not p.name:
+            if len(s.ports) > 1:
+                errs.append(required(f"{path}.name"))
+        else:
+            check_dns_label(p.name, f"{path}.name", errs)
+            if p.name in names:
+                errs.append(FieldError(f"{path}.name", f'Duplicate value: "{p.name}"'))
+            names.add(p.name)
+        if not 0 < p.port < 65536:
+            errs.append(invalid(f"{path}.port", p.port, PORT_RANGE_MSG))
+        if p.protocol not in SERVICE_PROTOCOLS:
+            errs.append(unsupported(f"{path}.protocol", p.protocol, SERVICE_PROTOCOLS))
+        elif (p.port, p.protocol) in seen:
+            errs.append(FieldError(path, f'Duplicate value: "{p.port}/{p.protocol}"'))
+        seen.add((p.port, p.protocol))
+        check_int_or_name(p.targetPort, f"{path}.targetPort", errs)
+        if p.nodePort:
+            if s.type != "NodePort":
+                errs.append(FieldError(f"{path}.nodePort", f"Forbidden: may not be used when `type` is '{s.type}'"))
+            elif not 0 < p.nodePort < 65536:
+                errs.append(invalid(f"{path}.nodePort", p.nodePort, PORT_RANGE_MSG))
+            elif (p.nodePort, p.protocol) in node_ports:
+                errs.append(FieldError(f"{path}.nodePort", f"Duplicate value: {p.nodePort}"))
+            node_ports.add((p.nodePort, p.protocol))
+    check_labels(s.selector, "spec.selector", errs)
+    if s.sessionAffinity not in SESSION_AFFINITIES:
+        errs.append(unsupported("spec.sessionAffinity", s.sessionAffinity, SESSION_AFFINITIES))
+    if s.HasField("sessionAffinityConfig"):
+        if s.sessionAffinity != "ClientIP":
+            errs.append(FieldError("spec.sessionAffinityConfig", "Invalid value: must not be set when "
+                                   "session affinity is None"))
+        t = s.sessionAffinityConfig.clientIP.timeoutSeconds
+        if not 0 < t <= MAX_AFFINITY_TIMEOUT:
+            errs.append(invalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds", t,
+                                f"must be greater than 0 and less than {MAX_AFFINITY_TIMEOUT}"))
+    if s.externalTrafficPolicy:
+        if s.type != "NodePort":
+            errs.append(invalid("spec.externalTrafficPolicy", s.externalTrafficPolicy,
+                                "may only be set when `type` is 'NodePort' or 'LoadBalancer'"))
+        elif s.externalTrafficPolicy not in TRAFFIC_POLICIES:
+            errs.append(unsupported("spec.externalTrafficPolicy", s.externalTrafficPolicy, TRAFFIC_POLICIES))
+    if s.internalTrafficPolicy and s.internalTrafficPolicy not in TRAFFIC_POLICIES:
+        errs.append(unsupported("spec.internalTrafficPolicy", s.internalTrafficPolicy, TRAFFIC_POLICIES))
+    for i, ip in enumerate(s.externalIPs):
+        if not is_ip(ip):
+            errs.append(invalid(f"spec.externalIPs[{i}]", ip, IP_MSG))
+
+
+def validate_service_update(svc: v1.Service, old: v1.Service, errs: list) -> None:
+    if old.spec.clusterIP and svc.spec.clusterIP != old.spec.clusterIP:
+        errs.append(invalid("spec.clusterIP", svc.spec.clusterIP, "field is immutable"))
+
+
+def _check_endpoint_port(p, path: str, many: bool, names: set, errs: list) -> None:
+    if p.name:
+        check_dns_label(p.name, f"{path}.name", errs)
+        if p.name in names:
+            errs.append(FieldError(f"{path}.name", f'Duplicate value: "{p.name}"'))
+        names.add(p.name)
+    elif many:
+        errs.append(required(f"{path}.name"))
+    if not 0 < p.port < 65536:
+        errs.append(invalid(f"{path}.port", p.port, PORT_RANGE_MSG))
+    if p.protocol not in PROTOCOLS:
+        errs.append(unsupported(f"{path}.protocol", p.protocol, PROTOCOLS))
+
+
+def validate_endpoints(ep: v1.Endpoints, errs: list) -> None:
+    for i, sub in enumerate(ep.subsets):
+        path = f"subsets[{i}]"
+        if not sub.addresses and not sub.notReadyAddresses:
+            errs.append(required(f"{path}"))
+        for field in ("addresses", "notReadyAddresses"):
+            for j, a in enumerate(getattr(sub, field)):
+                if not is_ip(a.ip):
+                    errs.append(invalid(f"{path}.{field}[{j}].ip", a.ip, IP_MSG))
+                if a.hostname:
+                    check_dns_label(a.hostname, f"{path}.{field}[{j}].hostname", errs)
+        names: set[str] = set()
+        for j, p in enumerate(sub.ports):
+            _check_endpoint_port(p, f"{path}.ports[{j}]", len(sub.ports) > 1, names, errs)
+
+
+def validate_endpoint_slice(es: v1.EndpointSlice, errs: list, old: v1.EndpointSlice | None = None) -> None:
+    import ipaddress
+    if es.addressType not in ADDRESS_TYPES:
+        errs.append(unsupported("addressType", es.addressType, ADDRESS_TYPES))
+    if old is not None and es.addressType != old.addressType:
+        errs.append(invalid("addressType", es.addressType, "field is immutable"))
+    if len(es.endpoints) > 1000:
+        errs.append(FieldError("endpoints", f"Too many: {len(es.endpoints)}: must have at most 1000 items"))
+    if len(es.ports) > 100:
+        errs.append(FieldError("ports", f"Too many: {len(es.ports)}: must have at most 100 items"))
+    version = {"IPv4": 4, "IPv6": 6}.get(es.addressType)
+    for i, e in enumerate(es.endpoints):
+        path = f"endpoints[{i}]"
+        if not e.addresses:
+            errs.append(required(f"{path}.addresses"))
+        elif len(e.addresses) > 100:
+            errs.append(FieldError(f"{path}.addresses", f"Too many: {len(e.addresses)}: must have at most 100 items"))
+        for j, a in enumerate(e.addresses):
+            if version is None:
+                check_dns_subdomain(a, f"{path}.addresses[{j}]", errs)
+                continue
+            try:
+                ok = ipaddress.ip_address(a).version == version
+            except ValueError:
+                ok = False
+            if not ok:
+                errs.append(invalid(f"{path}.addresses[{j}]", a, f"must be a valid {es.addressType} address"))
+        if e.HasField("hostname"):
+            check_dns_label(e.hostname, f"{path}.hostname", errs)
+        if e.HasField("nodeName"):
+            check_dns_subdomain(e.nodeName, f"{path}.nodeName", errs)
+    names: set[str] = set()
+    for i, p in enumerate(es.ports):
+        path = f"ports[{i}]"
+        if p.name:
+            check_dns_label(p.name, f"{path}.name", errs)
+            if p.name in names:
+                errs.append(FieldError(f"{path}.name", f'Duplicate value: "{p.name}"'))
+            names.add(p.name)
+        if p.HasField("port") and not 0 < p.port < 65536:
+            errs.append(invalid(f"{path}.port", p.port, PORT_RANGE_MSG))
+        if p.HasField("protocol") and p.protocol not in PROTOCOLS:
+            errs.append(unsupported(f"{path}.protocol", p.protocol, PROTOCOLS))
+
+
+def validate_pod_dns(spec: v1.PodSpec, errs: list) -> None:
+    if spec.dnsPolicy not in DNS_POLICIES:
+        errs.append(unsupported("spec.dnsPolicy", spec.dnsPolicy, DNS_POLICIES))
+    c = spec.dnsConfig
+    if spec.dnsPolicy == "None" and not c.nameservers:
+        errs.append(FieldError("spec.dnsConfig.nameservers", "Required value: must provide at least one DNS "
+                               "nameserver when `dnsPolicy` is None"))
+    if len(c.nameservers) > 3:
+        errs.append(invalid("spec.dnsConfig.nameservers", ",".join(c.nameservers),
+                            "must not have more than 3 nameservers"))
+    for i, ns in enumerate(c.nameservers):
+        if not is_ip(ns):
+            errs.append(invalid(f"spec.dnsConfig.nameservers[{i}]", ns, IP_MSG))
+    if len(c.searches) > 32:
+        errs.append(invalid("spec.dnsConfig.searches", " ".join(c.searches), "must not have more than 32 search paths"))
+    for i, s in enumerate(c.searches):
+        if s != ".":
+            check_dns_subdomain(s.rstrip("."), f"spec.dnsConfig.searches[{i}]", errs)
+    for i, o in enumerate(c.options):
+        if not o.name:
+            errs.append(required(f"spec.dnsConfig.options[{i}].name"))
+    if spec.subdomain:
+        check_dns_label(spec.subdomain, "spec.subdomain", errs)
+    if spec.hostname:
+        check_dns_label(spec.hostname, "spec.hostname", errs)
