@@ -140,7 +140,9 @@ def apiserver_pod(cp: ControlPlane) -> dict:
                        "--etcd-cafile", str(cp.pki / "etcd" / "ca.crt"),
                        "--etcd-certfile", str(cp.pki / "apiserver-etcd-client.crt"),
                        "--etcd-keyfile", str(cp.pki / "apiserver-etcd-client.key"),
-                       "--listen", f"{cp.advertise_address}:{cp.apiserver_port}", "--pki-dir", str(cp.pki))
+                       "--listen", f"{cp.advertise_address}:{cp.apiserver_port}", "--pki-dir", str(cp.pki),
+                       "--advertise-address", cp.advertise_address,
+                       "--service-cluster-ip-range", cp.service_cidr)
     return static_pod("kube-apiserver", argv, [Mount("k8s-certs", str(cp.pki), type="Directory")],
                       component="kube-apiserver")
 
