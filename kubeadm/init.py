@@ -60,6 +60,9 @@ def validate(o: InitOptions) -> None:
                              "(want a CIDR such as 10.244.0.0/16)") from None
         if net.prefixlen > 28:
             raise PhaseError("preflight", f'invalid {flag} "{value}": too small (want /28 or larger)')
+    if ipaddress.IPv4Network(o.service_cidr).prefixlen < 12:  # the API server's limit (allocator.py)
+        raise PhaseError("preflight", f'invalid --service-cidr "{o.service_cidr}": specified service subnet is '
+                         "too large; for 32-bit addresses, the mask must be >= 12")
     if ipaddress.IPv4Network(o.pod_network_cidr).overlaps(ipaddress.IPv4Network(o.service_cidr)):
         raise PhaseError("preflight", f"--pod-network-cidr {o.pod_network_cidr} overlaps "
                          f"--service-cidr {o.service_cidr}: choose ranges apart")
