@@ -38,6 +38,7 @@ class Rule:
 @dataclass
 class NatTable:
     chains: dict[str, list[Rule]]
+    filter: dict[str, list[Rule]] = field(default_factory=dict)  # the filter table of the same dump
 
     def rules(self, chain: str) -> list[Rule]:
         return self.chains.get(chain, [])
@@ -83,14 +84,15 @@ def parse_rule(line: str) -> Rule | None:
 
 
 def parse(text: str) -> NatTable:
-    """The nat table of an `iptables-save [-c] [-t nat]` dump (other tables are skipped)."""
-    chains: dict[str, list[Rule]] = {}
-    table = ""
+    """The nat table (and the filter table, for services without endpoints, which kube-proxy
+    rejects there) of an `iptables-save [-c]` dump; other tables are skipped."""
+    tables: dict[str, dict[str, list[Rule]]] = {"nat": {}, "filter": {}}
+    chains: dict[str, list[Rule]] | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("*"):
-            table = line[1:]
-        elif table != "nat" or not line or line.startswith("#") or line == "COMMIT":
+            chains = tables.get(line[1:])
+        elif chains is None or not line or line.startswith("#") or line == "COMMIT":
             continue
         elif line.startswith(":"):
             chains.setdefault(line[1:].split()[0], [])
@@ -98,7 +100,7 @@ def parse(text: str) -> NatTable:
             rule = parse_rule(line)
             if rule is not None:
                 chains.setdefault(rule.chain, []).append(rule)
-    return NatTable(chains)
+    return NatTable(tables["nat"], tables["filter"])
 
 
 # ---- the per-service summary
@@ -117,9 +119,10 @@ class ServicePort:
     cluster_ip: str
     port: str
     protocol: str
-    chain: str            # KUBE-SVC-...
+    chain: str            # KUBE-SVC-... ("" when it has no endpoints: a filter REJECT instead)
     endpoints: list[Endpoint]
     node_port: str = ""
+    affinity: bool = False  # sessionAffinity ClientIP: `-m recent --rcheck` rules come first
 
 
 def _service_name(rule: Rule) -> str:
@@ -136,6 +139,8 @@ def endpoints(table: NatTable, chain: str, _seen: frozenset[str] = frozenset()) 
     left = 1.0
     for rule in table.rules(chain):
         target = rule.target
+        if "--rcheck" in rule.args:
+            continue  # ClientIP affinity: a client seen before goes back to its endpoint
         if target.startswith("KUBE-SEP-"):
             p = float(rule.args.get("--probability", "1") or 1)
             share, left = left * p, left * (1 - p)
@@ -163,7 +168,8 @@ def services(table: NatTable) -> list[ServicePort]:
         found.setdefault(chain, ServicePort(
             name=_service_name(rule) or chain, cluster_ip=rule.args["-d"].removesuffix("/32"),
             port=rule.args.get("--dport", ""), protocol=rule.args.get("-p", "").upper(),
-            chain=chain, endpoints=endpoints(table, chain)))
+            chain=chain, endpoints=endpoints(table, chain),
+            affinity=any("--rcheck" in r.args for r in table.rules(chain))))
     for rule in table.rules("KUBE-NODEPORTS"):
         target = rule.target
         if not PROXY_CHAIN.match(target):
@@ -175,6 +181,13 @@ def services(table: NatTable) -> list[ServicePort]:
                 name=_service_name(rule) or target, cluster_ip="", port="",
                 protocol=rule.args.get("-p", "").upper(), chain=target, endpoints=endpoints(table, target)))
         sp.node_port = rule.args.get("--dport", "")
+    for rule in table.filter.get("KUBE-SERVICES", []):
+        comment = rule.args.get("--comment", "")
+        if rule.target == "REJECT" and comment.endswith(" has no endpoints") and "-d" in rule.args:
+            found.setdefault(f"reject {comment}", ServicePort(
+                name=comment.split()[0], cluster_ip=rule.args["-d"].removesuffix("/32"),
+                port=rule.args.get("--dport", ""), protocol=rule.args.get("-p", "").upper(), chain="",
+                endpoints=[]))
     return list(found.values())
 
 

@@ -101,7 +101,7 @@ def bridge_ports(node: Node, br: str = BRIDGE) -> dict[str, str]:
 
 
 def nat(node: Node) -> iptables.NatTable | None:
-    p = node.run(["iptables-save", "-c", "-t", "nat"])
+    p = node.run(["iptables-save", "-c"])  # nat, and filter for services without endpoints
     if p.returncode != 0:
         return None
     return iptables.parse(p.stdout)

@@ -119,8 +119,10 @@ def render_services(table: iptables.NatTable | None) -> list[str]:
     rows = [["SERVICE", "CLUSTER-IP", "PORT", "NODEPORT", "CHAIN", "ENDPOINTS (share, packets)"]]
     for s in svcs:
         eps = ", ".join(f"{e.address} ({iptables.fmt_share(e.share)}, {e.packets})" for e in s.endpoints)
+        if s.affinity:
+            eps += " (ClientIP affinity)"
         rows.append([s.name, s.cluster_ip or "-", f"{s.port}/{s.protocol}" if s.port else s.protocol or "-",
-                     s.node_port or "-", s.chain, eps or "none (no ready endpoints: rejected)"])
+                     s.node_port or "-", s.chain or "-", eps or "none: REJECTed (filter KUBE-SERVICES)"])
     out += _indent(format_table(rows) if svcs else "(no service rules)")
     return out
 

@@ -134,7 +134,7 @@ def build(nodes: Nodes, src: End, dst: End) -> Trace:
     readable = [n for n in nodes.nodes if n.readable]
     before = {n.name: kernel.links(n) for n in readable}
     pod_before = kernel.links(sn, netns) if netns else {}
-    nat_before = kernel.nat(sn) if dst.service else None
+    nat_before = kernel.nat(sn)
 
     res = probe.send(sn, netns, mode, dst.ip, dst.port)
 
@@ -156,20 +156,20 @@ def build(nodes: Nodes, src: End, dst: End) -> Trace:
         eth0 = pod_after.get("eth0")
         r, why = kernel.route_get(sn, dst.ip, netns=netns)
         route = f"route {_fmt_route(r)}" if r else f"no route: {why}"
-        t.hops.append(Hop(sn.name, f"{src.label} eth0", f"{', '.join(eth0.addrs) if eth0 else '?'}; {route}",
+        t.hops.append(Hop(sn.name, f"{src.label.removeprefix('pod ')}:eth0",
+                          f"{src.label}: {', '.join(eth0.addrs) if eth0 else '?'}; {route}",
                           _delta(pod_before, pod_after, "eth0", "tx"), "tx"))
-        hop(sn, f"{sp.host_veth} (cni0 port)", f"the host end of {src.label}'s eth0 pair", sp.host_veth, "rx")
+        hop(sn, sp.host_veth, f"cni0 port: the host end of {src.label}'s eth0 pair", sp.host_veth, "rx")
         br = after[sn.name].get(BRIDGE)
         hop(sn, BRIDGE, f"bridge {', '.join(br.addrs) if br else '?'}, the pods' gateway", BRIDGE, "rx")
 
     # 3: the service's DNAT
-    eff = dst.ip
-    if dst.service:
-        eff = _dnat_hop(t, sn, src, dst, res, mode, nat_before)
-        if not eff:
-            t.verdict = (f"did not arrive: no DNAT for {target} on {sn.name} (does kube-proxy run there, "
-                         "with rules for this service? see kubelab net show)")
-            return t
+    # (looked for whatever DST is: an IP:PORT may be a ClusterIP or a NodePort too)
+    eff = _dnat_hop(t, sn, src, dst, res, mode, nat_before) or ("" if dst.service else dst.ip)
+    if not eff:
+        t.verdict = (f"did not arrive: no DNAT for {target} on {sn.name} (does kube-proxy run there, "
+                     "with rules for this service? see kubelab net show)")
+        return t
 
     # 4-5: the route, the overlay and the peer
     where = sn
@@ -179,7 +179,7 @@ def build(nodes: Nodes, src: End, dst: End) -> Trace:
         return _lost(t, res, f"{sn.name} has no route to {eff} ({why})")
     hop(sn, "route", f"ip route get {eff}: {_fmt_route(r)}")
     if r.get("type") == "local" or r.get("dev") == "lo":
-        return _verdict(t, res, dst, f"{eff} is an address of {sn.name} itself")
+        return _verdict(t, res, dst, f"{sn.name} itself ({eff} is its own address)")
     if r.get("dev") == VXLAN_DEV:
         peer = _overlay_hops(t, hop, nodes, sn, r)
         if peer is None:
@@ -191,13 +191,13 @@ def build(nodes: Nodes, src: End, dst: End) -> Trace:
             return _lost(t, res, f"{peer.name} has no route to {eff} ({why})")
         hop(peer, "route", f"ip route get {eff}: {_fmt_route(r2)}")
         if r2.get("type") == "local" or r2.get("dev") == "lo":
-            return _verdict(t, res, dst, f"{eff} is an address of {peer.name}")
+            return _verdict(t, res, dst, f"node {peer.name} ({eff} is its own address)")
         r = r2
     if r.get("dev") != BRIDGE:
         dev = r.get("dev", "?")
         hop(where, f"{dev}", f"out of {where.name} towards {r.get('gateway') or eff}", dev, "tx")
         owner = nodes.by_ip(eff)
-        return _verdict(t, res, dst, f"{eff} is node {owner.name}" if owner else "")
+        return _verdict(t, res, dst, f"node {owner.name} ({eff})" if owner else "")
     # 5: the destination's bridge and veth
     return _bridge_hops(t, hop, where, eff, res, dst)
 
@@ -226,30 +226,37 @@ def _fmt_route(r: dict) -> str:
 
 def _dnat_hop(t: Trace, sn: Node, src: End, dst: End, res: probe.Result, mode: str,
               nat_before: iptables.NatTable | None) -> str:
-    """The endpoint kube-proxy's DNAT chose for the probe, as the kernel recorded it."""
+    """The endpoint kube-proxy's DNAT chose for the probe, as the kernel recorded it ("" if
+    the kernel translated nothing; for a service, a hop saying so)."""
     conns, source = kernel.conntrack(sn)
-    c = kernel.find_conn(conns, src=src.ip, sport=res.sport, dst=dst.ip, dport=str(dst.port), proto=mode)
+    c = kernel.find_conn(conns, src=src.ip, sport=res.sport, dst=dst.ip, dport=str(dst.port) if dst.port else "",
+                         proto=mode)
     if c is not None and c.reply.get("src") and c.reply.get("src") != dst.ip:
         ep = f"{c.reply['src']}:{c.reply.get('sport', '')}"
         chain = ""
         nat_after = kernel.nat(sn)
         if nat_after:
             chain = next((k for k, (addr, _) in iptables.dnat_packets(nat_after).items() if addr == ep), "")
-        t.hops.append(Hop(sn.name, "DNAT (kube-proxy)", f"{dst.ip}:{dst.port} -> {ep}"
+        t.hops.append(Hop(sn.name, "DNAT", f"kube-proxy: {dst.ip}:{dst.port} -> {ep}"
                           + (f" by {chain}" if chain else "") + f", the endpoint chosen (conntrack: {source}, "
                           f"{c.state or c.proto})"))
         return c.reply["src"]
+    if c is not None and not dst.service:
+        return ""  # the kernel tracked the probe untranslated
     nat_after = kernel.nat(sn)
-    if nat_before is not None and nat_after is not None:
+    if not source and nat_before is not None and nat_after is not None:
         b, a = iptables.dnat_packets(nat_before), iptables.dnat_packets(nat_after)
         grew = [(k, addr, n - b.get(k, (addr, 0))[1]) for k, (addr, n) in a.items() if n > b.get(k, (addr, 0))[1]]
         if grew:
             chain, addr, n = max(grew, key=lambda g: g[2])
-            t.hops.append(Hop(sn.name, "DNAT (kube-proxy)", f"{dst.ip}:{dst.port} -> {addr} by {chain}, the "
+            t.hops.append(Hop(sn.name, "DNAT", f"kube-proxy: {dst.ip}:{dst.port} -> {addr} by {chain}, the "
                               "endpoint chosen (its DNAT rule's packet counter grew; no conntrack table here)", n))
             return addr.split(":")[0]
-    t.hops.append(Hop(sn.name, "DNAT (kube-proxy)", f"no translation of {dst.ip}:{dst.port} found "
-                      f"(conntrack {'read from ' + source if source else 'not readable'}, no KUBE-SEP counter grew)"))
+    if not dst.service:
+        return ""
+    why = (f"{source} shows the probe untranslated" if c else f"{source} has no entry for the probe") if source \
+        else "no conntrack table here, and no KUBE-SEP DNAT counter grew"
+    t.hops.append(Hop(sn.name, "DNAT", f"kube-proxy: no translation of {dst.ip}:{dst.port}: {why}"))
     return ""
 
 
@@ -268,13 +275,13 @@ def _overlay_hops(t: Trace, hop, nodes: Nodes, sn: Node, r: dict) -> Node | None
     hop(sn, VXLAN_DEV, what, VXLAN_DEV, "tx")
     if not under:
         return None
-    hop(sn, f"{UNDERLAY} (underlay)", f"UDP {info.get('local', sn.ip)} -> {under}:{info.get('port', 8472)}, "
+    hop(sn, UNDERLAY, f"underlay: UDP {info.get('local', sn.ip)} -> {under}:{info.get('port', 8472)}, "
         "the encapsulated packet", UNDERLAY, "tx")
     if peer is None or not peer.readable:
-        t.hops.append(Hop(peer.name if peer else under, "peer node",
+        t.hops.append(Hop(peer.name if peer else under, "peer",
                           f"{under} is not a node readable from here: the rest of the path is not shown"))
         return None
-    hop(peer, f"{UNDERLAY} (underlay)", f"from {info.get('local', sn.ip)}, UDP port {info.get('port', 8472)}",
+    hop(peer, UNDERLAY, f"underlay: from {info.get('local', sn.ip)}, UDP port {info.get('port', 8472)}",
         UNDERLAY, "rx")
     pvx = kernel.links(peer).get(VXLAN_DEV)
     hop(peer, VXLAN_DEV, f"decapsulated (VNI {pvx.vxlan.get('id', '?') if pvx else '?'}, "
@@ -295,7 +302,7 @@ def _bridge_hops(t: Trace, hop, node: Node, ip: str, res: probe.Result, dst: End
         why = f"no pod has {ip} on {node.name}" if pn is None else f"no port for {ip}"
         return _lost(t, res, f"{why}; the neighbour entry of {ip} on {node.name}'s {BRIDGE} is {state}")
     owner = f"pod {pn.namespace}/{pn.pod}" if pn and pn.pod else "an unknown pod"
-    h = hop(node, f"{veth} (cni0 port)", f"into {owner}'s eth0 ({ip})", veth, "tx")
+    h = hop(node, veth, f"cni0 port: into {owner}'s eth0 ({ip})", veth, "tx")
     if pn and veth != pn.host_veth:
         h.what += f" (but its sandbox record names {pn.host_veth})"
     return _verdict(t, res, dst, owner)

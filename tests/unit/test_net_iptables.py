@@ -97,3 +97,28 @@ def test_service_without_endpoints():
         "-j KUBE-SEP-BBBBBBBBBBBBBBBB", "-j KUBE-MARK-DROP")
     web = next(s for s in iptables.services(iptables.parse(text)) if s.name == "net/web:http")
     assert web.endpoints == []
+
+
+def test_reads_what_worker_proxy_writes():
+    """The summary of the very text kube-proxy (worker/proxy) restores: affinity rules, a
+    NodePort through KUBE-EXT, a service without endpoints (a filter REJECT)."""
+    from worker.proxy import model, rules
+    web = model.ServicePort("net", "web", "http", "TCP", "10.96.0.20", 80, node_port=30080)
+    aff = model.ServicePort("net", "aff", "", "TCP", "10.96.0.21", 80, affinity_timeout=100)
+    empty = model.ServicePort("net", "empty", "", "UDP", "10.96.0.22", 53)
+    eps = [model.Endpoint("10.244.1.2", 8080, "w1"), model.Endpoint("10.244.2.2", 8080, "w2"),
+           model.Endpoint("10.244.2.3", 8080, "w2")]
+    text = rules.build(model.ProxyState(ports=[web, aff, empty], endpoints={web.key: eps, aff.key: eps[:2]}),
+                       cluster_cidr="10.244.0.0/16", node_name="w1").text
+    svcs = {s.name: s for s in iptables.services(iptables.parse(text))}
+    assert set(svcs) == {"net/web:http", "net/aff", "net/empty"}
+    w = svcs["net/web:http"]
+    assert (w.cluster_ip, w.port, w.protocol, w.node_port, w.affinity) == ("10.96.0.20", "80", "TCP", "30080", False)
+    assert w.chain == rules.svc_chain(web)
+    assert [e.address for e in w.endpoints] == ["10.244.1.2:8080", "10.244.2.2:8080", "10.244.2.3:8080"]
+    assert [e.share for e in w.endpoints] == pytest.approx([1 / 3] * 3, abs=1e-6)
+    a = svcs["net/aff"]
+    assert a.affinity and [(e.address, round(e.share, 6)) for e in a.endpoints] == \
+        [("10.244.1.2:8080", 0.5), ("10.244.2.2:8080", 0.5)]
+    e = svcs["net/empty"]
+    assert (e.endpoints, e.chain, e.cluster_ip, e.protocol) == ([], "", "10.96.0.22", "UDP")
