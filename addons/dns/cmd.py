@@ -18,6 +18,8 @@ def register(sub, parents) -> None:
     p.add_argument("--upstream", action="append", default=[], metavar="IP[:PORT]",
                    help="resolver to forward names outside the cluster domain to (repeatable; "
                         "default none: they are REFUSED)")
+    p.add_argument("--cache-size", type=int, default=10000,
+                   help="answers kept as wire bytes until the zone changes (0: no cache)")
     p.set_defaults(func=run, daemon=True)
 
 
@@ -45,6 +47,8 @@ def flag_error(args) -> str | None:
                 raise ValueError(f'invalid --upstream "{up}": the port must not be 0')
     except ValueError as e:
         return f"error: {e}"
+    if args.cache_size < 0:
+        return f"error: invalid --cache-size {args.cache_size}: must be 0 (no cache) or more"
     domain = args.cluster_domain.strip(".").lower()
     if not domain or not all(_LABEL.match(part) for part in domain.split(".")):
         return (f'error: invalid --cluster-domain "{args.cluster_domain}": must be a DNS name '
@@ -70,7 +74,7 @@ async def run(args) -> int:
     host, port = parse_hostport(args.listen, "--listen")
     upstreams = tuple(Upstream(*parse_hostport(u, "--upstream", 53)) for u in args.upstream)
     zone = Zone(args.cluster_domain, serial=int(time.time()))  # a restarted server counts on
-    server = DNSServer(zone, host=host, port=port, upstreams=upstreams)
+    server = DNSServer(zone, host=host, port=port, upstreams=upstreams, cache_size=args.cache_size)
     print(f"cluster DNS for {zone.domain}: listening on {host}:{port}, "
           + (f"forwarding other names to {', '.join(f'{u.host}:{u.port}' for u in upstreams)}"
              if upstreams else "other names REFUSED (no --upstream)"), flush=True)

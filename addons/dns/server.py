@@ -8,6 +8,11 @@ by default, as the tests keep it: nothing here sends a packet unless told where)
 answer larger than the client's buffer (512 bytes, or its EDNS payload size) goes out empty
 with TC set, so the client asks again over TCP.
 
+Answers of the zone are cached whole, as wire bytes keyed by the query's bytes after its ID
+(the same question, flags and EDNS options always get the same answer from the same zone),
+until the zone's serial moves: a hit costs a dictionary lookup instead of a parse and a render
+(CoreDNS's cache plugin plays this part). Forwarded answers are never cached.
+
 The informer handlers update the zone directly instead of queueing keys: the zone is a pure
 in-memory index (nothing can fail or block), the role the informer cache itself plays in
 CoreDNS's kubernetes plugin.
@@ -57,8 +62,11 @@ def _rrsets(rrs: list[RR], qname: dns.name.Name, lowered: str) -> list[dns.rrset
 
 class DNSServer:
     def __init__(self, zone: Zone, *, host: str = "0.0.0.0", port: int = 53,
-                 upstreams: tuple[Upstream, ...] = (), forward_timeout: float = 2.0):
+                 upstreams: tuple[Upstream, ...] = (), forward_timeout: float = 2.0, cache_size: int = 10000):
         self.zone, self.host, self.port = zone, host, port
+        self.cache_size = cache_size
+        self._cache: dict[tuple[bool, bytes], bytes] = {}
+        self._cache_serial = zone.serial
         self.upstreams, self.forward_timeout = tuple(upstreams), forward_timeout
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
@@ -108,15 +116,44 @@ class DNSServer:
             bad.set_rcode(dns.rcode.FORMERR)
             return bad.to_wire()
 
-    async def respond(self, wire: bytes, *, udp: bool) -> bytes | None:
-        """The answer's wire bytes for one message as received (None: nothing to send)."""
+    def cached(self, wire: bytes, *, udp: bool) -> bytes | None:
+        if self.zone.serial != self._cache_serial:  # the zone changed: every answer may have
+            self._cache.clear()
+            self._cache_serial = self.zone.serial
+        hit = self._cache.get((udp, wire[2:]))
+        if hit is not None:
+            self.queries += 1
+            return wire[:2] + hit  # the query's own ID
+        return None
+
+    def answer_wire(self, wire: bytes, *, udp: bool) -> bytes | None | dns.message.Message:
+        """The zone's answer as wire bytes (cached), None for nothing to send, or the parsed
+        query when it has to be forwarded."""
+        hit = self.cached(wire, udp=udp)
+        if hit is not None:
+            return hit
         query = self.parse(wire)
         if not isinstance(query, dns.message.Message):
             return query
         resp = self.answer(query)
         if resp is None:
-            resp = await self.forward(query, udp=udp)
-        return self.finish(query, resp, udp=udp)
+            return query
+        out = self.finish(query, resp, udp=udp)
+        if self.cache_size:
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[(udp, wire[2:])] = out[2:]
+        return out
+
+    async def respond(self, wire: bytes, *, udp: bool) -> bytes | None:
+        """The answer's wire bytes for one message as received (None: nothing to send)."""
+        out = self.answer_wire(wire, udp=udp)
+        if not isinstance(out, dns.message.Message):
+            return out
+        return await self.forwarded(out, udp=udp)
+
+    async def forwarded(self, query: dns.message.Message, *, udp: bool) -> bytes:
+        return self.finish(query, await self.forward(query, udp=udp), udp=udp)
 
     @staticmethod
     def finish(query: dns.message.Message, resp: dns.message.Message, *, udp: bool) -> bytes:
@@ -158,19 +195,15 @@ class DNSServer:
             def datagram_received(self, data, addr):
                 # answered in the callback, without a task: zone answers never wait on anything
                 try:
-                    query = server.parse(data)
-                    if not isinstance(query, dns.message.Message):
-                        if query is not None:
-                            self.transport.sendto(query, addr)
-                        return
-                    resp = server.answer(query)
-                    if resp is not None:
-                        self.transport.sendto(server.finish(query, resp, udp=True), addr)
+                    out = server.answer_wire(data, udp=True)
+                    if not isinstance(out, dns.message.Message):
+                        if out is not None:
+                            self.transport.sendto(out, addr)
                         return
                 except Exception:
                     log.exception("answering %s", addr)
                     return
-                task = asyncio.ensure_future(server.respond(data, udp=True))
+                task = asyncio.ensure_future(server.forwarded(out, udp=True))
                 server._tasks.add(task)
                 task.add_done_callback(lambda t: server._sent(t, self.transport, addr))
 
