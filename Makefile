@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 APT_PACKAGES := iproute2 iptables procps util-linux runc conmon umoci skopeo busybox-static docker-registry bc make python3-venv rsync
 # for the tests only (deploy/install.sh gives VMs APT_PACKAGES alone), without Recommends:
 # vagrant's (vagrant-libvirt: libvirt, qemu) are 1.2 GB; `vagrant validate` needs none of them
-APT_TEST_PACKAGES := vagrant shellcheck
+# dnsmasq-base (no daemon is started): the DNS benchmark's peer resolver
+APT_TEST_PACKAGES := vagrant shellcheck dnsmasq-base
 PROTOS := $(shell find protos -name '*.proto')
 
 .PHONY: install apt venv protos test bench clean lab
