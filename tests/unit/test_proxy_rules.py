@@ -6,7 +6,14 @@ import re
 
 from kubelab.api.v1 import objects_pb2 as v1
 from worker.proxy import rules as rl
-from worker.proxy.model import Endpoint, ProxyState, ServicePort, build_state, service_ports, slice_endpoints
+from worker.proxy.model import (
+    Endpoint,
+    ProxyState,
+    ServicePort,
+    build_state,
+    service_ports,
+    slice_endpoints,
+)
 
 CIDR = "10.244.0.0/16"
 WEB = ServicePort("ns", "web", "http", "TCP", "10.96.0.20", 80)

@@ -62,7 +62,7 @@ async def test_syncs_are_at_least_min_interval_apart(started):
     for _ in range(4):
         r.run()
         n = len(rec.starts)
-        await until(lambda: len(rec.starts) > n)
+        await until(lambda n=n: len(rec.starts) > n)
     gaps = [b - a for a, b in zip(rec.starts, rec.starts[1:])]
     assert len(gaps) >= 3 and min(gaps) >= 0.15
 

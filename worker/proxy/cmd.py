@@ -42,7 +42,7 @@ async def run(args) -> int:
         return 1
     from kubelab.client.client import Client
     from kubelab.client.config import ConfigError, load_default
-    from worker.proxy.proxier import ProxyConfig, Proxier
+    from worker.proxy.proxier import Proxier, ProxyConfig
 
     try:
         client = Client.from_config(load_default(args.config))

@@ -184,8 +184,8 @@ def build(state: ProxyState, *, cluster_cidr: str = "", node_name: str = "",
         if sp.node_port:
             nat_chains.append(ext_chain(sp))
             nat += _node_port(sp, eps, seps, cluster_cidr, node_name, nat_chains, filt)
-    nat.append(f'-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last '
-               f'rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    nat.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last '
+               'rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
     nat += [f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}",
             f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
             # clear the mark: a packet that is re-encapsulated (VXLAN) must not be masqueraded twice
