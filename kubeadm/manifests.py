@@ -181,6 +181,18 @@ def overlay_pod(*, kubelet_conf: Path, node_name: str, iface: str, node_ip: str,
                        Mount("kubeconfig", str(kubelet_conf), type="File")], privileged=True)
 
 
+def proxy_pod(*, kubelet_conf: Path, node_name: str, cluster_cidr: str = "10.244.0.0/16") -> dict:
+    """kube-proxy's DaemonSet pod, as a static pod kube-proxy-<node>: hostNetwork, privileged (it
+    writes the node's iptables and sysctls), with the node's credentials. /etc/alternatives comes
+    along because Debian's iptables commands are links through it."""
+    argv = python_argv("proxy", "--config", str(kubelet_conf), "--node-name", node_name,
+                       "--cluster-cidr", cluster_cidr)
+    mounts = [Mount("kubeconfig", str(kubelet_conf), type="File")]
+    if os.path.isdir("/etc/alternatives"):
+        mounts.append(Mount("alternatives", "/etc/alternatives", type="Directory"))
+    return static_pod("kube-proxy", argv, mounts, privileged=True)
+
+
 # ---- addons (on the master)
 
 def dns_pod(*, kubelet_conf: Path, cluster_domain: str = "cluster.local") -> dict:
