@@ -204,9 +204,15 @@ def start_node(spec: NodeSpec, say=print) -> None:
         spec.cluster_dns, spec.cluster_domain = cluster_dns_from_config(spec.kubelet_conf)
         say(f"[kubelet-start] cluster DNS for the pods: {spec.cluster_dns or 'none (no serviceSubnet in kubeadm-config)'}")
     ensure_image(spec.var_dir, say)
-    for path in write_node_files(spec):
+    for path in write_node_files(spec) + [write_proxy_manifest(spec)]:
         say(f"[kubelet-start] wrote {path}")
     services.start_services(spec.var_dir, say=say)
+
+
+def write_proxy_manifest(spec: NodeSpec) -> Path:
+    """kube-proxy's static pod (kubeadm's kube-proxy addon, one per node): ETC/manifests/kube-proxy.yaml."""
+    pod = manifests.proxy_pod(kubelet_conf=spec.kubelet_conf, node_name=spec.node_name, cluster_cidr=spec.cluster_cidr)
+    return manifests.write(spec.manifest_dir, "kube-proxy", pod)
 
 
 async def wait_node_ready(client, name: str, timeout: float) -> None:
