@@ -186,6 +186,7 @@ def _kubelet_start(o: InitOptions):
                              # scheduled onto it before mark-control-plane runs
                              taints=[f"{CONTROL_PLANE_LABEL}:NoSchedule"])
         ctx.track(spec.manifest_dir / "kube-overlay.yaml")
+        ctx.track(spec.manifest_dir / "kube-proxy.yaml")
         for s in services.SERVICES:
             ctx.track(services.flags_path(o.var_dir, s))
         # VAR/log is not taken back by a rollback: it is where the failure is explained
