@@ -40,6 +40,7 @@ def shim(bb, *args):
     (["wget", "-qO-", "-T", "3", "http://x/"], "timeout 3 {bb} wget -qO- http://x/"),
     (["wget", "-T5", "-q", "http://x/"], "timeout 5 {bb} wget -q http://x/"),
     (["wget", "--timeout=7", "http://x/"], "timeout 7 {bb} wget http://x/"),
+    (["wget", "--timeout", "4", "-qO-", "http://x/"], "timeout 4 {bb} wget -qO- http://x/"),
     (["wget", "-qO-", "http://x/"], "wget -qO- http://x/"),
     (["ls", "-T", "1"], "ls -T 1"),
 ])
