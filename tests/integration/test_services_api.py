@@ -238,6 +238,27 @@ async def test_nodes_read_and_the_controller_manager_writes_endpoints(control_pl
             pass
 
 
+async def test_deleting_a_namespace_deletes_its_services_and_frees_their_addresses(client, svcs):
+    ns = v1.Namespace()
+    ns.metadata.name = "svc-ns"
+    await client.namespaces().create(ns)
+    try:
+        await client.resource("services", "svc-ns").create(
+            service("doomed", type="NodePort", cluster_ip="10.96.0.66", node_port=30066, ns="svc-ns"))
+    finally:
+        await client.namespaces().delete("svc-ns")  # the namespace controller deletes its content
+
+    async def gone():
+        try:
+            await client.namespaces().get("svc-ns")
+            return False
+        except NotFound:
+            return True
+    await wait_for(gone, timeout=60, what="namespace svc-ns gone")
+    s = await svcs.create(service("heir", type="NodePort", cluster_ip="10.96.0.66", node_port=30066))
+    assert (s.spec.clusterIP, s.spec.ports[0].nodePort) == ("10.96.0.66", 30066)
+
+
 # ---- in-process API servers on one etcd, with a small service range ----
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
