@@ -117,6 +117,9 @@ async def test_racing_node_ports_are_distinct_and_in_range(svcs):
     ports = [p.nodePort for s in made for p in s.spec.ports]
     assert len(set(ports)) == 20 and all(30000 <= p <= 32767 for p in ports)
     assert all(s.spec.externalTrafficPolicy == "Cluster" for s in made)
+    listed = await svcs.list(field_selector="spec.type=NodePort")
+    assert {s.metadata.name for s in made} <= {s.metadata.name for s in listed.items}
+    assert all(s.spec.type == "NodePort" for s in listed.items)
 
 
 async def test_two_creates_asking_for_one_address_one_wins(svcs):
