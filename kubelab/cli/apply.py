@@ -22,7 +22,9 @@ from . import manifest
 from .common import CLIError, add_namespace_flags, cli_command, connect, err, report, write_all
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-MERGE_KEYS = ("name", "containerPort")  # strategic-merge keys of the lists in this API
+# strategic-merge keys of the lists in this API (a Service's ports merge by port, so the
+# node port and the defaults the API server filled in stay when the manifest omits them)
+MERGE_KEYS = ("name", "containerPort", "port")
 RETRIES = 5
 
 

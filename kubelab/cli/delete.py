@@ -21,7 +21,8 @@ POLL = 0.5
 
 def register(sub, parents) -> None:
     p = sub.add_parser("delete", parents=parents, help="Delete resources by names, selector or file")
-    p.add_argument("resource", nargs="?", help="pod, namespace, node, lease, event (or po, ns, no, ev), or TYPE/NAME")
+    p.add_argument("resource", nargs="?", help="pod, service, namespace, node, lease, event (or po, svc, ns, no, ev), "
+                   "or TYPE/NAME")
     p.add_argument("names", nargs="*")
     p.add_argument("-f", "--filename", action="append", default=[], help="delete what these manifests name")
     p.add_argument("-l", "--selector", default="", help="delete the objects with these labels")

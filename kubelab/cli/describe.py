@@ -1,4 +1,4 @@
-"""`kubelab describe pod|node|namespace NAME`: kubectl's human-readable page for an object,
+"""`kubelab describe pod|node|namespace|service NAME`: kubectl's human-readable page for an object,
 ending with its Events (what the scheduler, the kubelet and the controllers reported about it).
 
 Lines are written as tab-separated cells and laid out by printers.tabwrite, the way kubectl
@@ -17,7 +17,7 @@ from .common import CLIError, add_namespace_flags, cli_command, connect, err, re
 
 def register(sub, parents) -> None:
     p = sub.add_parser("describe", parents=parents, help="Show details of a specific resource")
-    p.add_argument("resource", help="pod, node or namespace (po, no, ns), or TYPE/NAME")
+    p.add_argument("resource", help="pod, node, namespace or service (po, no, ns, svc), or TYPE/NAME")
     p.add_argument("names", nargs="*")
     add_namespace_flags(p)
     p.set_defaults(func=run)
@@ -326,7 +326,64 @@ async def describe_namespace(client, ns) -> str:
     return page.text()
 
 
-DESCRIBERS = {"Pod": describe_pod, "Node": describe_node, "Namespace": describe_namespace}
+def _target_port(sp) -> str:
+    v = sp.targetPort
+    if v.WhichOneof("kind") == "string_value":
+        return v.string_value
+    return str(int(v.number_value)) if v.WhichOneof("kind") == "number_value" else str(sp.port)
+
+
+async def describe_service(client, svc) -> str:
+    """kubectl's describeService; Endpoints per port from the Endpoints object (ready ones)."""
+    page, m, spec = Page(), svc.metadata, svc.spec
+    try:
+        ep = await client.resource("endpoints", m.namespace).get(m.name)
+    except NotFound:
+        ep = v1.Endpoints()
+    page.kv("Name", m.name)
+    page.kv("Namespace", m.namespace)
+    page.map("Labels", m.labels)
+    page.map("Annotations", m.annotations)
+    page.kv("Selector", printers.format_labels(spec.selector))
+    page.kv("Type", spec.type)
+    if spec.HasField("ipFamilyPolicy"):
+        page.kv("IP Family Policy", spec.ipFamilyPolicy)
+    page.kv("IP Families", ",".join(spec.ipFamilies) or "<none>")
+    page.kv("IP", spec.clusterIP)
+    page.kv("IPs", ",".join(spec.clusterIPs) or "<none>")
+    if spec.externalIPs:
+        page.kv("External IPs", ",".join(spec.externalIPs))
+    for sp in spec.ports:
+        name, proto = sp.name or "<unset>", sp.protocol or "TCP"
+        page.lines.append(f"Port:\t{name}\t{sp.port}/{proto}")
+        page.kv("TargetPort", f"{_target_port(sp)}/{proto}")
+        if sp.nodePort:
+            page.lines.append(f"NodePort:\t{name}\t{sp.nodePort}/{proto}")
+        page.kv("Endpoints", endpoints_of_port(ep, sp.name))
+    if not spec.ports:
+        page.kv("Endpoints", printers.endpoints_list(ep))
+    page.kv("Session Affinity", spec.sessionAffinity)
+    if spec.externalTrafficPolicy:
+        page.kv("External Traffic Policy", spec.externalTrafficPolicy)
+    if spec.internalTrafficPolicy:
+        page.kv("Internal Traffic Policy", spec.internalTrafficPolicy)
+    events(page, await object_events(client, svc, "Service", m.namespace))
+    return page.text()
+
+
+def endpoints_of_port(ep, port_name: str) -> str:
+    """kubectl's formatEndpoints(endpoints, {port name}): that port's ready addresses."""
+    only = v1.Endpoints()
+    for ss in ep.subsets:
+        ports = [p for p in ss.ports if p.name == port_name]
+        if ports:
+            only.subsets.add(addresses=ss.addresses, ports=ports)
+    return printers.endpoints_list(only)
+
+
+DESCRIBERS = {"Pod": describe_pod, "Node": describe_node, "Namespace": describe_namespace,
+              "Service": describe_service}
+SUPPORTED = "pods, nodes, namespaces and services"
 
 
 @cli_command
@@ -334,14 +391,14 @@ async def run(args) -> int:
     pairs = split_type_names(args.resource, args.names) if args.names or "/" in args.resource else []
     for kind, _ in pairs:
         if kind.kind not in DESCRIBERS:
-            raise CLIError(f"describe supports pods, nodes and namespaces, not {kind.resource}")
+            raise CLIError(f"describe supports {SUPPORTED}, not {kind.resource}")
     ns = args.namespace or "default"
     failed, pages = 0, []
     async with connect(args) as client:
         if not pairs:  # `describe pods`: every object of the type in the namespace
             kind = resolve_kind(args.resource)
             if kind.kind not in DESCRIBERS:
-                raise CLIError(f"describe supports pods, nodes and namespaces, not {kind.resource}")
+                raise CLIError(f"describe supports {SUPPORTED}, not {kind.resource}")
             objs = (await client.resource(kind, ns).list_all()).items
             pages = [await DESCRIBERS[kind.kind](client, o) for o in objs]
             if not objs:

@@ -17,7 +17,8 @@ from .common import CLIError, add_namespace_flags, cli_command, connect, err, re
 
 def register(sub, parents) -> None:
     p = sub.add_parser("get", parents=parents, help="Display one or many resources")
-    p.add_argument("resource", help="nodes, pods, namespaces, leases, events (or no, po, ns, ev), or TYPE/NAME")
+    p.add_argument("resource", help="nodes, pods, namespaces, services, endpoints, endpointslices, leases, "
+                   "events (or no, po, ns, svc, ep, ev), or TYPE/NAME")
     p.add_argument("names", nargs="*")
     add_namespace_flags(p, all_namespaces=True)
     p.add_argument("-o", "--output", choices=("wide", "yaml", "json", "name"), default=None)

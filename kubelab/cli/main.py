@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "create": ("kubelab.cli.create", "Create a resource from a file or a namespace"),
     "apply": ("kubelab.cli.apply", "Apply a configuration to a resource by file name or stdin"),
     "run": ("kubelab.cli.run", "Run a particular image on the cluster"),
+    "expose": ("kubelab.cli.expose", "Take a pod or service and expose it as a new Kubernetes service"),
     "delete": ("kubelab.cli.delete", "Delete resources by names"),
     "logs": ("kubelab.cli.logs", "Print the logs for a container in a pod"),
     "exec": ("kubelab.cli.exec", "Execute a command in a container"),

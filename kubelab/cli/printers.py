@@ -173,6 +173,73 @@ def event_last_seen(e, now: dt.datetime | None = None) -> str:
     return f"{last} (x{e.count} over {first})" if e.count > 1 else last
 
 
+# -- services and endpoints ------------------------------------------------------------------
+
+
+def format_labels(m) -> str:
+    """labels.FormatLabels: `k=v,k2=v2` sorted, `<none>` when empty."""
+    return ",".join(f"{k}={v}" for k, v in sorted(m.items())) or "<none>"
+
+
+def service_cluster_ip(s) -> str:
+    return (s.spec.clusterIPs[0] if s.spec.clusterIPs else s.spec.clusterIP) or "<none>"
+
+
+def service_external_ip(s) -> str:
+    """kubectl's getServiceExternalIP for the types this API has (ExternalName: its name)."""
+    t = s.spec.type or "ClusterIP"
+    if t in ("ClusterIP", "NodePort"):
+        return ",".join(s.spec.externalIPs) or "<none>"
+    if t == "ExternalName":
+        return getattr(s.spec, "externalName", "") or "<none>"
+    if t == "LoadBalancer":
+        ips = [i.ip or i.hostname for i in s.status.loadBalancer.ingress] + list(s.spec.externalIPs)
+        return ",".join(ips) or "<pending>"
+    return "<unknown>"
+
+
+def service_ports(s) -> str:
+    """PORT(S): `80/TCP`, `81:30123/TCP` with a node port, comma-separated; `<none>`."""
+    return ",".join(f"{p.port}:{p.nodePort}/{p.protocol or 'TCP'}" if p.nodePort else f"{p.port}/{p.protocol or 'TCP'}"
+                    for p in s.spec.ports) or "<none>"
+
+
+def _more(items: list[str], count: int, empty: str, limit: int = 3) -> str:
+    """kubectl's listWithMoreString: the first three, then ` + N more...`."""
+    text = ",".join(items[:limit])
+    if count > limit:
+        return f"{text} + {count - limit} more..."
+    return text or empty
+
+
+def endpoints_list(ep) -> str:
+    """ENDPOINTS of `get endpoints` (kubectl's formatEndpoints): ready ip:port for every port of
+    every subset, ip alone for a headless service without ports."""
+    if not ep.subsets:
+        return "<none>"
+    items, count = [], 0
+    for ss in ep.subsets:
+        if not ss.ports:
+            count += len(ss.addresses)
+            items += [a.ip for a in ss.addresses]
+            continue
+        for p in ss.ports:
+            count += len(ss.addresses)
+            items += [f"[{a.ip}]:{p.port}" if ":" in a.ip else f"{a.ip}:{p.port}" for a in ss.addresses]
+    return _more(items, count, "<none>")
+
+
+def slice_ports(s) -> str:
+    """PORTS of `get endpointslices` (formatDiscoveryPorts): numbers, the name where unset, `*`."""
+    items = [str(p.port) if p.HasField("port") else (p.name if p.HasField("name") else "*") for p in s.ports]
+    return _more(items, len(items), "<unset>")
+
+
+def slice_endpoints(s) -> str:
+    items = [a for e in s.endpoints for a in e.addresses]
+    return _more(items, len(items), "<unset>")
+
+
 # -- get tables ------------------------------------------------------------------------------
 
 def _name(o):
@@ -236,6 +303,15 @@ def columns(kind: str, wide: bool) -> list[tuple[str, object]]:
         return [("NAME", _name), ("TYPE", lambda o: o.type), ("DATA", lambda o: len(o.data)), ("AGE", _age)]
     if kind == "ConfigMap":
         return [("NAME", _name), ("DATA", lambda o: len(o.data) + len(o.binaryData)), ("AGE", _age)]
+    if kind == "Service":
+        cols = [("NAME", _name), ("TYPE", lambda o: o.spec.type or "ClusterIP"), ("CLUSTER-IP", service_cluster_ip),
+                ("EXTERNAL-IP", service_external_ip), ("PORT(S)", service_ports), ("AGE", _age)]
+        return cols + [("SELECTOR", lambda o: format_labels(o.spec.selector))] if wide else cols
+    if kind == "Endpoints":
+        return [("NAME", _name), ("ENDPOINTS", endpoints_list), ("AGE", _age)]
+    if kind == "EndpointSlice":
+        return [("NAME", _name), ("ADDRESSTYPE", lambda o: o.addressType), ("PORTS", slice_ports),
+                ("ENDPOINTS", slice_endpoints), ("AGE", _age)]
     return [("NAME", _name), ("AGE", _age)]
 
 

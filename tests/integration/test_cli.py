@@ -48,8 +48,9 @@ def until(pred, timeout: float = 180, what: str = "condition"):  # generous: a s
 def hollow(control_plane, tmp_path_factory):
     """One simulated node, so that pods get scheduled and reported Running."""
     log = open(tmp_path_factory.mktemp("hollow") / "hollow.log", "wb")
-    p = subprocess.Popen(KUBELAB + ["hollow-nodes", "--count", "1"], env=control_plane.env, stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+    # room for more than the 110 pods of a real node: test_apply_many_pods leaves 120 behind
+    p = subprocess.Popen(KUBELAB + ["hollow-nodes", "--count", "1", "--pods", "1000"], env=control_plane.env,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         until(lambda: " Ready " in kl(control_plane, "get", "nodes", ok=None).stdout, what="a Ready hollow node")
         yield "hollow-node-0"
@@ -251,3 +252,94 @@ def test_config_and_connection_errors(control_plane, tmp_path):
     (tmp_path / "down.conf").write_text(yaml.safe_dump(conf))
     down = kl(cp, "get", "ns", "--config", str(tmp_path / "down.conf"), ok=False)
     assert down.stderr.startswith("error: the server at 127.0.0.1:1 is unavailable: ")
+
+
+SERVICE = """apiVersion: v1
+kind: Service
+metadata:
+  name: applied
+  namespace: cli-svc
+spec:
+  type: NodePort
+  selector: {run: web}
+  ports:
+  - port: 8000
+    targetPort: http
+"""
+
+
+def test_services_expose_get_describe_apply_delete(control_plane, hollow, tmp_path):
+    cp = control_plane
+    kl(cp, "create", "ns", "cli-svc")
+    kl(cp, "run", "web", "--image=busybox", "--port", "8080", "-n", "cli-svc")
+    kl(cp, "apply", "-f", "-", stdin="apiVersion: v1\nkind: Pod\nmetadata: {name: bare, namespace: cli-svc}\n"
+                                     "spec: {containers: [{name: c, image: busybox}]}\n")
+    def running_ip():
+        row = kl(cp, "get", "pod", "web", "-n", "cli-svc", "-o", "wide", "--no-headers").stdout.split()
+        return row[2] == "Running" and row[5]
+    ip = until(running_ip, what="web Running with an IP")
+
+    assert kl(cp, "expose", "pod", "web", "--port", "80", "--target-port", "8080", "-n", "cli-svc").stdout == \
+        "service/web exposed\n"
+    assert kl(cp, "expose", "pod/web", "--port", "81", "--type", "NodePort", "--name", "web-np",
+              "-n", "cli-svc").stdout == "service/web-np exposed\n"
+    assert kl(cp, "expose", "pod", "bare", "--port", "80", "-n", "cli-svc", ok=False).stderr == \
+        ("error: couldn't retrieve selectors via --selector flag or introspection: "
+         "the pod has no labels and cannot be exposed\n")
+    assert kl(cp, "expose", "node", hollow, "--port", "80", ok=False).stderr == "error: cannot expose a Node\n"
+    assert kl(cp, "expose", "pod", "nosuch", "--port", "80", "-n", "cli-svc", ok=False).stderr == \
+        'Error from server (NotFound): pods "nosuch" not found\n'
+
+    rows = [r.split() for r in kl(cp, "get", "svc", "-n", "cli-svc").stdout.splitlines()]
+    assert rows[0] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    by_name = {r[0]: r for r in rows[1:]}
+    assert by_name["web"][1:5] == ["ClusterIP", by_name["web"][2], "<none>", "80/TCP"]
+    assert by_name["web"][2].startswith("10.") and by_name["web-np"][1] == "NodePort"
+    node_port = int(by_name["web-np"][4].removeprefix("81:").removesuffix("/TCP"))
+    assert 30000 <= node_port <= 32767
+    wide = kl(cp, "get", "services", "web", "-n", "cli-svc", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-1] == "SELECTOR" and wide[1].split()[-1] == "run=web"
+
+    def output_with(text, *args):
+        out = kl(cp, *args).stdout
+        return text in out and out
+    ep = until(lambda: output_with(f"{ip}:8080", "get", "ep", "web", "-n", "cli-svc"), what="the Endpoints of web")
+    assert ep.splitlines()[0].split() == ["NAME", "ENDPOINTS", "AGE"]
+    assert ep.splitlines()[1].split()[:2] == ["web", f"{ip}:8080"]
+    slices = until(lambda: output_with(f" {ip}", "get", "endpointslices", "-n", "cli-svc",
+                                       "-l", "kubernetes.io/service-name=web"), what="the EndpointSlice of web")
+    assert slices.splitlines()[0].split() == ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+    assert slices.splitlines()[1].split()[1:4] == ["IPv4", "8080", ip]
+
+    page = kl(cp, "describe", "svc", "web", "-n", "cli-svc").stdout.splitlines()
+    field = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in page if ":" in line}
+    assert (field["Name"], field["Namespace"], field["Labels"], field["Selector"], field["Type"]) == \
+        ("web", "cli-svc", "run=web", "run=web", "ClusterIP")
+    assert field["IP"] == by_name["web"][2] and field["IPs"] == by_name["web"][2]
+    assert field["Port"].split() == ["<unset>", "80/TCP"] and field["TargetPort"] == "8080/TCP"
+    assert field["Endpoints"] == f"{ip}:8080" and field["Session Affinity"] == "None"
+    assert page[-1].startswith("Events:")
+    np_page = kl(cp, "describe", "service/web-np", "-n", "cli-svc").stdout
+    assert ["NodePort:", "<unset>", f"{node_port}/TCP"] in [line.split() for line in np_page.splitlines()]
+
+    # Service YAML through apply (named targetPort kept a string, the node port kept) and create
+    f = tmp_path / "svc.yaml"
+    f.write_text(SERVICE)
+    assert kl(cp, "apply", "-f", str(f)).stdout == "service/applied created\n"
+    assert kl(cp, "apply", "-f", str(f)).stdout == "service/applied unchanged\n"
+    applied = yaml.safe_load(kl(cp, "get", "svc", "applied", "-n", "cli-svc", "-o", "yaml").stdout)
+    port = applied["spec"]["ports"][0]
+    assert (port["port"], port["targetPort"], port["protocol"]) == (8000, "http", "TCP")
+    f.write_text(SERVICE.replace("targetPort: http", "targetPort: 8080"))
+    assert kl(cp, "apply", "-f", str(f)).stdout == "service/applied configured\n"
+    again = yaml.safe_load(kl(cp, "get", "svc", "applied", "-n", "cli-svc", "-o", "yaml").stdout)
+    assert again["spec"]["ports"][0]["targetPort"] == 8080
+    assert again["spec"]["ports"][0]["nodePort"] == port["nodePort"]  # merged by port: not reallocated
+    f.write_text(SERVICE.replace("name: applied", "name: created"))
+    assert kl(cp, "create", "-f", str(f)).stdout == "service/created created\n"
+
+    assert kl(cp, "delete", "svc", "web", "-n", "cli-svc").stdout == 'service "web" deleted\n'
+    until(lambda: kl(cp, "get", "ep", "web", "-n", "cli-svc", ok=None).returncode == 1,
+          what="the Endpoints deleted with the service")
+    assert kl(cp, "get", "svc", "web", "-n", "cli-svc", ok=False).stderr == \
+        'Error from server (NotFound): services "web" not found\n'

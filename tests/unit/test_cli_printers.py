@@ -10,6 +10,7 @@ import yaml
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.cli import delete, printers
 from kubelab.cli.common import CLIError
+from kubelab.cli.expose import build_service
 from kubelab.cli.run import build_pod
 
 NOW = dt.datetime(2026, 1, 10, tzinfo=dt.timezone.utc)
@@ -243,3 +244,97 @@ def test_delete_grace_rules():
     assert delete.parse_duration("1m30s") == 90 and delete.parse_duration("45") == 45
     with pytest.raises(CLIError, match="invalid duration"):
         delete.parse_duration("soon")
+
+
+def svc(name="web", type_="", cluster_ip="10.96.0.20", ports=((80, 0, "TCP"),), selector=None) -> v1.Service:
+    s = v1.Service()
+    s.metadata.name = name
+    s.metadata.creationTimestamp = "2026-01-10T00:00:00Z"
+    s.spec.type = type_
+    if cluster_ip:
+        s.spec.clusterIP = cluster_ip
+        s.spec.clusterIPs.append(cluster_ip)
+    for port, node_port, proto in ports:
+        s.spec.ports.add(port=port, nodePort=node_port, protocol=proto)
+    s.spec.selector.update(selector or {})
+    return s
+
+
+def test_service_columns_like_kubectl():
+    rows = printers.table_rows([svc(type_="ClusterIP", selector={"run": "web", "app": "a"}),
+                                svc("np", "NodePort", "10.96.0.21", ((81, 30123, "TCP"), (53, 30053, "UDP"))),
+                                svc("hl", "ClusterIP", "None", ()), svc("x", "", "", ())], wide=True)
+    assert rows[0] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]
+    assert [r[:5] + r[6:] for r in rows[1:]] == [
+        ["web", "ClusterIP", "10.96.0.20", "<none>", "80/TCP", "app=a,run=web"],
+        ["np", "NodePort", "10.96.0.21", "<none>", "81:30123/TCP,53:30053/UDP", "<none>"],
+        ["hl", "ClusterIP", "None", "<none>", "<none>", "<none>"],
+        ["x", "ClusterIP", "<none>", "<none>", "<none>", "<none>"]]
+    assert printers.table_rows([svc()])[0] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+
+
+def endpoints(*subsets) -> v1.Endpoints:
+    ep = v1.Endpoints()
+    ep.metadata.name = "web"
+    for ips, not_ready, ports in subsets:
+        ep.subsets.add(addresses=[v1.EndpointAddress(ip=i) for i in ips],
+                       notReadyAddresses=[v1.EndpointAddress(ip=i) for i in not_ready],
+                       ports=[v1.EndpointPort(name=n, port=p) for n, p in ports])
+    return ep
+
+
+def test_endpoints_column_like_kubectl():
+    assert printers.endpoints_list(endpoints()) == "<none>"
+    assert printers.endpoints_list(endpoints(([], ["10.244.1.3"], [("", 80)]))) == "<none>"  # only ready ones
+    assert printers.endpoints_list(endpoints((["10.244.1.3", "10.244.2.3"], [], [("", 8080)]))) == \
+        "10.244.1.3:8080,10.244.2.3:8080"
+    assert printers.endpoints_list(endpoints((["10.244.1.3", "10.244.2.3"], [], [("a", 80), ("b", 81)]))) == \
+        "10.244.1.3:80,10.244.2.3:80,10.244.1.3:81 + 1 more..."
+    assert printers.endpoints_list(endpoints((["10.244.1.3"], [], []))) == "10.244.1.3"  # headless, no ports
+    assert printers.table_rows([endpoints()])[0] == ["NAME", "ENDPOINTS", "AGE"]
+
+
+def test_endpointslice_columns_like_kubectl():
+    s = v1.EndpointSlice(addressType="IPv4")
+    s.metadata.name = "web-abcde"
+    assert printers.table_rows([s])[1][:4] == ["web-abcde", "IPv4", "<unset>", "<unset>"]
+    s.ports.add(port=8080)
+    s.ports.add(name="dns")
+    for i in range(5):
+        s.endpoints.add(addresses=[f"10.244.1.{i}"])
+    rows = printers.table_rows([s])
+    assert rows[0] == ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+    assert rows[1][:4] == ["web-abcde", "IPv4", "8080,dns", "10.244.1.0,10.244.1.1,10.244.1.2 + 2 more..."]
+
+
+def expose_args(**kw) -> argparse.Namespace:
+    base = dict(port="", target_port="", protocol="", type="", name="", selector="", labels="", cluster_ip="",
+                session_affinity="")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_expose_builds_kubectl_expose_service():
+    p = v1.Pod()
+    p.metadata.name, p.metadata.namespace = "web", "dev"
+    p.metadata.labels.update({"run": "web"})
+    c = p.spec.containers.add(name="web", image="busybox")
+    c.ports.add(containerPort=8080)
+    c.ports.add(containerPort=53, protocol="UDP")
+    s = build_service(p, expose_args(port="80", target_port="http", type="NodePort", name="front"))
+    assert (s.metadata.name, s.metadata.namespace, dict(s.metadata.labels), dict(s.spec.selector), s.spec.type) == \
+        ("front", "dev", {"run": "web"}, {"run": "web"}, "NodePort")
+    assert [(x.name, x.port, x.protocol, x.targetPort.string_value) for x in s.spec.ports] == [("", 80, "TCP", "http")]
+    s = build_service(p, expose_args(port="80"))
+    assert s.metadata.name == "web" and s.spec.ports[0].targetPort.number_value == 80  # target defaults to port
+    s = build_service(p, expose_args())  # no --port: the container ports, named as kubectl names them
+    assert [(x.name, x.port, x.protocol, int(x.targetPort.number_value)) for x in s.spec.ports] == \
+        [("port-1", 8080, "TCP", 8080), ("port-2", 53, "UDP", 53)]
+    del c.ports[:]
+    with pytest.raises(CLIError, match="couldn't find port via --port flag or introspection"):
+        build_service(p, expose_args())
+    with pytest.raises(CLIError, match='invalid argument "x" for "--port" flag'):
+        build_service(p, expose_args(port="x"))
+    p.metadata.labels.clear()
+    with pytest.raises(CLIError, match="the pod has no labels and cannot be exposed"):
+        build_service(p, expose_args(port="80"))
+    assert dict(build_service(p, expose_args(port="80", selector="app=x")).spec.selector) == {"app": "x"}
