@@ -261,7 +261,8 @@ def test_pod_dns_policy_default_and_validation():
     p.spec.dnsConfig.nameservers.append("10.96.0.10")
     p.spec.dnsConfig.options.add(value="2")
     msg = errors_of(p)
-    assert "spec.dnsConfig.options[0].name: Required value" in msg and 'spec.subdomain: Invalid value: "Sub_domain"' in msg
+    assert "spec.dnsConfig.options[0].name: Required value" in msg
+    assert 'spec.subdomain: Invalid value: "Sub_domain"' in msg
     ok = pod(dnsPolicy="None", subdomain="sub", hostname="web-0")
     ok.spec.dnsConfig.nameservers.append("10.96.0.10")
     ok.spec.dnsConfig.searches.extend(["ns1.svc.cluster.local", "cluster.local."])
@@ -280,11 +281,13 @@ def test_pod_stored_without_dns_policy_can_still_be_updated():
 
 
 @settings(max_examples=200, deadline=None)
-@given(name=st.text(max_size=20), port=st.integers(-5, 70000), target=st.one_of(st.integers(-5, 70000), st.text(max_size=20)),
+@given(name=st.text(max_size=20), port=st.integers(-5, 70000),
+       target=st.one_of(st.integers(-5, 70000), st.text(max_size=20)),
        proto=st.sampled_from(["", "TCP", "UDP", "tcp"]), typ=st.sampled_from(["", "ClusterIP", "NodePort", "x"]),
        ip=st.sampled_from(["", "None", "10.96.0.1", "x"]), node_port=st.integers(-1, 70000))
 def test_service_validation_never_crashes(name, port, target, proto, typ, ip, node_port):
-    s = svc(name, {"port": port, "targetPort": target, "protocol": proto, "nodePort": node_port}, type=typ, clusterIP=ip)
+    s = svc(name, {"port": port, "targetPort": target, "protocol": proto, "nodePort": node_port},
+            type=typ, clusterIP=ip)
     try:
         create(s)
     except Invalid as e:
