@@ -6,12 +6,15 @@ runs alone: `python -m bench.proxy`.
 
 Figures: the first sync into an empty namespace, and the steady-state resync over the rules the
 previous one left (the one that runs every --sync-period), median of a few rounds, split into
-model, rules and kernel time; the goal (issue 8) is <= 1 s for the whole resync.
+model, rules and kernel time; the goal (issue 8) is <= 1 s for the whole resync. With the
+nf_tables backend (Debian's default iptables) the restore dominates; the same text through
+iptables-legacy-restore is printed beside it as a baseline.
 """
 from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import statistics
 import subprocess
 import time
@@ -83,6 +86,26 @@ async def run(report, *, rounds: int = 5) -> None:
                f"{med['save']:.2f} / {med['model']:.2f} / {med['rules']:.2f} / {med['restore']:.2f} s", "", None)
         report("  nat rules in the kernel after the resyncs", f"{rules_now}", "no growth",
                rules_now < first["lines"])
+        await legacy_baseline(report, svcs, slices)
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+
+
+async def legacy_baseline(report, svcs, slices) -> None:
+    """The same first sync's text through iptables-legacy-restore (x_tables), into a namespace of
+    its own: how much of the time is the nf_tables backend's, for the record."""
+    if not shutil.which("iptables-legacy-restore"):
+        return
+    ns = f"klbp-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        text = rl.build(build_state(svcs, slices), cluster_cidr="10.244.0.0/16").text
+        runner = CommandRunner(("nsenter", f"--net={NETNS / ns}", "--"))
+        t0 = time.perf_counter()
+        res = await runner(["iptables-legacy-restore", "--noflush"], stdin=text)
+        took = time.perf_counter() - t0
+        if res.returncode == 0:
+            report("  the same restore through iptables-legacy (baseline)", f"{took:.2f} s", "", None)
     finally:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
 
