@@ -4,8 +4,8 @@ resolv.conf on every node, and names resolved by the pods' own resolver (busybox
 nslookup) across nodes: a headless service by its short name through the search path, by its
 full name, an endpoint's hostname, SRV, and NXDOMAIN.
 
-The queries go to the DNS pod's IP (a pod with dnsPolicy None naming it): that needs only the
-overlay, not kube-proxy, which owns the ClusterIP path and its own tests."""
+One pod asks the DNS pod's IP directly (dnsPolicy None naming it), which needs only the
+overlay; another keeps ClusterFirst and so asks the Service's ClusterIP, through kube-proxy."""
 from __future__ import annotations
 
 import ipaddress
@@ -45,6 +45,7 @@ kind: Pod
 metadata: {{name: srv, namespace: {NS}, labels: {{app: web}}}}
 spec:
   nodeName: {W2}
+  terminationGracePeriodSeconds: 1
   hostname: srv-0
   subdomain: web
   containers:
@@ -67,6 +68,7 @@ kind: Pod
 metadata: {{name: plain, namespace: {NS}}}
 spec:
   nodeName: {W1}
+  terminationGracePeriodSeconds: 1
   containers:
   - {{name: c, image: busybox, imagePullPolicy: IfNotPresent, command: [sh, -c, "exec sleep 100000"]}}
 """
@@ -77,6 +79,7 @@ kind: Pod
 metadata: {{name: asker, namespace: {ns}}}
 spec:
   nodeName: {node}
+  terminationGracePeriodSeconds: 1
   dnsPolicy: None
   dnsConfig:
     nameservers: [{ip}]
@@ -108,5 +111,10 @@ def test_names_resolve_from_pods_across_nodes(lab):
         assert f"0 100 8080 srv-0.web.{NS}.svc.cluster.local" in srv, srv
         missing = asker("nslookup", f"nosuch.{NS}.svc.cluster.local")
         assert missing.returncode != 0 and "NXDOMAIN" in missing.stdout + missing.stderr, missing
+        # ClusterFirst: the short name through kube-dns's ClusterIP (kube-proxy's DNAT to the
+        # DNS pod on the master), as every ordinary pod resolves
+        wait_for(f"http://web:8080/ from {W1} through the Service {DNS_IP}",
+                 lambda: "from-srv" in lab.kl("exec", "plain", "-n", NS, "--", "wget", "-qO-", "-T", "5",
+                                              "http://web:8080/", check=False, timeout=30).stdout, 60)
     finally:
         lab.kl("delete", "ns", NS, "--timeout", "120s", check=False, timeout=150)
