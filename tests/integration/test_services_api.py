@@ -327,3 +327,28 @@ async def test_the_kubernetes_endpoints_follow_the_api_servers(small):
 
 async def addresses_are(get, want) -> bool:
     return await get() == want
+
+
+async def test_kubeadm_gives_the_api_server_its_service_range_and_address(tmp_path, capsys):
+    import argparse
+    from pathlib import Path
+
+    from kubeadm import manifests
+    from master.apiserver import cmd
+    cp = manifests.ControlPlane(etc_dir=Path("/etc/kubelab"), var_dir=Path("/var/lib/kubelab"),
+                                advertise_address="192.168.72.10", service_cidr="10.73.0.0/16")
+    argv = manifests.apiserver_pod(cp)["spec"]["containers"][0]["command"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    cmd.register(parser.add_subparsers(dest="command"), [])
+    args = parser.parse_args(argv[3:])
+    assert (args.service_cluster_ip_range, args.advertise_address) == ("10.73.0.0/16", "192.168.72.10")
+    assert args.service_node_port_range == "30000-32767"
+    # bad flags: `kubelab apiserver` says which and exits 1 before it touches etcd
+    for flag, value, want in (("--service-cluster-ip-range", "10.0.0.0/8", "the mask must be between /12 and /28"),
+                              ("--service-node-port-range", "32767-30000", "FROM <= TO"),
+                              ("--advertise-address", "master", "must be an IPv4 address")):
+        bad = parser.parse_args(["apiserver", "--etcd-servers", "http://127.0.0.1:1", "--pki-dir", str(tmp_path),
+                                 flag, value])
+        assert await cmd.run(bad) == 1
+        out = capsys.readouterr().err
+        assert flag in out and want in out, out
