@@ -154,11 +154,13 @@ class APIServer:
         if self.opts.advertise_address:
             return self.opts.advertise_address
         host = self.opts.listen.rpartition(":")[0].strip("[]")
+        import socket
         if host in ("", "0.0.0.0", "::"):
-            import socket
             host = socket.gethostname()
-            if resolve:
-                host = socket.gethostbyname(host)
+        if resolve:
+            from .validation import is_ip
+            if not is_ip(host):
+                host = socket.gethostbyname(host)  # endpoints hold addresses, not names
         return host
 
     async def _publish_cluster_info(self, ca_pem: bytes) -> None:
