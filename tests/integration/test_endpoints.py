@@ -4,7 +4,8 @@ kubelet would (podIP, the Ready condition). Checked: the ready / not-ready split
 names and target refs, a named targetPort resolved per pod, a pod leaving (not ready,
 deleted, relabelled), a selector change, services without a selector left alone, no write
 when nothing changed, and the Endpoints and slices deleted with their Service.
-And `kubelab controller-manager` runs it (a whole `kubelab control-plane`)."""
+That `kubelab controller-manager` runs it is checked in test_cli.py (a whole control plane
+with a hollow node: `get endpoints` after `expose`)."""
 from __future__ import annotations
 
 import asyncio
