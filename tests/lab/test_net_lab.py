@@ -38,7 +38,15 @@ def pods(lab):
     lab.kl("create", "namespace", NS)
     try:
         lab.apply(web("a1", W1) + web("a2", W2) + web("c", W2, app="client"))
-        yield {name: lab.wait_running(name, NS) for name in ("a1", "a2", "c")}
+        running = {name: lab.wait_running(name, NS) for name in ("a1", "a2", "c")}
+        # the overlay agents program a peer's route (with its neighbour and FDB entry) once
+        # they see the peer's Node: on a busy host that may come after the pods run
+        cidrs = pod_cidrs(lab)
+        for vm in (W1, W2):
+            want = {cidrs[n] for n in (MASTER, W1, W2) if n != vm}
+            wait_for(f"{vm}'s routes to the other nodes' pods", lambda vm=vm, want=want: want <= {
+                r["dst"] for r in json.loads(lab.shell(vm, "ip", "-j", "route").stdout) if r.get("dev") == "flannel.1"}, 60)
+        yield running
     finally:
         lab.kl("delete", "namespace", NS, check=False)
 
@@ -56,8 +64,8 @@ def rows(text: str, first: str) -> list[list[str]]:
 
 
 def test_show_a_worker(lab, pods):
-    out = net(lab, "show", W1).stdout
     cidrs = pod_cidrs(lab)
+    out = net(lab, "show", W1).stdout
     # routes: the other nodes' podCIDRs over flannel.1, named by the node behind them; its own on cni0
     for node in (MASTER, W2):
         (route,) = rows(out, cidrs[node])
