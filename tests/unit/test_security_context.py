@@ -63,7 +63,7 @@ def test_kubelet_passes_privileged_to_the_runtime(tmp_path):
     pod.metadata.uid = "u1"
     sync = PodSyncer.__new__(PodSyncer)  # spec() needs only mounts() of the instance
     sync.mounts = lambda pod, c: []
-    state = SimpleNamespace(netns_path="", pod_ip="")
+    state = SimpleNamespace(netns_path="", pod_ip="", resolv_conf=None)
     specs = [sync.spec(pod, c, 0, state, tmp_path / "log") for c in
              (pod.spec.initContainers[0], pod.spec.containers[0], pod.spec.containers[1])]
     assert [s.privileged for s in specs] == [True, True, False]
