@@ -223,6 +223,7 @@ class _Undo:
                 say(f"[reset] WARNING: could not stop the node services: {e}; run 'kubelab reset'")
             spec = self.node_spec
             self.files += [spec.etc_dir / "manifests" / "kube-overlay.yaml",
+                           spec.etc_dir / "manifests" / "kube-proxy.yaml",
                            spec.var_dir / "kubelab-runtime.env", spec.var_dir / "kubelab-kubelet.env"]
         for f in reversed(self.files):
             f.unlink(missing_ok=True)

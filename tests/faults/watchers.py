@@ -66,11 +66,13 @@ class WatchRecorder:
                         seg.events.append((f"{m.namespace}/{m.name}", ev.type, rv))
                     seg.last_rv = max(seg.last_rv, rv)
                     if self.restart_every and len(seg.events) >= self.restart_every:
+                        # counted before the stream is closed: closing it may itself raise
+                        # (ServiceUnavailable while the server is away), and the relist
+                        # that follows must still have its cause on record
                         relist = True
+                        self.restarts += 1
                         break
-                if relist:
-                    self.restarts += 1
-                else:
+                if not relist:
                     self.rewatches += 1  # the server closed the stream: resume from last_rv
             except Gone:
                 self.gone += 1

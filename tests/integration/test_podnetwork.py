@@ -138,8 +138,10 @@ async def test_two_pods_get_distinct_addresses_and_reach_each_other_and_the_gate
 
     # the node end: both veths are ports of the bridge, which holds the gateway address
     for s in (a, b):
-        link = json.loads(await node.sh("ip", "-j", "link", "show", "dev", s.host_veth))[0]
+        link = json.loads(await node.sh("ip", "-d", "-j", "link", "show", "dev", s.host_veth))[0]
         assert link["master"] == node.bridge and "UP" in link["flags"]
+        # hairpin: a pod reaching itself through its Service comes back out of its own port
+        assert link["linkinfo"]["info_slave_data"]["hairpin"] is True
     addrs = json.loads(await node.sh("ip", "-j", "-4", "addr", "show", "dev", node.bridge))[0]["addr_info"]
     assert [(x["local"], x["prefixlen"]) for x in addrs] == [("10.244.1.1", 24)]
     # the pod end: eth0 with its /24 and a default route via the gateway

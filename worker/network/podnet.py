@@ -160,6 +160,10 @@ class PodNetwork:
         await self.netns.ensure(ns)
         await self._ensure_veth(ns, veth)
         await run_checked(self.run, ["ip", "link", "set", veth, "master", self.bridge, "up"])
+        # hairpin (the CNI bridge plugin's hairpinMode): a pod reaching itself through its
+        # Service's address is DNATed back to itself, so the bridge must send the frame out of
+        # the port it came in on, which it otherwise never does
+        await run_checked(self.run, ["ip", "link", "set", veth, "type", "bridge_slave", "hairpin", "on"])
         gateway, plen = str(ipam.gateway), ipam.subnet.prefixlen
         await run_checked(self.run, self.netns.exec_argv(ns, ["ip", "-batch", "-"]), stdin=(
             f"addr replace {ip}/{plen} dev {POD_IFNAME}\n"
