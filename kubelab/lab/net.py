@@ -111,13 +111,20 @@ def make_bridge(name: str, address: str, prefixlen: int) -> None:
     run("ip", "link", "set", name, "up")
 
 
-def make_vm_link(netns: str, veth: str, bridge: str, address: str, prefixlen: int) -> None:
-    """netns with lo and eth0 (address on the lab subnet, no default route) plugged into bridge."""
+def make_vm_link(netns: str, veth: str, bridge: str, address: str, prefixlen: int,
+                 service_cidr: str = "") -> None:
+    """netns with lo and eth0 (address on the lab subnet, no default route) plugged into bridge.
+    The service range gets a route on eth0: a node's own connection to a ClusterIP needs some
+    route before kube-proxy's OUTPUT DNAT rewrites it (a real VM's default route does that);
+    an address no Service holds then dies unanswered on the lab bridge, never leaving the lab."""
     run("ip", "netns", "add", netns)
     run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
     run("ip", "link", "set", veth, "master", bridge, "up")
-    for cmd in (["link", "set", "lo", "up"], ["addr", "add", f"{address}/{prefixlen}", "dev", "eth0"],
-                ["link", "set", "eth0", "up"]):
+    cmds = [["link", "set", "lo", "up"], ["addr", "add", f"{address}/{prefixlen}", "dev", "eth0"],
+            ["link", "set", "eth0", "up"]]
+    if service_cidr:
+        cmds.append(["route", "add", service_cidr, "dev", "eth0"])
+    for cmd in cmds:
         run("ip", "-n", netns, *cmd)
 
 

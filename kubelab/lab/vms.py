@@ -192,7 +192,7 @@ def _build(d: Path, st: LabState, prefixlen: int, out) -> None:
             save(d, st)
             os.makedirs(target)
     for vm in st.vms:
-        net.make_vm_link(vm.netns, vm.veth, st.bridge, vm.ip, prefixlen)
+        net.make_vm_link(vm.netns, vm.veth, st.bridge, vm.ip, prefixlen, st.service_cidr)
         _start(vm)
         save(d, st)
     for vm in st.vms:

@@ -100,6 +100,12 @@ def test_services_through_kube_proxy(lab):
         for client in ("c1", "c2"):
             seen = {get(lab, client, f"http://{cip}/", from_pod=True) for _ in range(16)}
             assert {"from-a1", "from-a2"} <= seen, (client, seen)
+        # from a node's own network namespace (kube-proxy's OUTPUT hook), and hairpin: a pod
+        # reaching itself through its own service
+        for n in (W1, MASTER):
+            assert get(lab, n, f"http://{cip}/", from_pod=False) in ("from-a1", "from-a2"), n
+        for _ in range(8):
+            assert get(lab, "a1", f"http://{cip}/", from_pod=True) in ("from-a1", "from-a2")
         # NodePort on every node's address, from the master
         for n in NODES:
             assert get(lab, MASTER, f"http://{IPS[n]}:{np}/", from_pod=False) in ("from-a1", "from-a2"), n
