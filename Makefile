@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iproute2 iptables procps util-linux runc conmon umoci skopeo busybox-static docker-registry bc make python3-venv rsync
+APT_PACKAGES := iproute2 iptables conntrack procps util-linux runc conmon umoci skopeo busybox-static docker-registry bc make python3-venv rsync
 # for the tests only (deploy/install.sh gives VMs APT_PACKAGES alone), without Recommends:
 # vagrant's (vagrant-libvirt: libvirt, qemu) are 1.2 GB; `vagrant validate` needs none of them
 # dnsmasq-base (no daemon is started): the DNS benchmark's peer resolver
