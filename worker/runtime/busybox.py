@@ -35,23 +35,11 @@ FILES = {
 
 # Debian's busybox-static (1.35) is built without wget's -T (timeout) and crashes on it, while
 # the busybox image people pull has it, and lessons and checks type `wget -T 5 URL`. Where the
-# binary lacks it, /bin/wget is this wrapper: the same command line, -T N run as `timeout N`.
-WGET_WRAPPER = """#!/bin/sh
-# kubelab's busybox: this busybox's wget has no -T (timeout); -T N runs it under timeout N.
-t=
-n=$#
-while [ "$n" -gt 0 ]; do
-  a=$1; shift; n=$((n - 1))
-  case $a in
-    -T|--timeout) t=$1; shift; n=$((n - 1)) ;;
-    -T*) t=${a#-T} ;;
-    --timeout=*) t=${a#--timeout=} ;;
-    *) set -- "$@" "$a" ;;
-  esac
-done
-if [ -n "$t" ]; then exec /bin/busybox timeout "$t" /bin/busybox wget "$@"; fi
-exec /bin/busybox wget "$@"
-"""
+# binary lacks it, /bin/wget is a wrapper: the same command line, -T N run as `timeout N`. The
+# wrapper is the lab shell's busybox shim itself (one script for both, it tells the two jobs
+# apart by the name it runs under), read from kubelab's package data without importing the lab.
+WGET_WRAPPER_PATH = Path(__file__).resolve().parents[2] / "kubelab" / "lab" / "bin" / "busybox"
+WGET_WRAPPER = WGET_WRAPPER_PATH.read_text()
 
 
 def wget_has_timeout(busybox: Path = BUSYBOX) -> bool:
