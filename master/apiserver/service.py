@@ -96,7 +96,7 @@ class ApiService:
             del spec.groups[:]
             spec.groups.extend(user.groups)
             spec.ClearField("extra")
-        return self.answer(store, await store.create(req.namespace, obj))
+        return self.answer(store, await store.create(req.namespace, obj, dry_run=req.dryRun))
 
     async def Get(self, req: api_pb2.GetRequest, ctx):
         await self.admit(ctx, "get", req.resource, req.namespace or "default", req.name)
@@ -121,7 +121,7 @@ class ApiService:
         obj = self.decode(store, req.object)
         await self.admit(ctx, "update", req.resource, req.namespace or obj.metadata.namespace or "default",
                          obj.metadata.name, "status" if status else "", obj)
-        return self.answer(store, await store.update(req.namespace, obj, status=status))
+        return self.answer(store, await store.update(req.namespace, obj, status=status, dry_run=req.dryRun))
 
     async def Update(self, req, ctx):
         return await self._update(req, ctx, False)
@@ -134,7 +134,8 @@ class ApiService:
         store = self.store(req.resource)
         grace = req.gracePeriodSeconds if req.HasField("gracePeriodSeconds") else None
         raw = await store.delete(req.namespace or "default", req.name, grace=grace,
-                                 uid=req.preconditionUid, resource_version=req.preconditionResourceVersion)
+                                 uid=req.preconditionUid, resource_version=req.preconditionResourceVersion,
+                                 dry_run=req.dryRun, propagation_policy=req.propagationPolicy)
         return self.answer(store, raw)
 
     async def Watch(self, req: api_pb2.WatchRequest, ctx):

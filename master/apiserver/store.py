@@ -95,7 +95,11 @@ class Store:
         return Op.put(key, raw, lease=lease)
 
     # -- create --
-    async def create(self, namespace: str, obj: Message) -> bytes:
+    async def create(self, namespace: str, obj: Message, *, dry_run: bool = False) -> bytes:
+        """Store a new object. dry_run (dryRun=All): everything up to the transaction, which then
+        only compares (the name free, the namespace as checked, the addresses and ports picked
+        free) and writes nothing; the answer is the object as it would be, without a
+        resourceVersion, as Kubernetes answers a dry-run create."""
         m = obj.metadata
         if self.kind.namespaced:
             if m.namespace and namespace and m.namespace != namespace:
@@ -125,14 +129,15 @@ class Store:
                 ns_key = self.namespaces.key("", m.namespace)
                 guards.append(Compare.mod_revision(ns_key, "==", ns_rev))
                 otherwise = [Op.get(ns_key, keys_only=True)]
-            ops = [await self._put(key, raw)]
+            # a dry run's transaction only compares: etcd writes nothing and keeps its revision
+            ops = [] if dry_run else [await self._put(key, raw)]
             if plan is not None:
                 guards += plan.guards()
-                ops += plan.ops()
+                ops += [] if dry_run else plan.ops()
                 otherwise += [Op.get(key, keys_only=True)] + plan.reads()
             res = await self.etcd.txn(guards, ops, otherwise)
             if res.succeeded:
-                return raw + meta.rv_suffix(res.revision)
+                return raw if dry_run else raw + meta.rv_suffix(res.revision)
             if ns_rev:
                 now = res.responses[0].kvs
                 if not now or now[0].mod_revision != ns_rev:
@@ -283,7 +288,11 @@ class Store:
         return labels.matches(obj.metadata.labels) and fields.matches(field_set(obj, fields.paths()))
 
     # -- update --
-    async def update(self, namespace: str, obj: Message, *, status: bool = False) -> bytes:
+    async def update(self, namespace: str, obj: Message, *, status: bool = False,
+                     dry_run: bool = False) -> bytes:
+        """Replace an object (its status only, with status). dry_run: the same checks, a
+        transaction that only compares, and the answer as it would be, at the current
+        resourceVersion (nothing was written)."""
         name = obj.metadata.name
         if not name:
             raise registry.Invalid(f"{self.kind.resource} is invalid: metadata.name: Required value")
@@ -307,9 +316,9 @@ class Store:
             self.strategy.validate(new, old)
             if self._delete_on_update(new, old):
                 res = await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)],
-                                          [Op.delete(key)] + self._release(old))
+                                          [] if dry_run else [Op.delete(key)] + self._release(old))
                 if res.succeeded:
-                    return self.encode(new) + meta.rv_suffix(res.revision)
+                    return self.encode(new) + meta.rv_suffix(old_rv if dry_run else res.revision)
                 continue
             plan = await self.allocator.plan_update(new, old) if self.allocator and not status else None
             raw = self.encode(new)
@@ -319,12 +328,14 @@ class Store:
                 if not cached or (await self.etcd.txn([Compare.mod_revision(key, "==", old_rv)], [])).succeeded:
                     return raw + meta.rv_suffix(old_rv)
                 continue
-            guards, ops, otherwise = [Compare.mod_revision(key, "==", old_rv)], [await self._put(key, raw)], []
+            guards, otherwise = [Compare.mod_revision(key, "==", old_rv)], []
+            ops = [] if dry_run else [await self._put(key, raw)]
             if plan is not None:
-                guards, ops, otherwise = guards + plan.guards(), ops + plan.ops(), plan.reads()
+                guards, otherwise = guards + plan.guards(), plan.reads()
+                ops += [] if dry_run else plan.ops()
             res = await self.etcd.txn(guards, ops, otherwise)
             if res.succeeded:
-                return raw + meta.rv_suffix(res.revision)
+                return raw + meta.rv_suffix(old_rv if dry_run else res.revision)
             if plan is not None:
                 plan.lost(res.responses)  # Invalid when a nodePort asked for is taken
         raise conflict(self.kind.resource, name)
@@ -373,7 +384,15 @@ class Store:
 
     # -- delete --
     async def delete(self, namespace: str, name: str, *, grace: int | None = None,
-                     uid: str = "", resource_version: str = "") -> bytes:
+                     uid: str = "", resource_version: str = "", dry_run: bool = False,
+                     propagation_policy: str = "") -> bytes:
+        """Delete an object, or mark it for graceful deletion (pods with a grace period, objects
+        with finalizers, namespaces). Preconditions (uid, resourceVersion) are checked first.
+        dry_run: the same checks and a transaction that only compares; the answer is the
+        object as the delete would leave it. propagation_policy (DeleteOptions): validated;
+        kubelab has no garbage collector, so dependents are never deleted by it (Orphan's
+        behaviour whatever the policy, see docs/api.md)."""
+        check_propagation_policy(propagation_policy)
         for _ in range(UPDATE_RETRIES):
             obj, _, rv, _ = await self._read(namespace, name)
             if uid and obj.metadata.uid != uid:
@@ -385,16 +404,18 @@ class Store:
             key = self.key(namespace, name)
             mark = self._graceful(obj, grace)
             if mark is None:
-                res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [Op.delete(key)] + self._release(obj))
+                res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)],
+                                          [] if dry_run else [Op.delete(key)] + self._release(obj))
                 if res.succeeded:
-                    return self.encode(obj) + meta.rv_suffix(res.revision)
+                    return self.encode(obj) + meta.rv_suffix(rv if dry_run else res.revision)
                 continue
             if not mark:
                 return self.encode(obj) + meta.rv_suffix(rv)  # already terminating, nothing to change
             raw = self.encode(obj)
-            res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [await self._put(key, raw)])
+            res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)],
+                                      [] if dry_run else [await self._put(key, raw)])
             if res.succeeded:
-                return raw + meta.rv_suffix(res.revision)
+                return raw + meta.rv_suffix(rv if dry_run else res.revision)
         raise conflict(self.kind.resource, name)
 
     def _graceful(self, obj: Message, grace: int | None) -> bool | None:
@@ -429,6 +450,17 @@ class Store:
         m.deletionTimestamp = meta.rfc3339(now)
         m.deletionGracePeriodSeconds = 0
         return True
+
+
+PROPAGATION_POLICIES = ("Foreground", "Background", "Orphan")
+
+
+def check_propagation_policy(policy: str) -> None:
+    """DeleteOptions.propagationPolicy: one of Kubernetes' three, or unset ("")."""
+    if policy and policy not in PROPAGATION_POLICIES:
+        raise registry.Invalid(f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported '
+                               f'value: "{policy}": supported values: "Foreground", "Background", '
+                               f'"Orphan", "nil"')
 
 
 def set_condition(conditions, ctype: str, status: str, reason: str = "", message: str = "") -> None:
