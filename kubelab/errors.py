@@ -59,6 +59,11 @@ class RequestEntityTooLarge(ApiError):
     reason, code = "RequestEntityTooLarge", grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class UnsupportedMediaType(ApiError):
+    """A body (a PATCH's Content-Type, a protobuf envelope) the server cannot read: HTTP 415."""
+    reason, code = "UnsupportedMediaType", grpc.StatusCode.INVALID_ARGUMENT
+
+
 class ServiceUnavailable(ApiError):
     reason, code = "ServiceUnavailable", grpc.StatusCode.UNAVAILABLE
 
@@ -69,7 +74,7 @@ class Timeout(ApiError):
 
 _BY_REASON = {c.reason: c for c in (NotFound, AlreadyExists, Conflict, Invalid, BadRequest, Gone,
                                      Forbidden, Unauthorized, RequestEntityTooLarge,
-                                     ServiceUnavailable, Timeout, ApiError)}
+                                     UnsupportedMediaType, ServiceUnavailable, Timeout, ApiError)}
 _BY_CODE = {grpc.StatusCode.NOT_FOUND: NotFound, grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
             grpc.StatusCode.ABORTED: Conflict, grpc.StatusCode.INVALID_ARGUMENT: BadRequest,
             grpc.StatusCode.OUT_OF_RANGE: Gone, grpc.StatusCode.PERMISSION_DENIED: Forbidden,
