@@ -17,27 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from kubelab.api import kinds
 
+# the codec lives with the API (the API server's HTTP face uses it too); re-exported here
+from kubelab.api.codec import (  # noqa: F401
+    QUANTITY_FIELDS,
+    _json_type,
+    _numbers,
+    _repeated,
+    decode,
+    from_dict,
+    to_dict,
+)
+
 from .common import CLIError
-
-F = FieldDescriptor
-_INTS = {F.TYPE_INT32: "int32", F.TYPE_INT64: "int64", F.TYPE_UINT32: "uint32", F.TYPE_UINT64: "uint64",
-         F.TYPE_SINT32: "int32", F.TYPE_SINT64: "int64", F.TYPE_FIXED32: "uint32", F.TYPE_FIXED64: "uint64",
-         F.TYPE_SFIXED32: "int32", F.TYPE_SFIXED64: "int64"}
-_INT64S = {F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64}
-_RANGE = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1), "uint32": (0, 2**32 - 1),
-          "uint64": (0, 2**64 - 1)}
-QUANTITY_FIELDS = {"sizeLimit"}  # quantity strings outside the string maps (requests, limits, ...)
-
-
-def _repeated(f: FieldDescriptor) -> bool:
-    rep = getattr(f, "is_repeated", None)  # protobuf >= 6; older ones only have .label
-    return rep if rep is not None else f.label == F.LABEL_REPEATED
 
 
 @dataclass
@@ -60,141 +55,6 @@ _Loader.yaml_implicit_resolvers = {
     for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
-
-
-# -- decoding ------------------------------------------------------------------------------
-
-
-class _TypeError(Exception):
-    """The first type mismatch, worded as the API server's JSON decoder reports it."""
-
-
-def _json_type(v) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
-
-
-def _go_type(f: FieldDescriptor, *, element: bool = False) -> str:
-    if f.message_type is not None and f.message_type.GetOptions().map_entry:
-        return "map[string]string"
-    if f.message_type is not None:
-        base = "v1." + f.message_type.name if f.message_type.full_name.startswith("kubelab.") else "interface {}"
-    elif f.type == F.TYPE_STRING:
-        base = "string"
-    elif f.type == F.TYPE_BOOL:
-        base = "bool"
-    elif f.type in _INTS:
-        base = _INTS[f.type]
-    else:
-        base = "float64"
-    return base if element or not _repeated(f) else "[]" + base
-
-
-def _mismatch(v, f: FieldDescriptor, owner: Descriptor, path: str, element: bool = False) -> _TypeError:
-    go_path = re.sub(r"\[\d+\]", "", path)
-    what = _json_type(v)
-    if what == "number" and f.type in _INTS and f.message_type is None:
-        what = f"number {v}"
-    return _TypeError(f"json: cannot unmarshal {what} into Go struct field {owner.name}.{go_path} "
-                      f"of type {_go_type(f, element=element)}")
-
-
-def _scalar(v, f: FieldDescriptor, owner: Descriptor, path: str):
-    if f.type == F.TYPE_STRING:
-        if f.name in QUANTITY_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(v)
-        if isinstance(v, str):
-            return v
-    elif f.type == F.TYPE_BOOL:
-        if isinstance(v, bool):
-            return v
-    elif f.type in _INTS:
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        lo, hi = _RANGE[_INTS[f.type]]
-        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
-            return v
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        return v
-    raise _mismatch(v, f, owner, path, element=True)
-
-
-def _map_value(v):
-    """Maps of strings (labels, annotations, nodeSelector, requests, limits, capacity...): YAML
-    reads `cpu: 1`, `memory: 128974848` or `version: 2` as numbers; the API wants strings."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    return v
-
-
-def _field(v, f: FieldDescriptor, owner: Descriptor, path: str, unknown: list[str]):
-    if f.message_type is not None and f.message_type.GetOptions().map_entry:
-        if not isinstance(v, dict):
-            raise _mismatch(v, f, owner, path)
-        val_f = f.message_type.fields_by_name["value"]
-        out = {}
-        for k, mv in v.items():
-            if mv is None:
-                continue
-            if val_f.message_type is not None:
-                out[str(k)] = _field(mv, val_f, f.message_type, f"{path}.{k}", unknown)
-            else:
-                out[str(k)] = _scalar(_map_value(mv) if val_f.type == F.TYPE_STRING else mv, val_f, owner, path)
-        return out
-    if _repeated(f):
-        if not isinstance(v, list):
-            raise _mismatch(v, f, owner, path)
-        return [_element(e, f, owner, f"{path}[{i}]", unknown) for i, e in enumerate(v) if e is not None]
-    return _element(v, f, owner, path, unknown)
-
-
-def _element(v, f: FieldDescriptor, owner: Descriptor, path: str, unknown: list[str]):
-    if f.message_type is None:
-        return _scalar(v, f, owner, path)
-    if f.message_type.full_name == "google.protobuf.Value":  # IntOrString (probe ports)
-        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-            return v
-        raise _mismatch(v, f, owner, path, element=True)
-    if not isinstance(v, dict):
-        raise _mismatch(v, f, owner, path, element=True)
-    return _message(v, f.message_type, path, unknown)
-
-
-def _message(d: dict, desc: Descriptor, path: str, unknown: list[str]) -> dict:
-    out = {}
-    for k, v in d.items():
-        p = f"{path}.{k}" if path else str(k)
-        f = desc.fields_by_name.get(k) if isinstance(k, str) else None
-        if f is None:
-            unknown.append(p)
-        elif v is not None:
-            out[k] = _field(v, f, desc, p, unknown)
-    return out
-
-
-def decode(body: dict, kind: kinds.Kind) -> Message:
-    """A manifest body (without apiVersion/kind) as the kind's message, strictly.
-
-    Raises ValueError with the decoder's wording (`strict decoding error: unknown field ...`).
-    """
-    unknown: list[str] = []
-    try:
-        clean = _message(body, kind.message.DESCRIPTOR, "", unknown)
-    except _TypeError as e:
-        raise ValueError(str(e)) from None
-    if unknown:
-        raise ValueError("strict decoding error: " + ", ".join(f'unknown field "{p}"' for p in unknown))
-    obj = kind.message()
-    try:
-        json_format.ParseDict(clean, obj, ignore_unknown_fields=False)
-    except json_format.ParseError as e:
-        raise ValueError(str(e).split("\n")[0]) from None
-    return obj
 
 
 def _compact(doc) -> str:
@@ -286,48 +146,3 @@ def load(paths: list[str], default_namespace: str = "", *, enforce_namespace: bo
     return docs
 
 
-# -- encoding ------------------------------------------------------------------------------
-
-
-def _numbers(d: dict, desc: Descriptor) -> dict:
-    """Undo protobuf's JSON quirks in place: int64 as "30" and IntOrString 80 as 80.0."""
-    for k, v in d.items():
-        f = desc.fields_by_name.get(k)
-        if f is None:
-            continue
-        if f.message_type is not None and f.message_type.GetOptions().map_entry:
-            val_f = f.message_type.fields_by_name["value"]
-            if val_f.message_type is not None:
-                for mv in v.values():
-                    _numbers(mv, val_f.message_type)
-            continue
-        items = v if _repeated(f) else [v]
-        if f.type in _INT64S:
-            items = [int(x) for x in items]
-        elif f.message_type is not None and f.message_type.full_name == "google.protobuf.Value":
-            items = [int(x) if isinstance(x, float) and x.is_integer() else x for x in items]
-        elif f.message_type is not None:
-            for x in items:
-                _numbers(x, f.message_type)
-            continue
-        else:
-            continue
-        d[k] = items if _repeated(f) else items[0]
-    return d
-
-
-def to_dict(obj: Message) -> dict:
-    """An object in Kubernetes' shape: apiVersion and kind first, then metadata, spec, status."""
-    k = kinds.kind_of(obj)
-    body = _numbers(json_format.MessageToDict(obj, preserving_proto_field_name=True), obj.DESCRIPTOR)
-    for part in ("spec", "status"):
-        if part in obj.DESCRIPTOR.fields_by_name and k.kind in ("Pod", "Node"):
-            body.setdefault(part, {})
-    return {"apiVersion": k.api_version, "kind": k.kind, **body}
-
-
-def from_dict(doc: dict) -> Message:
-    """The inverse of to_dict (for objects this program wrote, so not strict)."""
-    kind = next(k for k in kinds.KINDS if k.kind == doc["kind"])
-    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
-    return json_format.ParseDict(body, kind.message())

@@ -18,6 +18,9 @@ def register(sub, parents) -> None:
     p.add_argument("--etcd-certfile", default="", help="SSL certification file used to secure etcd communication")
     p.add_argument("--etcd-keyfile", default="", help="SSL key file used to secure etcd communication")
     p.add_argument("--listen", default="127.0.0.1:6443", help="address to serve on (host:port)")
+    p.add_argument("--http-listen", default="",
+                   help="address of the HTTP API (Kubernetes' REST API, for kubectl; host:port); "
+                        "default: the --listen host and its port + 1")
     p.add_argument("--pki-dir", required=True, help="directory with ca.crt, apiserver.crt, apiserver.key")
     p.add_argument("--bookmark-interval", type=float, default=30.0)
     p.add_argument("--compaction-interval", type=float, default=300.0)
@@ -53,12 +56,16 @@ async def run(args) -> int:
             ipaddress.IPv4Address(args.advertise_address)
         except ValueError:
             raise CLIError(f'--advertise-address "{args.advertise_address}": must be an IPv4 address') from None
+    if args.http_listen:
+        _, sep, port = args.http_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise CLIError(f'--http-listen "{args.http_listen}": must be host:port')
     try:
         IPRange(args.service_cluster_ip_range)
         PortRange(args.service_node_port_range)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    srv = APIServer(Options(etcd_servers=args.etcd_servers, listen=args.listen, pki_dir=Path(args.pki_dir),
+    srv = APIServer(Options(etcd_servers=args.etcd_servers, listen=args.listen, http_listen=args.http_listen, pki_dir=Path(args.pki_dir),
                             etcd_cafile=args.etcd_cafile, etcd_certfile=args.etcd_certfile,
                             etcd_keyfile=args.etcd_keyfile,
                             bookmark_interval=args.bookmark_interval,

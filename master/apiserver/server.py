@@ -41,6 +41,8 @@ log = logging.getLogger("apiserver")
 class Options:
     etcd_servers: str
     listen: str = "127.0.0.1:6443"
+    # the HTTP face (rest/): "" = the --listen host and port+1 (port 0 when --listen's is 0)
+    http_listen: str = ""
     pki_dir: Path | None = None  # ca.crt, apiserver.crt, apiserver.key; None: plaintext (unit tests only)
     cache_capacity: int = 10000
     bookmark_interval: float = 30.0
@@ -66,6 +68,8 @@ class APIServer:
         self.stores: dict[str, Store] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.http = None
+        self.http_port = 0
         self._tasks: list[asyncio.Task] = []
         self.ips = IPRange(opts.service_cluster_ip_range)  # ValueError names the flag
         self.node_ports = PortRange(opts.service_node_port_range)
@@ -97,7 +101,8 @@ class APIServer:
         self.server = grpc.aio.server(options=server_options())
         self.proxy = KubeletProxy(self.stores, self.opts.pki_dir)
         ca_pem = (Path(self.opts.pki_dir) / "ca.crt").read_bytes() if self.opts.pki_dir is not None else None
-        self.server.add_generic_rpc_handlers((generic_handler(ApiService(self.stores, self.proxy, ca_pem=ca_pem)),))
+        self.svc = ApiService(self.stores, self.proxy, ca_pem=ca_pem)
+        self.server.add_generic_rpc_handlers((generic_handler(self.svc),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(
@@ -114,6 +119,7 @@ class APIServer:
         if not self.port:
             raise RuntimeError(f"cannot listen on {self.opts.listen}")
         await self.server.start()
+        await self._start_http()
         if ca_pem is not None:
             await self._publish_cluster_info(ca_pem)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -124,7 +130,24 @@ class APIServer:
         except Exception as e:  # noqa: BLE001 - the loop below tries again
             log.warning("the kubernetes service's endpoints: %s", e)
         self._tasks.append(asyncio.create_task(self._endpoint_reconciler(), name="endpoint-reconciler"))
-        log.info("serving on %s (port %d)", self.opts.listen, self.port)
+        log.info("serving on %s (port %d), HTTP on port %d", self.opts.listen, self.port, self.http_port)
+
+    def http_address(self) -> tuple[str, int]:
+        """Where the HTTP face listens: --http-listen, else --listen's host and port + 1."""
+        if self.opts.http_listen:
+            host, _, port = self.opts.http_listen.rpartition(":")
+            return host.strip("[]"), int(port)
+        host, _, port = self.opts.listen.rpartition(":")
+        return host.strip("[]"), (int(port) + 1 if int(port) else 0)
+
+    async def _start_http(self) -> None:
+        from .rest.app import HTTPServer, RestAPI
+        self.http = HTTPServer(RestAPI(self.svc), self.opts.pki_dir)
+        try:
+            self.http_port = await self.http.start(*self.http_address())
+        except BaseException:
+            await self.server.stop(0)
+            raise
 
     async def _wait_for_etcd(self, timeout: float = 60.0) -> None:
         loop = asyncio.get_running_loop()
@@ -226,6 +249,8 @@ class APIServer:
             await asyncio.wait_for(self._leave_master_endpoints(), 2.0)
         except Exception as e:  # noqa: BLE001 - best effort: the lease expires anyway
             log.info("leaving the kubernetes service's endpoints: %s", e)
+        if self.http is not None:
+            await self.http.stop()
         for c in self.caches.values():
             await c.stop()
         if self.server is not None:
