@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
-from kubelab.api import kinds
+from kubelab.api import kinds, printers
 from kubelab.api.v1 import api_pb2
 from kubelab.errors import ApiError, BadRequest, NotFound, ServiceUnavailable
 from kubelab.api.v1 import objects_pb2 as v1
@@ -101,7 +101,11 @@ class ApiService:
     async def Get(self, req: api_pb2.GetRequest, ctx):
         await self.admit(ctx, "get", req.resource, req.namespace or "default", req.name)
         store = self.store(req.resource)
-        return self.answer(store, await store.get(req.namespace or "default", req.name))
+        raw = await store.get(req.namespace or "default", req.name)
+        resp = self.answer(store, raw)
+        if req.table:  # kubectl's columns, computed here once for every client
+            resp.table.CopyFrom(printers.table(store.kind, [store.kind.message.FromString(raw)], [raw]))
+        return resp
 
     async def List(self, req: api_pb2.ListRequest, ctx):
         await self.admit(ctx, "list", req.resource, req.namespace)
@@ -110,8 +114,12 @@ class ApiService:
             req.namespace, req.labelSelector, req.fieldSelector, limit=req.limit,
             continue_token=req.continue_token, resource_version=req.resourceVersion)
         url = store.kind.type_url
-        resp = api_pb2.ListResponse(items=[any_pb2.Any(type_url=url, value=r) for r in items],
-                                    resourceVersion=str(rv), continue_token=cont)
+        if req.table:  # the objects travel once, in the rows, beside their cells
+            resp = api_pb2.ListResponse(resourceVersion=str(rv), continue_token=cont, table=printers.table(
+                store.kind, [store.kind.message.FromString(r) for r in items], items))
+        else:
+            resp = api_pb2.ListResponse(items=[any_pb2.Any(type_url=url, value=r) for r in items],
+                                        resourceVersion=str(rv), continue_token=cont)
         if remaining is not None:
             resp.remainingItemCount = remaining
         return resp
