@@ -36,7 +36,7 @@ from kubelab.etcd.server import EtcdServer, free_port
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 VALUE = b"x" * 1500  # about the size of a small pod
 results: list[tuple[str, str, str, str]] = []  # (benchmark, figure, goal, verdict)
-PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory", "lab", "dns", "proxy")  # --only's names, in the order they run
+PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory", "lab", "dns", "proxy", "http")  # --only's names, in the order they run
 
 
 def report(name: str, figure: str, goal: str, ok: bool | None) -> None:
@@ -299,6 +299,15 @@ async def main(args) -> int:
         if "proxy" in parts:  # bench/proxy.py: kube-proxy's full resync, 1,000 services x 10 endpoints
             from bench import proxy as proxy_bench
             await proxy_bench.run(report)
+        if "http" in parts:  # bench/http.py: HTTP ÷ gRPC creates, kubectl ÷ kubelab get pods -A over 10,000 pods
+            from bench import http as http_bench
+            http_cluster = Cluster(root / "http-cluster")
+            await http_cluster.start()
+            try:
+                await http_bench.run(http_cluster, report, bounded, bench_pod, total=args.pods,
+                                     concurrency=args.concurrency)
+            finally:
+                await http_cluster.stop()
     lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
     Path(__file__).with_name("last-run.md").write_text(
@@ -328,6 +337,7 @@ if __name__ == "__main__":
                     help="skip the local lab benchmark (lab up, join; needs root, runc, conmon)")
     ap.add_argument("--no-dns", action="store_true", help="skip the cluster DNS benchmark")
     ap.add_argument("--no-proxy", action="store_true", help="skip the kube-proxy resync benchmark")
+    ap.add_argument("--no-http", action="store_true", help="skip the HTTP API benchmarks (HTTP ÷ gRPC creates, kubectl get)")
     ap.add_argument("--no-api", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-scheduling", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--only", default="", help=f"comma-separated parts to run: {', '.join(PARTS)} (default: all)")
