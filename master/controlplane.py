@@ -49,6 +49,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def setup(data_dir: Path, listen: str) -> dict:
     """Create (or load) PKI, client configs and the saved ports. Idempotent."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -60,13 +69,19 @@ def setup(data_dir: Path, listen: str) -> dict:
     if "etcd_client_port" not in state:
         state.update(etcd_client_port=free_port(), etcd_peer_port=free_port())
         state_file.write_text(json.dumps(state))
+    if "http_port" not in state:
+        # the HTTP API (kubectl's): the API server's default, --listen's port + 1, when free
+        port = int(listen.rsplit(":", 1)[1]) + 1
+        state["http_port"] = port if port > 1 and port_free(port) else free_port()
+        state_file.write_text(json.dumps(state))
     server = listen if host not in ("0.0.0.0", "::", "") else "127.0.0.1:" + listen.rsplit(":", 1)[1]
+    http_server = f"{server.rsplit(':', 1)[0]}:{state['http_port']}"
     for name, ck, user in (("admin.conf", cp.admin, "kubernetes-admin"),
                            ("scheduler.conf", cp.scheduler, "system:kube-scheduler"),
                            ("controller-manager.conf", cp.controller_manager, "system:kube-controller-manager")):
         # rewritten every start: the listen address may have changed, certificates may be renewed
-        write_config(data_dir / name, ClientConfig(server=server, ca_pem=cp.ca.cert, cert_pem=ck.cert,
-                                                   key_pem=ck.key), user=user)
+        write_config(data_dir / name, ClientConfig(server=server, http_server=http_server, ca_pem=cp.ca.cert,
+                                                   cert_pem=ck.cert, key_pem=ck.key), user=user)
     return state
 
 
@@ -157,7 +172,9 @@ async def run(args) -> int:
         endpoints = etcd.endpoint
         say("etcd", f"serving on {endpoints} (data {data_dir / 'etcd'}, log {data_dir / 'etcd.log'})")
     py = [sys.executable, "-m", "kubelab.cli.main"]
+    http_listen = f"{args.listen.rsplit(':', 1)[0]}:{state['http_port']}"
     apiserver = Component("apiserver", py + ["apiserver", "--etcd-servers", endpoints, "--listen", args.listen,
+                                             "--http-listen", http_listen,
                                              "--pki-dir", str(data_dir / "pki"),
                                              "--default-toleration-seconds", str(args.default_toleration_seconds)])
     scheduler = Component("scheduler", py + ["scheduler", "--config", str(data_dir / "scheduler.conf")])
@@ -181,6 +198,7 @@ async def run(args) -> int:
             tasks += [asyncio.create_task(c.supervise()) for c in (scheduler, cm)]
             say("control-plane", f"ready. admin config: {data_dir / 'admin.conf'}")
             say("control-plane", f"try: export KUBELAB_CONFIG={data_dir / 'admin.conf'}; kubelab get ns")
+            say("control-plane", f"or the real kubectl: kubectl --kubeconfig {data_dir / 'admin.conf'} get ns")
             await stop.wait()
         else:
             waiter.cancel()

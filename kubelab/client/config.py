@@ -1,9 +1,12 @@
 """The client config file and the mTLS credentials built from it.
 
-The file has kubeconfig's shape (clusters, users, contexts, current-context) so it reads
-familiar to Kubernetes users; `server` is the API server's gRPC address, written as
-https://host:port and used as host:port. The CLI finds the file through --config, then
-$KUBELAB_CONFIG, then ~/.kubelab/config; `kubelab control-plane` writes DATA_DIR/admin.conf.
+The file is a kubeconfig (clusters, users, contexts, current-context) that the real kubectl
+reads as it is: `clusters[].cluster.server` is the API server's HTTP face (https://host:port),
+and the cluster extension named `kubelab.dev/grpc` (`{server: host:port}`) is its gRPC
+address, which kubelab's own clients use (`ClientConfig.server`). A config without that
+extension is an older kubelab one: its `server` is the gRPC address. The CLI finds the file
+through --config, then $KUBELAB_CONFIG, then ~/.kubelab/config; `kubelab control-plane` writes
+DATA_DIR/admin.conf.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import yaml
 DEFAULT_PATH = "~/.kubelab/config"
 ENV_VAR = "KUBELAB_CONFIG"
 MAX_MESSAGE = 64 << 20
+GRPC_EXTENSION = "kubelab.dev/grpc"
 
 
 class ConfigError(Exception):
@@ -34,6 +38,7 @@ class ClientConfig:
     key_pem: bytes = b""
     path: Path | None = None
     token: str = ""  # a bearer token (a bootstrap token "<id>.<secret>"), sent with every call
+    http_server: str = ""  # host:port of the HTTP API (kubectl's server); "": unknown (an older config)
 
 
 def _strip_scheme(server: str) -> str:
@@ -47,8 +52,7 @@ def write_config(path, cfg: ClientConfig, *, cluster_name: str = "kubelab", user
     ctx = f"{user}@{cluster_name}"
     doc = {
         "apiVersion": "v1", "kind": "Config", "current-context": ctx,
-        "clusters": [{"name": cluster_name, "cluster": {"server": f"https://{_strip_scheme(cfg.server)}",
-                                                        "certificate-authority-data": b64(cfg.ca_pem)}}],
+        "clusters": [{"name": cluster_name, "cluster": cluster_entry(cfg)}],
         "users": [{"name": user, "user": ({"client-certificate-data": b64(cfg.cert_pem),
                                            "client-key-data": b64(cfg.key_pem)} if cfg.cert_pem else {})
                    | ({"token": cfg.token} if cfg.token else {})}],
@@ -63,6 +67,37 @@ def write_config(path, cfg: ClientConfig, *, cluster_name: str = "kubelab", user
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cluster_entry(cfg: ClientConfig) -> dict:
+    """A kubeconfig cluster: server is the HTTP face when known (what kubectl dials), and the
+    gRPC address travels in the kubelab.dev/grpc extension (kubectl keeps extensions as data)."""
+    b64 = base64.b64encode(cfg.ca_pem).decode()
+    if not cfg.http_server:
+        return {"server": f"https://{_strip_scheme(cfg.server)}", "certificate-authority-data": b64}
+    return {"server": f"https://{_strip_scheme(cfg.http_server)}", "certificate-authority-data": b64,
+            "extensions": [{"name": GRPC_EXTENSION, "extension": {"server": _strip_scheme(cfg.server)}}]}
+
+
+def http_address(grpc_server: str) -> str:
+    """The HTTP face's host:port when only the gRPC one is known: the API server's default
+    (--http-listen unset) is the next port."""
+    host, _, port = _strip_scheme(grpc_server).rpartition(":")
+    return f"{host}:{int(port) + 1}" if port.isdigit() else ""
+
+
+def _grpc_server(cluster: dict, where: str, path: Path) -> str | None:
+    exts = cluster.get("extensions") or []
+    if not isinstance(exts, list):
+        raise ConfigError(f"config {path}: {where}.extensions must be a list")
+    for i, e in enumerate(exts):
+        if isinstance(e, dict) and e.get("name") == GRPC_EXTENSION:
+            ext = e.get("extension")
+            if not isinstance(ext, dict) or not isinstance(ext.get("server"), str) or not ext["server"]:
+                raise ConfigError(f"config {path}: missing field {where}.extensions[{i}].extension.server "
+                                  f"({GRPC_EXTENSION}: the API server's gRPC host:port)")
+            return _strip_scheme(ext["server"])
+    return None
 
 
 def _pick(doc: dict, section: str, name, path: Path) -> dict:
@@ -136,8 +171,10 @@ def load_config(path) -> ClientConfig:
     else:
         cert = _pem(user, "client-certificate", "user", path)
         key = _pem(user, "client-key", "user", path)
+    server = _strip_scheme(str(cluster["server"]))
+    grpc_server = _grpc_server(cluster, f"clusters[{cl_name or 0}].cluster", path)
     return ClientConfig(
-        server=_strip_scheme(str(cluster["server"])),
+        server=grpc_server or server, http_server=server if grpc_server else "",
         ca_pem=_pem(cluster, "certificate-authority", "cluster", path),
         cert_pem=cert, key_pem=key, path=path, token=token)
 

@@ -3,8 +3,8 @@
 
 Built from kubelab/api/kinds.py (one row per kind), plus the resources that are verbs rather
 than stored kinds: pods' subresources (status, log, exec, attach, binding, eviction),
-authorization.k8s.io's selfsubjectaccessreviews and policy's poddisruption-free eviction
-subresource. Only the legacy (unaggregated) discovery format is answered, as application/json:
+authorization.k8s.io's selfsubjectaccessreviews and pods/eviction (group policy, under
+the core group's pods). Only the legacy (unaggregated) discovery format is answered, as application/json:
 kubectl asks for apidiscovery.k8s.io/v2 first and falls back to it.
 """
 from __future__ import annotations
@@ -30,7 +30,6 @@ VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kubelab", "gitCom
 EXTRA = {
     "authorization.k8s.io/v1": [{"name": "selfsubjectaccessreviews", "singularName": "selfsubjectaccessreview",
                                  "namespaced": False, "kind": "SelfSubjectAccessReview", "verbs": ["create"]}],
-    "policy/v1": [],
 }
 HEALTH_CHECKS = ("ping", "log", "etcd", "informer-sync")
 

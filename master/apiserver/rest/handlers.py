@@ -96,7 +96,16 @@ def _int(q, key: str) -> int | None:
 
 
 def wants_table(request: web.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "")
+    return "as=Table" in request.headers.get("Accept", "") and table_module() is not None
+
+
+def table_module():
+    """table.py (the Table answers), or None while it is not there: plain objects then."""
+    try:
+        from . import table
+    except ImportError:
+        return None
+    return table
 
 
 async def read_body(request: web.Request, kind: kinds.Kind | None = None):
@@ -104,7 +113,11 @@ async def read_body(request: web.Request, kind: kinds.Kind | None = None):
     data = await request.read()
     ctype = request.content_type
     if ctype == PROTOBUF:
-        from . import protobuf
+        try:
+            from . import protobuf
+        except ImportError:
+            raise HTTPError("UnsupportedMediaType", f'the body of the request was in an unknown format "{ctype}" '
+                            "- accepted media types include: application/json") from None
         return protobuf.decode(data, kind)
     if not data:
         return None
@@ -152,8 +165,7 @@ async def dispatch(api: RestAPI, request: web.Request, t: Target) -> web.StreamR
         resp = await api.call("Get", api_pb2.GetRequest(resource=k.resource, namespace=t.namespace, name=t.name,
                                                         table=wants_table(request)), request)
         if resp.HasField("table") and wants_table(request):
-            from . import table
-            return json_response(table.object_table(api, resp, request))
+            return json_response(table_module().object_table(api, resp, request))
         return json_response(api.encode(_unpack(k, resp.object)))
     if m == "GET":
         return await list_(api, request, t)
@@ -190,8 +202,7 @@ async def list_(api: RestAPI, request: web.Request, t: Target) -> web.Response:
                               table=wants_table(request))
     resp = await api.call("List", req, request)
     if resp.HasField("table") and wants_table(request):
-        from . import table
-        return json_response(table.list_table(api, resp, request))
+        return json_response(table_module().list_table(api, resp, request))
     md = {"resourceVersion": resp.resourceVersion}
     if resp.continue_token:
         md["continue"] = resp.continue_token

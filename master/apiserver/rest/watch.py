@@ -71,9 +71,8 @@ async def serve_watch(api, request: web.Request, t) -> web.StreamResponse:
         raise ServiceUnavailable(f"etcd: {e}") from None
     LabelSelector.parse(req.labelSelector)
     FieldSelector.parse(req.fieldSelector, t.kind.field_selectors, t.kind.kind)
-    table = None
-    if "as=Table" in request.headers.get("Accept", ""):
-        from . import table
+    from .handlers import table_module, wants_table
+    table = table_module() if wants_table(request) else None
     resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
                                                    "Transfer-Encoding": "chunked"})
     resp.enable_chunked_encoding()
