@@ -98,7 +98,7 @@ async def test_a_dry_run_pod_create_is_answered_defaulted_and_not_stored(env):
 
 
 async def test_a_dry_run_create_still_answers_validation_and_conflicts(env):
-    client, ec = env
+    client, _ = env
     bad = pod("Bad_Name")
     with pytest.raises(Invalid, match="metadata.name"):
         await create(client, bad, dry_run=True)
@@ -145,7 +145,7 @@ async def test_a_dry_run_service_create_picks_an_ip_and_port_but_holds_neither(e
 
 
 async def test_a_dry_run_update_answers_the_change_and_keeps_the_stored_object(env):
-    client, ec = env
+    client, _ = env
     pods = client.resource("pods", "default")
     real = await create(client, pod("upd"), dry_run=False)
     try:

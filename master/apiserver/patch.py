@@ -1,0 +1,486 @@
+"""PATCH bodies applied to the current object, as JSON dicts: the three patch types Kubernetes
+serves (server-side apply is not one of them here).
+
+The HTTP face (master/apiserver/rest/handlers.py) reads the object, calls apply() and sends
+the result through the same Update as a PUT, so validation, admission and the resourceVersion
+check are the Update's. This module is pure: no I/O, no messages, only the kind's descriptor
+for strategic merge patch's per-field metadata (kubelab.api.patchmeta).
+
+- application/merge-patch+json: RFC 7386 (objects merge, null deletes, anything else replaces);
+- application/json-patch+json: RFC 6902 (add/remove/replace/move/copy/test on JSON pointers
+  with ~0 and ~1 escapes), all operations or none, an error naming the operation;
+- application/strategic-merge-patch+json: Kubernetes' strategic merge patch, what `kubectl
+  apply` (its three-way patch is computed client-side), `label`, `annotate`, `edit` and
+  `patch` send: lists with patchStrategy merge are merged by their patchMergeKey (lists of
+  primitives as sets), other lists replaced; `$patch: replace|delete` on a map or a list
+  element, `$deleteFromPrimitiveList/<field>`, `$setElementOrder/<field>`, `$retainKeys`,
+  null deletes a key. The order of a merged list is Kubernetes': $setElementOrder first, then
+  the patch's order, then the live order, with live-only items kept at their relative place.
+
+Interface: apply(content_type, current: dict, patch: bytes | parsed JSON, kind) -> dict,
+raising UnsupportedMediaType (415) for another content type, BadRequest for a patch that is
+not well-formed, Invalid (422) for a JSON patch operation that does not apply.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+from google.protobuf.descriptor import Descriptor
+
+from kubelab.api import patchmeta
+from kubelab.errors import BadRequest, Invalid, UnsupportedMediaType
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH)
+
+DIRECTIVE = "$patch"
+RETAIN_KEYS = "$retainKeys"
+DELETE_PRIMITIVES = "$deleteFromPrimitiveList"
+SET_ORDER = "$setElementOrder"
+
+
+def apply(content_type: str, current: dict, patch, kind) -> dict:
+    """The object `current` with `patch` applied (current itself is left unchanged)."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype not in TYPES:
+        raise UnsupportedMediaType(f'the body of the request was in an unknown format "{content_type}" - '
+                                   "accepted media types include: " + ", ".join(TYPES))
+    if isinstance(patch, (bytes, bytearray, str)):
+        try:
+            patch = json.loads(patch or b"null")
+        except ValueError as e:
+            raise BadRequest(f"the patch is not valid JSON: {e}") from None
+    doc = copy.deepcopy(current)
+    if ctype == MERGE_PATCH:
+        out = merge_patch(doc, patch)
+    elif ctype == JSON_PATCH:
+        out = json_patch(doc, patch)
+    else:
+        if not isinstance(patch, dict):
+            raise BadRequest(f"strategic merge patch: a JSON object was expected, not {_type(patch)}")
+        desc = getattr(getattr(kind, "message", None), "DESCRIPTOR", kind)
+        out = strategic_merge(doc, copy.deepcopy(patch), _Schema(desc))
+    if not isinstance(out, dict):
+        raise BadRequest(f"the patched object is {_type(out)}, not a JSON object")
+    return out
+
+
+apply_patch = apply  # the name the HTTP handlers call
+
+
+def _type(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _same(a, b) -> bool:
+    """JSON equality: 1 == 1.0, but true is not 1 (Python's == says it is)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+# -- RFC 7386 ------------------------------------------------------------------------------
+
+def merge_patch(target, patch):
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = target if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+# -- RFC 6902 ------------------------------------------------------------------------------
+
+def _pointer(ptr, where: str) -> list[str]:
+    if not isinstance(ptr, str):
+        raise BadRequest(f"{where}: a JSON pointer string was expected, not {_type(ptr)}")
+    if ptr == "":
+        return []
+    if not ptr.startswith("/"):
+        raise BadRequest(f'{where}: JSON pointer "{ptr}" must be empty or start with "/"')
+    return [t.replace("~1", "/").replace("~0", "~") for t in ptr[1:].split("/")]
+
+
+def _index(container: list, token: str, *, append_ok: bool) -> int | None:
+    """The list index a token names; None when it is not an index of this list."""
+    if append_ok and token == "-":
+        return len(container)
+    if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+        return None
+    i = int(token)
+    return i if i < len(container) + (1 if append_ok else 0) else None
+
+
+def _parent(doc, tokens: list[str]):
+    cur = doc
+    for t in tokens[:-1]:
+        if isinstance(cur, dict) and t in cur:
+            cur = cur[t]
+        elif isinstance(cur, list) and (i := _index(cur, t, append_ok=False)) is not None:
+            cur = cur[i]
+        else:
+            return None
+    return cur
+
+
+def _get(doc, tokens: list[str]):
+    """(found, value) at tokens."""
+    if not tokens:
+        return True, doc
+    parent = _parent(doc, tokens)
+    t = tokens[-1]
+    if isinstance(parent, dict) and t in parent:
+        return True, parent[t]
+    if isinstance(parent, list) and (i := _index(parent, t, append_ok=False)) is not None:
+        return True, parent[i]
+    return False, None
+
+
+class _OpFailed(Exception):
+    pass
+
+
+def _add(doc, tokens, value):
+    if not tokens:
+        return value
+    parent, t = _parent(doc, tokens), tokens[-1]
+    if isinstance(parent, dict):
+        parent[t] = value
+    elif isinstance(parent, list):
+        i = _index(parent, t, append_ok=True)
+        if i is None:
+            raise _OpFailed(f"index {t} is out of bounds of a list of {len(parent)}")
+        parent.insert(i, value)
+    else:
+        raise _OpFailed("the parent of the path does not exist")
+    return doc
+
+
+def _set(doc, tokens, value):
+    """Replace the existing value at tokens."""
+    if not tokens:
+        return value
+    parent, t = _parent(doc, tokens), tokens[-1]
+    parent[t if isinstance(parent, dict) else _index(parent, t, append_ok=False)] = value
+    return doc
+
+
+def _remove(doc, tokens):
+    if not tokens:
+        raise _OpFailed("the whole document cannot be removed")
+    parent, t = _parent(doc, tokens), tokens[-1]
+    if isinstance(parent, dict) and t in parent:
+        return parent.pop(t)
+    if isinstance(parent, list) and (i := _index(parent, t, append_ok=False)) is not None:
+        return parent.pop(i)
+    raise _OpFailed("the path does not exist")
+
+
+def json_patch(doc, ops):
+    if not isinstance(ops, list):
+        raise BadRequest(f"json patch: a list of operations was expected, not {_type(ops)}")
+    for n, op in enumerate(ops):
+        where = f"json patch operation {n}"
+        if not isinstance(op, dict):
+            raise BadRequest(f"{where}: an object was expected, not {_type(op)}")
+        name = op.get("op")
+        if name not in ("add", "remove", "replace", "move", "copy", "test"):
+            raise BadRequest(f"{where}: unknown op {json.dumps(name)}: one of add, remove, replace, move, "
+                             "copy, test was expected")
+        if "path" not in op:
+            raise BadRequest(f'{where} ({name}): "path" is missing')
+        where = f'json patch operation {n} ({name} "{op["path"]}")'
+        tokens = _pointer(op["path"], where)
+        if name in ("add", "replace", "test") and "value" not in op:
+            raise BadRequest(f'{where}: "value" is missing')
+        if name in ("move", "copy"):
+            if "from" not in op:
+                raise BadRequest(f'{where}: "from" is missing')
+            src = _pointer(op["from"], where)
+        try:
+            if name == "add":
+                doc = _add(doc, tokens, copy.deepcopy(op["value"]))
+            elif name == "remove":
+                _remove(doc, tokens)
+            elif name == "replace":
+                if not _get(doc, tokens)[0]:
+                    raise _OpFailed("the path does not exist")
+                doc = _set(doc, tokens, copy.deepcopy(op["value"]))
+            elif name == "test":
+                found, value = _get(doc, tokens)
+                if not found:
+                    raise _OpFailed("the path does not exist")
+                if not _same(value, op["value"]):
+                    raise _OpFailed(f"the value is {json.dumps(value)}, not {json.dumps(op['value'])}")
+            else:
+                found, value = _get(doc, src)
+                if not found:
+                    raise _OpFailed(f'the from path "{op["from"]}" does not exist')
+                if name == "move":
+                    if tokens[:len(src)] == src and len(tokens) > len(src):
+                        raise _OpFailed("a value cannot be moved into one of its own children")
+                    if tokens == src:
+                        continue
+                    _remove(doc, src)
+                doc = _add(doc, tokens, copy.deepcopy(value))
+        except _OpFailed as e:
+            raise Invalid(f"{where} does not apply: {e}") from None
+    return doc
+
+
+# -- strategic merge patch -----------------------------------------------------------------
+
+class _Schema:
+    """Where a JSON value sits in a kind's messages: what strategic merge needs to know."""
+
+    def __init__(self, desc: Descriptor | None, map_value: _Schema | None = None):
+        self.desc = desc if desc is not None and desc.full_name.startswith("kubelab.") else None
+        self.map_value = map_value  # a map field: every key has this schema
+
+    def child(self, key: str) -> tuple[_Schema, str, str | None]:
+        """(schema of the value, patch strategy, merge key) of `key` in this object."""
+        if self.map_value is not None:
+            return self.map_value, patchmeta.MERGE, None
+        f = None
+        if self.desc is not None:
+            f = self.desc.fields_by_name.get(key) or next(
+                (x for x in self.desc.fields if x.json_name == key), None)
+        if f is None:  # apiVersion, kind, or a field the decoder will name later: objects
+            return _Schema(None), None, None  # merge, lists are replaced
+        entry = f.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            return _Schema(None, _Schema(entry.fields_by_name["value"].message_type)), patchmeta.MERGE, None
+        strategy, merge_key = patchmeta.merge_info(self.desc, f.name)
+        return _Schema(entry), strategy, merge_key
+
+
+def strategic_merge(original: dict, patch: dict, schema: _Schema) -> dict:
+    if DIRECTIVE in patch:
+        d = patch.pop(DIRECTIVE)
+        if d == "replace":
+            return patch
+        if d == "delete":
+            return {}
+        raise BadRequest(f"unknown patch type: {d} in map: {_show(patch)}")
+    if original is None:
+        original = {}
+    _retain_keys(original, patch)
+    _set_element_orders(original, patch, schema)
+    for k, pv in patch.items():
+        delete_list = False
+        if k.startswith(DELETE_PRIMITIVES):
+            k = _directive_key(k, DELETE_PRIMITIVES, "invalid patch format of primitive list")
+            if not isinstance(pv, list):
+                raise BadRequest("invalid patch format of primitive list")
+            delete_list = True
+        if pv is None:
+            original.pop(k, None)
+            continue
+        if k not in original:
+            if delete_list:  # nothing to delete from a list that is not there
+                continue
+            # merged into nothing rather than copied, so that directives inside are applied
+            ov = {} if isinstance(pv, dict) else [] if isinstance(pv, list) else None
+        else:
+            ov = original[k]
+        if type(ov) is not type(pv) or not isinstance(pv, (dict, list)):
+            original[k] = pv
+            continue
+        child, strategy, merge_key = schema.child(k)
+        if isinstance(pv, dict):
+            original[k] = pv if strategy == patchmeta.REPLACE else strategic_merge(ov, pv, child)
+        else:
+            original[k] = _merge_list(ov, pv, child, strategy, merge_key, delete_list)
+    return original
+
+
+def _show(v) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def _directive_key(k: str, prefix: str, err: str) -> str:
+    head, sep, rest = k.partition("/")
+    if head != prefix or not sep or not rest:
+        raise BadRequest(err)
+    return rest
+
+
+def _retain_keys(original: dict, patch: dict) -> None:
+    if RETAIN_KEYS not in patch:
+        return
+    keep = patch.pop(RETAIN_KEYS)
+    if not isinstance(keep, list):
+        raise BadRequest("invalid patch format of retainKeys")
+    for k, v in patch.items():
+        if v is None or k.startswith((DELETE_PRIMITIVES, SET_ORDER)):
+            continue
+        if k not in keep:
+            raise BadRequest("invalid patch format of retainKeys")
+    for k in list(original):
+        if k not in keep:
+            del original[k]
+
+
+def _merge_list(original: list, patch: list, schema: _Schema, strategy: str, merge_key: str | None,
+                delete_list: bool = False) -> list:
+    if not (strategy or "").startswith(patchmeta.MERGE):
+        # atomic: the patch's list, its $patch elements dropped
+        return [v for v in patch if not (isinstance(v, dict) and DIRECTIVE in v)]
+    if not original and not patch:
+        return original
+    maps = _element_kind(original, patch)
+    if not maps:
+        if delete_list:
+            return [v for v in original if not any(_same(v, d) for d in patch)]
+        merged = _dedupe(original + patch)
+        return _order(merged, patch, original, None)
+    if not merge_key:
+        raise BadRequest("cannot merge lists without merge key")
+    original, patch = _special_elements(original, patch, merge_key)
+    merged = list(original)
+    for item in patch:
+        if merge_key not in item:
+            raise BadRequest(f"map: {_show(item)} does not contain declared merge key: {merge_key}")
+        i = _find(merged, merge_key, item[merge_key])
+        if i is None:
+            merged.append(strategic_merge({}, item, schema))  # its own directives applied
+        else:
+            merged[i] = strategic_merge(merged[i], item, schema)
+    return _order(merged, patch, original, merge_key)
+
+
+def _element_kind(*lists: list) -> bool:
+    """True for lists of objects, False for lists of primitives; BadRequest for a mixture."""
+    kinds = {("map" if isinstance(v, dict) else "list" if isinstance(v, list) else "scalar")
+             for lst in lists for v in lst}
+    if "list" in kinds:
+        raise BadRequest("lists of lists are not supported")
+    if len(kinds) > 1:
+        raise BadRequest(f"list element types are not identical: {_show(list(lists))}")
+    return kinds == {"map"}
+
+
+def _dedupe(items: list) -> list:
+    out: list = []
+    for v in items:
+        if not any(_same(v, o) for o in out):
+            out.append(v)
+    return out
+
+
+def _find(items: list, merge_key: str, value) -> int | None:
+    for i, v in enumerate(items):
+        if not isinstance(v, dict):
+            raise BadRequest(f"value for key {i} is not a map.")
+        if merge_key in v and _same(v[merge_key], value):
+            return i
+    return None
+
+
+def _special_elements(original: list, patch: list, merge_key: str) -> tuple[list, list]:
+    """Apply the patch's `$patch` elements: delete (by merge key) and replace (the list is
+    the patch's other elements); the rest of the patch is merged by the caller."""
+    rest, replace = [], False
+    for item in patch:
+        if DIRECTIVE not in item:
+            rest.append(item)
+            continue
+        d = item[DIRECTIVE]
+        if d == "delete":
+            if merge_key not in item:
+                raise BadRequest(f"map: {_show(item)} does not contain declared merge key: {merge_key}")
+            original = [v for v in original if not (merge_key in v and _same(v[merge_key], item[merge_key]))]
+        elif d == "replace":
+            replace = True
+        elif d == "merge":
+            raise BadRequest("merging lists cannot yet be specified in the patch")
+        else:
+            raise BadRequest(f"unknown patch type: {d} in map: {_show(item)}")
+    if replace:
+        return rest, []
+    return original, rest
+
+
+def _ident(v, merge_key):
+    return v.get(merge_key) if merge_key and isinstance(v, dict) else v
+
+
+def _position(order: list, v, merge_key) -> int:
+    key = _ident(v, merge_key)
+    for i, o in enumerate(order):
+        if _same(_ident(o, merge_key), key):
+            return i
+    return -1
+
+
+def _order(merged: list, patch_order: list, server_order: list, merge_key: str | None) -> list:
+    """Kubernetes' order of a merged list: the items the patch names in the patch's order,
+    the others in the live order, interleaved where the live order places both."""
+    in_patch = [v for v in merged if _position(patch_order, v, merge_key) >= 0]
+    server_only = [v for v in merged if _position(patch_order, v, merge_key) < 0]
+    in_patch.sort(key=lambda v: _position(patch_order, v, merge_key))
+    server_only.sort(key=lambda v: _position(server_order, v, merge_key))
+    out, i, j = [], 0, 0
+    while i < len(server_only) or j < len(in_patch):
+        if j >= len(in_patch):
+            out.append(server_only[i])
+            i += 1
+        elif i >= len(server_only):
+            out.append(in_patch[j])
+            j += 1
+        else:
+            li = _position(server_order, server_only[i], merge_key)
+            ri = _position(server_order, in_patch[j], merge_key)
+            if li >= 0 and ri >= 0 and li < ri:
+                out.append(server_only[i])
+                i += 1
+            else:
+                out.append(in_patch[j])
+                j += 1
+    return out
+
+
+def _set_element_orders(original: dict, patch: dict, schema: _Schema) -> None:
+    """`$setElementOrder/<field>`: merge that field's list now and put it in the given order."""
+    for key in [k for k in patch if k.startswith(SET_ORDER)]:
+        order = patch.pop(key)
+        field = _directive_key(key, SET_ORDER, "invalid patch format of setElementOrder list")
+        if not isinstance(order, list):
+            raise BadRequest("invalid patch format of setElementOrder list")
+        has_orig, has_patch = isinstance(original.get(field), list), field in patch
+        if has_patch and not isinstance(patch[field], list):
+            raise BadRequest("invalid patch format of setElementOrder list")
+        if not has_orig and not has_patch:
+            continue
+        child, strategy, merge_key = schema.child(field)
+        orig_list = original.get(field) if has_orig else []
+        patch_list = patch.pop(field) if has_patch else []
+        if has_orig and has_patch:
+            merged = _merge_list(list(orig_list), patch_list, child, strategy, merge_key)
+        else:
+            merged = list(orig_list) if has_orig else [v for v in patch_list if not (
+                isinstance(v, dict) and DIRECTIVE in v)]
+        if merge_key:
+            for v in merged + order:
+                if not isinstance(v, dict) or merge_key not in v:
+                    raise BadRequest(f"map: {_show(v)} does not contain declared merge key: {merge_key}")
+        original[field] = _order(merged, order, orig_list, merge_key)
