@@ -27,6 +27,7 @@ _CAUSES = {"Required value": "FieldValueRequired", "Invalid value": "FieldValueI
            "Too many": "FieldValueTooMany", "Not found": "FieldValueNotFound"}
 _FIELD_ERR = re.compile(r"(?:^|, )([A-Za-z][\w.\-\[\]/ ]*?): (" + "|".join(_CAUSES) + r")\b")
 _INVALID = re.compile(r'^([a-z0-9.]+) "([^"]*)" is invalid: (.*)$', re.DOTALL)
+_NAMED = re.compile(r'^(?:Operation cannot be fulfilled on )?[a-z0-9.]+ "([^"]+)"')
 _FORBIDDEN = re.compile(r'(cannot \S+ resource "[^"]+")( in API group "[^"]*")?')
 
 
@@ -57,6 +58,9 @@ def _causes(fields: str) -> list[dict]:
 def status(e: ApiError, *, name: str = "", resource: str = "", group: str = "") -> dict:
     """The metav1.Status of an error; name/resource/group fill details when known."""
     message, details = e.message, {}
+    if not name and e.reason in ("AlreadyExists", "NotFound", "Conflict"):
+        m = _NAMED.search(message)  # a POST names the object in its body, not its URL
+        name = m.group(1) if m else ""
     if name:
         details["name"] = name
     if group:

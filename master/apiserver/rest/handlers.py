@@ -16,9 +16,17 @@ from google.protobuf import any_pb2
 
 from kubelab.api import kinds
 from kubelab.api.v1 import api_pb2
-from kubelab.errors import ApiError, BadRequest, Conflict, NotFound
+from kubelab.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+)
 
-from .app import JSON, RestAPI, json_response
+from .app import JSON, RestAPI, json_response, peer_certificate
 from .errors import HTTPError
 
 PATCH_TYPES = ("application/merge-patch+json", "application/json-patch+json",
@@ -96,7 +104,9 @@ def _int(q, key: str) -> int | None:
 
 
 def wants_table(request: web.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "") and table_module() is not None
+    """Whether the Accept header's negotiation (table.py's) picks a Table."""
+    t = table_module()
+    return t is not None and t.wants_table(request) is not None
 
 
 def table_module():
@@ -140,6 +150,9 @@ def add_routes(app: web.Application, api: RestAPI) -> None:
     async def grouped(request):
         m = request.match_info
         return await handle(api, request, m["group"], m["version"], m["tail"])
+    async def review(request):
+        return await self_subject_access_review(api, request)
+    app.router.add_post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
     app.router.add_route("*", "/api/v1/{tail:.+}", core)
     app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", grouped)
 
@@ -149,7 +162,64 @@ async def handle(api: RestAPI, request: web.Request, group: str, version: str, t
     try:
         return await dispatch(api, request, t)
     except ApiError as e:
-        return api.error(e, name=t.name, resource=t.kind.resource, group=t.group)
+        return api.error(anonymous_forbidden(e, request, t), name=t.name, resource=t.kind.resource, group=t.group)
+
+
+def verb(request: web.Request, t: Target) -> str:
+    if request.method == "GET":
+        return "watch" if t.watch or (not t.name and _bool(request.query, "watch")) else ("get" if t.name else "list")
+    return {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}.get(request.method, "")
+
+
+def anonymous_forbidden(e: ApiError, request: web.Request, t: Target) -> ApiError:
+    """The authorizer refuses a caller with no credentials as Unauthorized (the gRPC face's
+    answer); over HTTP Kubernetes answers 403 naming system:anonymous, which is what kubectl
+    shows. A credential that was presented and refused stays 401."""
+    if not isinstance(e, Unauthorized) or e.message != "Unauthorized":
+        return e
+    if request.headers.get("Authorization") or peer_certificate(request):
+        return e
+    from master.apiserver.auth import ANONYMOUS
+    from master.apiserver.authz import Attributes
+    return Forbidden(Attributes(ANONYMOUS, verb(request, t), t.kind.resource, t.namespace, t.name,
+                                t.subresource).describe())
+
+
+async def self_subject_access_review(api: RestAPI, request: web.Request) -> web.Response:
+    """authorization.k8s.io/v1 SelfSubjectAccessReview (`kubectl auth can-i`): may the caller do
+    this? Answered by the same admission every request goes through; nothing is stored."""
+    body = await read_body(request)
+    spec = body.get("spec") if isinstance(body, dict) else None
+    if not isinstance(spec, dict):
+        raise BadRequest("SelfSubjectAccessReview: spec: Required value")
+    ra, nra = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+    if not isinstance(ra, dict) and not isinstance(nra, dict):
+        raise Invalid('SelfSubjectAccessReview.authorization.k8s.io "" is invalid: spec.resourceAttributes: '
+                      "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes "
+                      "must be specified")
+    ctx = api.context(request)
+    user = await api.svc.authn.authenticate(ctx)  # a refused credential is a 401, not a "no"
+    status: dict = {"allowed": False}
+    if isinstance(ra, dict):
+        v, res = str(ra.get("verb") or ""), str(ra.get("resource") or "")
+        v = {"patch": "update", "deletecollection": "delete"}.get(v, v)
+        try:
+            await api.svc.admit(ctx, v, res, str(ra.get("namespace") or ""), str(ra.get("name") or ""),
+                                str(ra.get("subresource") or ""))
+            status = {"allowed": True, "reason": "allowed by kubelab's authorizer (master/apiserver/authz.py)"}
+        except (Forbidden, Unauthorized) as e:
+            status = {"allowed": False, "reason": e.message}
+    elif "system:masters" in user.groups:
+        status = {"allowed": True, "reason": "system:masters may do anything"}
+    else:
+        # non-resource URLs: discovery, /version and health are for every authenticated caller
+        path = str(nra.get("path") or "")
+        ok = not user.anonymous and str(nra.get("verb") or "") == "get" and path.startswith(
+            ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi"))
+        status = {"allowed": ok}
+    out = {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+           "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}
+    return json_response(out, 201)
 
 
 async def dispatch(api: RestAPI, request: web.Request, t: Target) -> web.StreamResponse:
