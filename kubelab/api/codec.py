@@ -57,6 +57,8 @@ def _go_type(f: FieldDescriptor, *, element: bool = False) -> str:
         base = "string"
     elif f.type == F.TYPE_BOOL:
         base = "bool"
+    elif f.type == F.TYPE_BYTES:
+        base = "[]uint8"
     elif f.type in _INTS:
         base = _INTS[f.type]
     else:
@@ -81,6 +83,9 @@ def _scalar(v, f: FieldDescriptor, owner: Descriptor, path: str):
             return v
     elif f.type == F.TYPE_BOOL:
         if isinstance(v, bool):
+            return v
+    elif f.type == F.TYPE_BYTES:  # Secret.data, ConfigMap.binaryData: base64 strings
+        if isinstance(v, str):
             return v
     elif f.type in _INTS:
         if isinstance(v, float) and v.is_integer():
