@@ -144,6 +144,7 @@ def _kubeconfig(o: InitOptions):
         from kubelab.client.config import ClientConfig, write_config
         cp = ctx.values["pki"]
         server = f"{ctx.values['advertise']}:6443"
+        http_server = f"{ctx.values['advertise']}:6444"  # kubeadm/manifests.py's --http-listen: kubectl's
         node_cert, node_key = pki.issue_cert(cp.ca.cert, cp.ca.key, f"system:node:{o.node_name}",
                                              organizations=("system:nodes",), client=True)
         for name, cert, key, user in (
@@ -153,7 +154,8 @@ def _kubeconfig(o: InitOptions):
                  "system:kube-controller-manager"),
                 ("scheduler.conf", cp.scheduler.cert, cp.scheduler.key, "system:kube-scheduler")):
             path = ctx.track(o.etc_dir / name)
-            write_config(path, ClientConfig(server=server, ca_pem=cp.ca.cert, cert_pem=cert, key_pem=key), user=user)
+            write_config(path, ClientConfig(server=server, http_server=http_server, ca_pem=cp.ca.cert, cert_pem=cert,
+                                            key_pem=key), user=user)
             ctx.say(f'[kubeconfig] Writing "{name}" kubeconfig file')
     return run
 

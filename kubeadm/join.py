@@ -288,11 +288,12 @@ async def _join(o: JoinOptions, ops: NodeOps, say, undo: _Undo, iface: str, node
     took = time.monotonic() - t0
     say(f"[kubelet-start] Certificate signing request {r.csr_name} approved and signed ({took:.2f}s)")
 
-    from kubelab.client.config import write_config
+    from kubelab.client.config import http_address, write_config
     say(f'[kubelet-start] Writing the kubelet configuration to file "{conf}"')
     undo.will_write(conf)
-    write_config(conf, ClientConfig(server=server, ca_pem=ca, cert_pem=r.cert_pem, key_pem=r.key_pem),
-                 user=f"system:node:{o.node_name}")
+    # the HTTP API at the API server's default port (the gRPC one + 1): kubectl reads it too
+    write_config(conf, ClientConfig(server=server, http_server=http_address(server), ca_pem=ca, cert_pem=r.cert_pem,
+                                    key_pem=r.key_pem), user=f"system:node:{o.node_name}")
     undo.will_write(ca_file)
     ca_file.parent.mkdir(parents=True, exist_ok=True)
     ca_file.write_bytes(ca)

@@ -141,6 +141,7 @@ def apiserver_pod(cp: ControlPlane) -> dict:
                        "--etcd-certfile", str(cp.pki / "apiserver-etcd-client.crt"),
                        "--etcd-keyfile", str(cp.pki / "apiserver-etcd-client.key"),
                        "--listen", f"{cp.advertise_address}:{cp.apiserver_port}", "--pki-dir", str(cp.pki),
+                       "--http-listen", f"{cp.advertise_address}:{cp.apiserver_port + 1}",
                        "--advertise-address", cp.advertise_address,
                        "--service-cluster-ip-range", cp.service_cidr)
     return static_pod("kube-apiserver", argv, [Mount("k8s-certs", str(cp.pki), type="Directory")],

@@ -47,19 +47,22 @@ class ExpiredToken(BootstrapError):
     pass
 
 
-def cluster_info_kubeconfig(ca_pem: bytes, server: str) -> str:
-    """The kubeconfig kubeadm publishes: one cluster (CA + server), no users."""
+def cluster_info_kubeconfig(ca_pem: bytes, server: str, http_server: str = "") -> str:
+    """The kubeconfig kubeadm publishes: one cluster (CA + server), no users. With http_server,
+    server is the HTTP API (kubectl's) and the gRPC address is the kubelab.dev/grpc extension,
+    as in every kubelab config (kubelab/client/config.py)."""
+    from kubelab.client.config import ClientConfig, cluster_entry
+    cluster = cluster_entry(ClientConfig(server=server, http_server=http_server, ca_pem=ca_pem))
     doc = {"apiVersion": "v1", "kind": "Config", "preferences": {},
-           "clusters": [{"name": "", "cluster": {"certificate-authority-data": base64.b64encode(ca_pem).decode(),
-                                                 "server": f"https://{server.split('://', 1)[-1]}"}}],
+           "clusters": [{"name": "", "cluster": cluster}],
            "contexts": None, "current-context": "", "users": None}
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def cluster_info_configmap(ca_pem: bytes, server: str) -> v1.ConfigMap:
+def cluster_info_configmap(ca_pem: bytes, server: str, http_server: str = "") -> v1.ConfigMap:
     cm = v1.ConfigMap()
     cm.metadata.name, cm.metadata.namespace = CLUSTER_INFO, NAMESPACE
-    cm.data["kubeconfig"] = cluster_info_kubeconfig(ca_pem, server)
+    cm.data["kubeconfig"] = cluster_info_kubeconfig(ca_pem, server, http_server)
     return cm
 
 
@@ -68,7 +71,10 @@ def parse_cluster_info(cm: v1.ConfigMap) -> tuple[str, bytes]:
     try:
         doc = yaml.safe_load(cm.data["kubeconfig"])
         cluster = doc["clusters"][0]["cluster"]
-        return cluster["server"].split("://", 1)[-1], base64.b64decode(cluster["certificate-authority-data"])
+        grpc = [e["extension"]["server"] for e in cluster.get("extensions") or ()
+                if e.get("name") == "kubelab.dev/grpc"]  # the gRPC address, when server is the HTTP API
+        server = grpc[0] if grpc else cluster["server"]
+        return server.split("://", 1)[-1], base64.b64decode(cluster["certificate-authority-data"])
     except (KeyError, IndexError, TypeError, ValueError, yaml.YAMLError) as e:
         raise BootstrapError(f"the cluster-info ConfigMap in {NAMESPACE} is malformed ({e!r}); "
                              "restart the API server to publish it again") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from kubelab import pki
 from kubelab.api.v1 import objects_pb2 as v1
 from kubelab.client.client import Client
-from kubelab.client.config import ClientConfig, write_config
+from kubelab.client.config import ClientConfig, http_address, write_config
 from kubelab.errors import ApiError, Unauthorized
 
 from . import discovery
@@ -104,6 +104,7 @@ async def tlsbootstrap(address: str, token: str, node_name: str, ca_pin: str, *,
         raise BootstrapError(f"the certificate issued for {name} is not a cluster CA certificate for "
                              f"system:node:{node_name}")
     if config_path is not None:
-        write_config(config_path, ClientConfig(server=server, ca_pem=ca, cert_pem=cert, key_pem=key),
-                     user=f"system:node:{node_name}")
+        # the HTTP API at the API server's default, the next port (a kubeconfig kubectl reads too)
+        write_config(config_path, ClientConfig(server=server, http_server=http_address(server), ca_pem=ca,
+                                               cert_pem=cert, key_pem=key), user=f"system:node:{node_name}")
     return BootstrapResult(server, ca, cert, key, name, config_path)

@@ -190,7 +190,7 @@ class APIServer:
         """kube-public/cluster-info, readable without credentials: what `join` discovers."""
         from kubelab.bootstrap.discovery import cluster_info_configmap
         server = f"{self.advertise_host()}:{self.port}"
-        cm = cluster_info_configmap(ca_pem, server)
+        cm = cluster_info_configmap(ca_pem, server, f"{self.advertise_host()}:{self.http_port}")
         store = self.stores["configmaps"]
         try:
             await store.create("kube-public", cm)
