@@ -69,6 +69,10 @@ def status(e: ApiError, *, name: str = "", resource: str = "", group: str = "") 
         details["kind"] = resource
     if e.reason == "Invalid":
         m = _INVALID.match(message)
+        if not m:
+            # not about one object's fields (a JSON patch operation that does not apply):
+            # Kubernetes' generic 422 has no kind or name, so kubectl prints the message
+            details = {}
         if m:
             res, obj, fields = m.groups()
             kind = kinds.BY_RESOURCE.get(res)
