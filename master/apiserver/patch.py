@@ -48,7 +48,7 @@ def apply(content_type: str, current: dict, patch, kind) -> dict:
     if ctype not in TYPES:
         raise UnsupportedMediaType(f'the body of the request was in an unknown format "{content_type}" - '
                                    "accepted media types include: " + ", ".join(TYPES))
-    if isinstance(patch, (bytes, bytearray, str)):
+    if isinstance(patch, (bytes, bytearray)):
         try:
             patch = json.loads(patch or b"null")
         except ValueError as e:
@@ -275,8 +275,9 @@ class _Schema:
 
 def strategic_merge(original: dict, patch: dict, schema: _Schema) -> dict:
     if DIRECTIVE in patch:
-        d = patch.pop(DIRECTIVE)
+        d = patch[DIRECTIVE]
         if d == "replace":
+            del patch[DIRECTIVE]
             return patch
         if d == "delete":
             return {}
