@@ -381,12 +381,14 @@ def test_apply_twice_then_configured(k, tmp_path):
     f.write_text(WEB)
     assert k("apply", "-f", str(f)).stdout == "pod/web created\n"
     assert k("apply", "-f", str(f)).stdout == "pod/web unchanged\n"
+    # what a pod lets change: its labels, and a container's image (matched by name: the merge key)
     f.write_text(WEB.replace("labels: {app: web}", "labels: {app: web, tier: front}")
-                 .replace('value: "1"}]', 'value: "1"}, {name: B, value: "2"}]'))
+                 .replace("image: nginx:1.27", "image: nginx:1.28"))
     assert k("apply", "-f", str(f)).stdout == "pod/web configured\n"
     pod = json.loads(k("get", "pod", "web", "-o", "json").stdout)
     assert pod["metadata"]["labels"] == {"app": "web", "tier": "front"}
-    assert pod["spec"]["containers"][0]["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    c = pod["spec"]["containers"]
+    assert len(c) == 1 and c[0]["image"] == "nginx:1.28" and c[0]["env"] == [{"name": "A", "value": "1"}], c
     last = json.loads(pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"])
     assert last["metadata"]["labels"] == {"app": "web", "tier": "front"}
     k("delete", "pod", "web", "--wait=false")
@@ -484,7 +486,7 @@ def test_explain(k):
 
 def test_logs_follow_and_exec(k, real_node):
     k("apply", "-f", "-", stdin=real_pod(
-        "talker", "echo hello-from-kubectl; i=0; while true; i=$((i+1)); echo tick-$i; sleep 0.3; done"))
+        "talker", "echo hello-from-kubectl; i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done"))
     until(lambda: phase(k, "talker") == "Running", 90, what=f"talker Running ({real_node.log()})")
     until(lambda: "tick-2" in k("logs", "talker", ok=None).stdout, 30, what="talker's logs")
     logs = k("logs", "talker").stdout.splitlines()
