@@ -36,7 +36,7 @@ from kubelab.etcd.server import EtcdServer, free_port
 KUBELAB = [sys.executable, "-m", "kubelab.cli.main"]
 VALUE = b"x" * 1500  # about the size of a small pod
 results: list[tuple[str, str, str, str]] = []  # (benchmark, figure, goal, verdict)
-PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory", "lab", "dns", "proxy", "http")  # --only's names, in the order they run
+PARTS = ("api", "scheduling", "kubelet", "overlay", "node-memory", "lab", "dns", "proxy", "http", "svcconn")  # --only's names, in the order they run
 
 
 def report(name: str, figure: str, goal: str, ok: bool | None) -> None:
@@ -308,6 +308,9 @@ async def main(args) -> int:
                                      concurrency=args.concurrency)
             finally:
                 await http_cluster.stop()
+        if "svcconn" in parts:  # bench/svcconn.py: short TCP connections, ClusterIP ÷ pod IP, on a lab of its own
+            from bench import svcconn
+            await svcconn.run(report)
     lines = ["| benchmark | figure | goal | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in results]
     Path(__file__).with_name("last-run.md").write_text(
@@ -337,6 +340,8 @@ if __name__ == "__main__":
                     help="skip the local lab benchmark (lab up, join; needs root, runc, conmon)")
     ap.add_argument("--no-dns", action="store_true", help="skip the cluster DNS benchmark")
     ap.add_argument("--no-proxy", action="store_true", help="skip the kube-proxy resync benchmark")
+    ap.add_argument("--no-svcconn", action="store_true",
+                    help="skip the ClusterIP ÷ pod IP short-connection benchmark (a lab of its own; needs root)")
     ap.add_argument("--no-http", action="store_true", help="skip the HTTP API benchmarks (HTTP ÷ gRPC creates, kubectl get)")
     ap.add_argument("--no-api", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-scheduling", action="store_true", help=argparse.SUPPRESS)
