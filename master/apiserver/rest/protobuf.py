@@ -78,6 +78,16 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     "LoadBalancerStatus": {1: ("ingress", "[]LoadBalancerIngress")},
     "LoadBalancerIngress": {1: ("ip", S), 2: ("hostname", S), 3: ("ipMode", S), 4: ("ports", "[]PortStatus")},
     "PortStatus": {1: ("port", "int"), 2: ("protocol", S), 3: ("error", S)},
+    # authorization/v1: what `kubectl auth can-i` sends (handlers.self_subject_access_review)
+    "SelfSubjectAccessReview": {1: ("metadata", "ObjectMeta"), 2: ("spec", "SelfSubjectAccessReviewSpec"),
+                                3: ("status", "SubjectAccessReviewStatus")},
+    "SelfSubjectAccessReviewSpec": {1: ("resourceAttributes", "ResourceAttributes"),
+                                    2: ("nonResourceAttributes", "NonResourceAttributes")},
+    "ResourceAttributes": {1: ("namespace", S), 2: ("verb", S), 3: ("group", S), 4: ("version", S),
+                           5: ("resource", S), 6: ("subresource", S), 7: ("name", S)},
+    "NonResourceAttributes": {1: ("path", S), 2: ("verb", S)},
+    "SubjectAccessReviewStatus": {1: ("allowed", "bool"), 2: ("reason", S), 3: ("evaluationError", S),
+                                  4: ("denied", "bool")},
 }
 # pointers in Go: encoded only when set, so a zero value is kept
 PRESENCE = {("ObjectMeta", "deletionGracePeriodSeconds"), ("ConfigMap", "immutable"), ("Secret", "immutable"),
@@ -86,7 +96,8 @@ PRESENCE = {("ObjectMeta", "deletionGracePeriodSeconds"), ("ConfigMap", "immutab
             ("ServiceSpec", "allocateLoadBalancerNodePorts"), ("ServiceSpec", "loadBalancerClass"),
             ("ServiceSpec", "internalTrafficPolicy"), ("ServiceSpec", "trafficDistribution"),
             ("ServicePort", "appProtocol")}
-KINDS = ("Namespace", "ConfigMap", "Secret", "Service")  # the kinds kubectl sends as protobuf
+KINDS = ("Namespace", "ConfigMap", "Secret", "Service",  # the kinds kubectl sends as protobuf
+         "SelfSubjectAccessReview")
 
 
 class _Wire(Exception):
