@@ -8,6 +8,8 @@ Two credentials name a user, as in Kubernetes:
   the same token-secret, says usage-bootstrap-authentication "true" and is not past its
   expiration. The user is system:bootstrap:<id> in system:bootstrappers plus the Secret's
   auth-extra-groups.
+A system:masters caller may act as another user (Kubernetes' impersonation, `kubectl --as`):
+the Impersonate-User/Impersonate-Group headers over HTTP, the same keys in gRPC metadata.
 A caller with neither (it presented the well-known anonymous certificate, see
 kubelab.pki.anonymous_client) is system:anonymous; the authorizer lets it read only the
 cluster-info ConfigMap. A token that is presented but not valid is refused (Unauthorized)
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from kubelab import meta, pki
 from kubelab.api.v1 import objects_pb2 as v1
-from kubelab.errors import NotFound, Unauthorized
+from kubelab.errors import Forbidden, NotFound, Unauthorized
 
 TOKEN_SECRET_TYPE = "bootstrap.kubernetes.io/token"
 TOKEN_SECRET_PREFIX = "bootstrap-token-"
@@ -50,6 +52,9 @@ class Authenticator:
         self._certs: dict[bytes, tuple] = {}  # leaf PEM -> (identity or None, recheck after)
 
     async def authenticate(self, ctx) -> UserInfo:
+        return impersonated(ctx, await self._authenticate(ctx))
+
+    async def _authenticate(self, ctx) -> UserInfo:
         if self.ca_pem is None:
             return UserInfo("kubernetes-admin", ("system:masters", AUTHENTICATED))
         user = self._from_cert(ctx)
@@ -97,6 +102,26 @@ class Authenticator:
             raise Unauthorized(f'Unauthorized: bootstrap token "{tid}" has expired ({d.get("expiration")})')
         extra = tuple(g.strip() for g in d.get("auth-extra-groups", "").split(",") if g.strip())
         return UserInfo(BOOTSTRAP_USER_PREFIX + tid, (BOOTSTRAPPERS, *extra, AUTHENTICATED))
+
+
+def impersonated(ctx, user: UserInfo) -> UserInfo:
+    """Kubernetes' impersonation (`kubectl --as U --as-group G`: Impersonate-User/-Group
+    headers, or the same metadata keys on gRPC): the request then runs as U in groups G. Only
+    system:masters may impersonate (there are no impersonate rules to grant it otherwise)."""
+    md = list(ctx.invocation_metadata() or ())
+    name = next((str(v) for k, v in md if k == "impersonate-user"), None)
+    groups = tuple(str(v) for k, v in md if k == "impersonate-group")
+    if name is None:
+        if groups:
+            raise Forbidden("requested [" + ", ".join(f"{{Group {g}}}" for g in groups) +
+                            "] without impersonating a user")
+        return user
+    if "system:masters" not in user.groups:
+        raise Forbidden(f'users "{name}" is forbidden: User "{user.name}" cannot impersonate resource "users" '
+                        'in API group "" at the cluster scope')
+    if name == ANONYMOUS.name:
+        return UserInfo(name, groups or ANONYMOUS.groups)
+    return UserInfo(name, groups + ((AUTHENTICATED,) if AUTHENTICATED not in groups else ()))
 
 
 def bearer_token(ctx) -> str | None:

@@ -336,6 +336,13 @@ async def test_anonymous_token_and_user(http):
                                              'group "" in the namespace "dev"')
     code, st, _ = await http.req("GET", "/apis/coordination.k8s.io/v1/namespaces/dev/leases?watch=1", ctx=dev)
     assert code == 403 and 'in API group "coordination.k8s.io"' in st["message"]
+    # impersonation: the admin may act as another user, nobody else may
+    code, st, _ = await http.req("GET", "/api/v1/namespaces/dev/pods", headers={"Impersonate-User": "dev-user"})
+    assert code == 403 and 'User "dev-user" cannot list' in st["message"]
+    code, st, _ = await http.req("GET", "/api/v1/namespaces/dev/pods", ctx=dev,
+                                 headers={"Impersonate-User": "kubernetes-admin", "Impersonate-Group": "system:masters"})
+    assert code == 403 and st["message"] == ('users "kubernetes-admin" is forbidden: User "dev-user" cannot impersonate '
+                                             'resource "users" in API group "" at the cluster scope')
 
 
 async def test_self_subject_access_review(http):
@@ -392,3 +399,12 @@ async def test_real_kubectl_reads_kubelab_config(http):
     assert "namespace/default" in out.split() and "namespace/kube-system" in out.split()
     rc, out, err = await kubectl(cfg, "get", "pod", "nosuch", "-n", "default")
     assert rc == 1 and err.strip() == 'Error from server (NotFound): pods "nosuch" not found'
+    # SelfSubjectAccessReview (kubectl sends it as protobuf) and impersonation (--as/--as-group)
+    rc, out, err = await kubectl(cfg, "auth", "can-i", "list", "pods")
+    assert (rc, out.strip()) == (0, "yes"), err
+    rc, out, err = await kubectl(cfg, "auth", "can-i", "list", "secrets", "-n", "default", "--as", "system:node:n1",
+                                 "--as-group", "system:nodes")
+    assert rc == 1 and out.startswith("no"), (out, err)
+    rc, out, err = await kubectl(cfg, "get", "pods", "-n", "default", "--as", "bob")
+    assert rc == 1 and err.strip() == ('Error from server (Forbidden): pods is forbidden: User "bob" cannot list '
+                                       'resource "pods" in API group "" in the namespace "default"')

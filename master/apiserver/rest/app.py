@@ -50,8 +50,12 @@ class Context:
         return {"x509_pem_cert": [self._pem]} if self._pem else {}
 
     def invocation_metadata(self):
-        h = self._request.headers.get("Authorization")
-        return [("authorization", h)] if h is not None else []
+        headers = self._request.headers
+        h = headers.get("Authorization")
+        md = [("authorization", h)] if h is not None else []
+        md += [("impersonate-user", v) for v in headers.getall("Impersonate-User", ())]
+        md += [("impersonate-group", v) for v in headers.getall("Impersonate-Group", ())]
+        return md
 
     def peer(self) -> str:
         return f"ipv4:{self._request.remote}"

@@ -26,6 +26,7 @@ from kubelab.errors import (
     Unauthorized,
 )
 
+from . import errors
 from .app import JSON, RestAPI, json_response, peer_certificate
 from .errors import HTTPError
 
@@ -208,7 +209,7 @@ async def self_subject_access_review(api: RestAPI, request: web.Request) -> web.
                                 str(ra.get("subresource") or ""))
             status = {"allowed": True, "reason": "allowed by kubelab's authorizer (master/apiserver/authz.py)"}
         except (Forbidden, Unauthorized) as e:
-            status = {"allowed": False, "reason": e.message}
+            status = {"allowed": False, "reason": errors.status(e)["message"]}
     elif "system:masters" in user.groups:
         status = {"allowed": True, "reason": "system:masters may do anything"}
     else:
