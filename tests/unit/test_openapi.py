@@ -95,10 +95,12 @@ def test_types_follow_kubernetes_json(docs):
     assert (port["type"], port["format"]) == ("integer", "int32")
     assert s["io.k8s.api.core.v1.HTTPGetAction"]["properties"]["port"]["allOf"] == [
         {"$ref": V3 + "io.k8s.apimachinery.pkg.util.intstr.IntOrString"}]
-    assert s["io.k8s.apimachinery.pkg.util.intstr.IntOrString"]["format"] == "int-or-string"
+    intstr = s["io.k8s.apimachinery.pkg.util.intstr.IntOrString"]
+    assert (intstr["format"], intstr["oneOf"]) == ("int-or-string", [{"type": "integer"}, {"type": "string"}])
+    assert docs["v2"]["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"]["type"] == "string"
     limits = s["io.k8s.api.core.v1.ResourceRequirements"]["properties"]["limits"]
     assert limits["additionalProperties"] == {"$ref": V3 + "io.k8s.apimachinery.pkg.api.resource.Quantity"}
-    assert s["io.k8s.apimachinery.pkg.api.resource.Quantity"]["type"] == "string"
+    assert s["io.k8s.apimachinery.pkg.api.resource.Quantity"]["oneOf"] == [{"type": "string"}, {"type": "number"}]
     assert s["io.k8s.api.core.v1.Secret"]["properties"]["data"]["additionalProperties"] == {
         "type": "string", "format": "byte"}
     assert s["io.k8s.api.core.v1.PodSpec"]["properties"]["hostNetwork"]["type"] == "boolean"

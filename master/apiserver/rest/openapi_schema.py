@@ -55,6 +55,9 @@ _SCALARS = {
                 "description": "MicroTime is version of Time with microsecond level precision."},
 }
 
+# in v3 these scalars say which JSON types they take (v2 calls both strings)
+_V3_ONE_OF = {INTSTR: ("integer", "string"), QUANTITY: ("string", "number")}
+
 
 def _is_map(f: FieldDescriptor) -> bool:
     return f.message_type is not None and f.message_type.GetOptions().map_entry
@@ -180,4 +183,8 @@ def definitions(kind_list, ref: str, *, v3: bool) -> dict:
     for name in used:
         if name in _SCALARS:
             out[name] = dict(_SCALARS[name])
+            if v3 and name in _V3_ONE_OF:
+                # v3 says what the JSON may hold (kubectl explain then names the type: <IntOrString>)
+                del out[name]["type"]
+                out[name]["oneOf"] = [{"type": t} for t in _V3_ONE_OF[name]]
     return dict(sorted(out.items()))
