@@ -84,8 +84,12 @@ def test_explain_top_level_other_groups_and_unknown_fields(kubectl):
     assert r.returncode == 0, r.stderr
     assert re.search(r"^GROUP:\s+coordination\.k8s\.io$", r.stdout, re.M)
     assert re.search(r"^FIELD:\s+holderIdentity <string>$", r.stdout, re.M)
-    r = kubectl("explain", "pod.spec.containers.livenessProbe.httpGet.port")
-    assert r.returncode == 0 and "IntOrString" in r.stdout, r.stdout + r.stderr
+    r = kubectl("explain", "pod.spec.containers.livenessProbe.httpGet")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^  port\t<IntOrString> -required-$", r.stdout, re.M), r.stdout
+    r = kubectl("explain", "pod.spec.containers.resources")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^  limits\t<map\[string\]Quantity>$", r.stdout, re.M), r.stdout
     r = kubectl("explain", "pod.spec.nosuch")
     assert r.returncode != 0
     assert 'field "nosuch" does not exist' in r.stderr
