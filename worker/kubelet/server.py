@@ -9,6 +9,7 @@ of the cluster CA, and only the API server and cluster admins are let in.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
@@ -107,10 +108,25 @@ class KubeletServer:
 
     async def logs(self, req: api_pb2.LogsRequest, ctx):
         await self._authorize(ctx)
+        try:
+            since = log_since(req)
+        except ValueError as e:
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e), trailing_metadata=(("reason", "BadRequest"),))
         _, _, c = await self._container(ctx, req.namespace, req.name, req.container, previous=req.previous)
         tail = req.tailLines if req.HasField("tailLines") else None
-        async for line in self.kubelet.runtime.read_logs(c.id, tail=tail, follow=req.follow and not req.previous):
-            yield api_pb2.LogChunk(data=(line + "\n").encode())
+        left = req.limitBytes if req.HasField("limitBytes") else None
+        # an empty chunk first says "found, streaming": the HTTP face sends its 200 on it
+        # (kubectl logs -f of a quiet container), errors above come before it as statuses
+        yield api_pb2.LogChunk()
+        async for e in self.kubelet.runtime.read_log_entries(c.id, tail=tail, follow=req.follow and not req.previous):
+            if since is not None and log_time(e.time) < since:
+                continue
+            data = ((rfc3339nano(e.time) + " " if req.timestamps else "") + e.text + "\n").encode()
+            if left is not None:
+                data, left = data[:left], left - min(left, len(data))
+            yield api_pb2.LogChunk(data=data)
+            if left == 0:
+                return
 
     async def exec(self, requests, ctx):
         await self._authorize(ctx)
@@ -125,6 +141,9 @@ class KubeletServer:
                             trailing_metadata=(("reason", "BadRequest"),))
         proc = await self.kubelet.runtime.exec(c.id, list(s.command), tty=s.tty, stdin=s.stdin)
         try:
+            # an empty stdout message says "started" (as Kubernetes' empty frame on the first
+            # output channel): the HTTP face upgrades to WebSocket on it, errors above come first
+            yield api_pb2.ExecResponse(stdout=b"")
             async for msg in relay(proc, requests, message=lambda kind, data: api_pb2.ExecResponse(**{kind: data})):
                 yield msg
             yield api_pb2.ExecResponse(exitCode=await proc.wait())
@@ -132,3 +151,41 @@ class KubeletServer:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def log_time(t: str) -> datetime:
+    """A CRI log line's time (nanoseconds cut to what datetime holds); the epoch when unreadable."""
+    try:
+        head, _, frac = t.partition(".")
+        if frac:
+            digits = len(frac) - len(frac.lstrip("0123456789"))
+            t = f"{head}.{frac[:min(digits, 6)]}{frac[digits:]}"
+        return datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.fromtimestamp(0, timezone.utc)
+
+
+def rfc3339nano(t: str) -> str:
+    """The time as Kubernetes prints it (Go's RFC3339Nano: UTC as Z, no trailing zeros)."""
+    if t.endswith("+00:00"):
+        t = t[:-6] + "Z"
+    head, dot, rest = t.partition(".")
+    if dot:
+        digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+        zone = rest[len(digits):]
+        digits = digits.rstrip("0")
+        t = head + ("." + digits if digits else "") + zone
+    return t
+
+
+def log_since(req: api_pb2.LogsRequest) -> datetime | None:
+    """The earliest time to show (sinceSeconds before now, or sinceTime); ValueError if unreadable."""
+    if req.HasField("sinceSeconds"):
+        return datetime.now(timezone.utc) - timedelta(seconds=req.sinceSeconds)
+    if req.sinceTime:
+        try:
+            t = datetime.fromisoformat(req.sinceTime.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f'sinceTime: invalid value "{req.sinceTime}": an RFC 3339 time was expected') from None
+        return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return None

@@ -24,6 +24,7 @@ from kubelab.runtime.v1 import runtime_pb2 as pb
 from kubelab.runtime.v1 import runtime_pb2_grpc as pb_grpc
 
 from .images import ImageError, ImageImportError, ImageInfo, ImageNotFound, ImagePullError
+from .logs import LogEntry
 from .refs import InvalidReference
 from .runtime import ContainerCreateError, ContainerError, ContainerNotFound, ContainerSpec, ContainerStatus
 
@@ -262,13 +263,18 @@ class RemoteRuntime:
         return proc
 
     async def read_logs(self, cid: str, *, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        async for e in self.read_log_entries(cid, tail=tail, follow=follow):
+            yield e.text
+
+    async def read_log_entries(self, cid: str, *, tail: int | None = None,
+                               follow: bool = False) -> AsyncIterator[LogEntry]:
         req = pb.ContainerLogsRequest(id=cid, follow=follow)
         if tail is not None:
             req.tail = tail
         call = self._stub.ContainerLogs(req)
         try:
             async for m in call:
-                yield m.line
+                yield LogEntry(m.time, m.stream, m.line)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         finally:

@@ -34,7 +34,7 @@ from typing import AsyncIterator
 
 from . import bundle, cgroups, conmon, mounts
 from .images import ImageStore
-from .logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, needs_rotation, read_log, rotate_files
+from .logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, LogEntry, needs_rotation, read_log_entries, rotate_files
 from .proc import CommandError
 from .runc import Runc
 from .sandbox import Sandbox, SandboxManager
@@ -428,10 +428,16 @@ class Runtime:
 
     async def read_logs(self, cid: str, *, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
         """The container's log lines; with follow, until the container has exited."""
+        async for e in self.read_log_entries(cid, tail=tail, follow=follow):
+            yield e.text
+
+    async def read_log_entries(self, cid: str, *, tail: int | None = None,
+                               follow: bool = False) -> AsyncIterator[LogEntry]:
+        """The same lines with their time and stream (for logs --timestamps and --since)."""
         path = self.logs(cid)
-        async for line in read_log(path, tail=tail, follow=follow,
-                                   stop=lambda: self._exit(cid) is not None or not self._dir(cid).exists()):
-            yield line
+        async for e in read_log_entries(path, tail=tail, follow=follow,
+                                        stop=lambda: self._exit(cid) is not None or not self._dir(cid).exists()):
+            yield e
 
 
 class _PtyReader(asyncio.StreamReaderProtocol):

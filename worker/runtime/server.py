@@ -119,8 +119,8 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
     async def ContainerLogs(self, req, ctx):
         tail = req.tail if req.HasField("tail") else None
         try:
-            async for line in self.rt.read_logs(req.id, tail=tail, follow=req.follow):
-                yield pb.LogLine(line=line)
+            async for e in self.rt.read_log_entries(req.id, tail=tail, follow=req.follow):
+                yield pb.LogLine(line=e.text, time=e.time, stream=e.stream)
         except Exception as e:  # noqa: BLE001
             await ctx.abort(remote.error_code(e), str(e), trailing_metadata=remote.error_metadata(e))
 

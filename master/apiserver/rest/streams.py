@@ -1,9 +1,349 @@
 """pods/log, pods/exec and pods/attach (WebSocket), pods/binding, pods/eviction over HTTP.
 
+Each is a translation onto the gRPC face's ApiService, so the admission (who may get
+pods/log, create pods/exec) and the relay to the pod's kubelet (master/apiserver/proxy.py)
+are the ones `kubelab logs` and `kubelab exec` use:
+- log: PodLogs; the kubelet's first (empty) chunk says the container was found, so the 200
+  goes out on it and everything before it (no such pod or container, not started yet) is
+  a Status; then text/plain, chunked while following.
+- exec: PodExec; the kubelet's first (empty) stdout message says the process started, so
+  the WebSocket upgrade (remotecommand.py's protocol) happens on it and refusals before it
+  are Statuses kubectl prints as `Error from server (...)`. SPDY is not served: kubectl falls
+  back to it only when the upgrade fails, which then fails too.
+- attach: the container's output from now on (PodLogs following with no history), on the
+  stdout channel; the containers here have no stdin of their own to attach to, so stdin and
+  tty are refused with a clear Status.
+- binding: Create of a Binding (the scheduler's verb); eviction: the pod's Delete with the
+  Eviction's deleteOptions (no PodDisruptionBudgets here, so an eviction is never refused
+  for budget reasons). Both answer a Success Status with code 201, as Kubernetes does.
+
 Interface (called by app.py): add_routes(app: aiohttp.web.Application, api) -> None.
 """
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+
+from aiohttp import WSMsgType, web
+from google.protobuf import any_pb2
+
+from kubelab.api import kinds
+from kubelab.api.v1 import api_pb2
+from kubelab.errors import ApiError, BadRequest, Invalid
+
+from . import remotecommand as rc
+from .app import json_response
+from .errors import http_code
+
+log = logging.getLogger("apiserver.http.streams")
+POD = "/api/v1/namespaces/{namespace}/pods/{name}"
+
 
 def add_routes(app, api) -> None:
-    """Register the pod subresources that are not plain CRUD. Filled in by the streams work."""
+    """Register the pod subresources that are not plain CRUD."""
+    app.router.add_get(POD + "/log", pod_log)
+    for sub, handler in (("exec", pod_exec), ("attach", pod_attach)):
+        app.router.add_get(POD + "/" + sub, handler)
+        app.router.add_post(POD + "/" + sub, handler)
+    app.router.add_post(POD + "/binding", pod_binding)
+    app.router.add_post(POD + "/eviction", pod_eviction)
+
+
+def _int(query, name: str, minimum: int, what: str) -> int | None:
+    if name not in query:
+        return None
+    try:
+        v = int(query[name])
+    except ValueError:
+        raise BadRequest(f'{name}: invalid value "{query[name]}": strconv.ParseInt: parsing '
+                         f'"{query[name]}": invalid syntax') from None
+    if v < minimum:
+        raise Invalid(f'podlogoptions "" is invalid: {name}: Invalid value: {v}: {what}')
+    return v
+
+
+def logs_request(namespace: str, name: str, query) -> api_pb2.LogsRequest:
+    """PodLogOptions from the query, validated as Kubernetes validates them."""
+    req = api_pb2.LogsRequest(namespace=namespace, name=name, container=query.get("container", ""),
+                              follow=rc.parse_bool(query, "follow"), previous=rc.parse_bool(query, "previous"),
+                              timestamps=rc.parse_bool(query, "timestamps"), sinceTime=query.get("sinceTime", ""))
+    tail = _int(query, "tailLines", 0, "must be greater than or equal to 0")
+    if tail is not None:
+        req.tailLines = tail
+    limit = _int(query, "limitBytes", 1, "must be greater than 0")
+    if limit is not None:
+        req.limitBytes = limit
+    since = _int(query, "sinceSeconds", 1, "must be greater than 0")
+    if since is not None:
+        req.sinceSeconds = since
+    if since is not None and req.sinceTime:
+        raise Invalid('podlogoptions "" is invalid: : Forbidden: at most one of `sinceTime` or '
+                      '`sinceSeconds` may be specified')
+    return req
+
+
+async def _first(gen):
+    """The stream's first item (None when it ends at once); its errors raise here."""
+    return await anext(gen, None)
+
+
+async def pod_log(request: web.Request) -> web.StreamResponse:
+    api = request.app["api"]
+    req = logs_request(request.match_info["namespace"], request.match_info["name"], request.query)
+    chunks = api.svc.PodLogs(req, api.context(request))
+    try:
+        first = await _first(chunks)  # an ApiError here leaves as a Status (app.py's middleware)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        if req.follow:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if first:
+            await resp.write(api_pb2.LogChunk.FromString(first).data)
+        try:
+            async for raw in chunks:
+                data = api_pb2.LogChunk.FromString(raw).data
+                if data:
+                    await resp.write(data)
+        except ApiError as e:  # after the 200 only the body is left to say it
+            log.info("pods/log %s/%s ended: %s", req.namespace, req.name, e.message)
+        except ConnectionResetError:
+            return resp
+        await resp.write_eof()
+        return resp
+    finally:
+        await chunks.aclose()
+
+
+async def _upgrade(request: web.Request, protocol: str) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=(protocol,), autoping=True, max_msg_size=0)
+    await ws.prepare(request)
+    return ws
+
+
+def _protocol(request: web.Request) -> str:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise BadRequest("Upgrade request required: pods/exec and pods/attach are served over WebSocket "
+                         f"({', '.join(rc.PROTOCOLS)}), not SPDY")
+    p = rc.select_protocol(request.headers.get("Sec-WebSocket-Protocol", ""))
+    if p is None:
+        raise BadRequest("unable to upgrade: none of the offered subprotocols "
+                         f"({request.headers.get('Sec-WebSocket-Protocol', '')!r}) is served; "
+                         f"supported: {', '.join(rc.PROTOCOLS)}")
+    return p
+
+
+async def pod_exec(request: web.Request) -> web.StreamResponse:
+    api = request.app["api"]
+    protocol = _protocol(request)
+    opts = rc.parse_options(request.query)
+    start = api_pb2.ExecStart(namespace=request.match_info["namespace"], name=request.match_info["name"],
+                              container=opts.container, command=list(opts.command), stdin=opts.stdin, tty=opts.tty)
+    stdin: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        yield api_pb2.ExecRequest(start=start)
+        while (r := await stdin.get()) is not None:
+            yield r
+    out = api.svc.PodExec(requests(), api.context(request))
+    try:
+        first = await _first(out)  # refused (no pod, bad container, stopped): a Status, no upgrade
+        ws = await _upgrade(request, protocol)
+        await ws.send_bytes(rc.frame(rc.STDOUT if opts.stdout else rc.STDERR if opts.stderr else rc.ERROR, b""))
+        reader = asyncio.create_task(_read_client(ws, protocol, stdin, opts))
+        try:
+            status = await _relay(ws, out, first, opts)
+            if not ws.closed:
+                await ws.send_bytes(rc.frame(rc.ERROR, status))
+                await ws.close()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        return ws
+    finally:
+        await stdin.put(None)
+        await out.aclose()
+
+
+async def _read_client(ws: web.WebSocketResponse, protocol: str, stdin: asyncio.Queue, opts) -> None:
+    """Client frames -> stdin (and its close); resize is accepted and ignored (no terminal
+    resizing through the kubelet here). Ends when the client closes the socket."""
+    async for msg in ws:
+        if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
+            continue
+        try:
+            m = rc.decode(msg.data, protocol)
+        except BadRequest as e:
+            log.info("exec: %s", e.message)
+            continue
+        if m is None or m.channel != rc.STDIN or not opts.stdin:
+            continue
+        await stdin.put(api_pb2.ExecRequest(stdinClose=True) if m.closed else api_pb2.ExecRequest(stdin=m.data))
+
+
+async def _relay(ws: web.WebSocketResponse, out, first: bytes | None, opts) -> bytes:
+    """The kubelet's messages onto the socket; returns the error channel's Status."""
+    pending = [first] if first is not None else []
+
+    async def messages():
+        for m in pending:
+            yield m
+        async for m in out:
+            yield m
+    try:
+        async for raw in messages():
+            resp = api_pb2.ExecResponse.FromString(raw)
+            kind = resp.WhichOneof("msg")
+            if kind == "stdout" and resp.stdout and opts.stdout:
+                await ws.send_bytes(rc.frame(rc.STDOUT, resp.stdout))
+            elif kind == "stderr" and resp.stderr and opts.stderr:
+                await ws.send_bytes(rc.frame(rc.STDERR, resp.stderr))
+            elif kind == "exitCode":
+                return rc.exit_status(resp.exitCode, opts.command)
+    except ApiError as e:
+        return rc.error_status(e.reason, e.message, http_code(e))
+    except ConnectionResetError:
+        return b""
+    return rc.error_status("InternalError", "error executing command in container: the stream ended "
+                           "without an exit code", 500)
+
+
+async def pod_attach(request: web.Request) -> web.StreamResponse:
+    api = request.app["api"]
+    protocol = _protocol(request)
+    opts = rc.parse_options(request.query, attach=True)
+    if opts.stdin or opts.tty:
+        raise BadRequest("attach: stdin and tty are not supported here (containers have no attachable "
+                         "stdin); attach with stdout/stderr only, or use exec")
+    req = api_pb2.LogsRequest(namespace=request.match_info["namespace"], name=request.match_info["name"],
+                              container=opts.container, follow=True, tailLines=0)
+    chunks = api.svc.PodLogs(req, api.context(request))
+    try:
+        await _first(chunks)
+        ws = await _upgrade(request, protocol)
+        channel = rc.STDOUT if opts.stdout else rc.STDERR
+        await ws.send_bytes(rc.frame(channel, b""))
+        closed = asyncio.create_task(_drain(ws))
+        try:
+            status = rc.exit_status(0, ())
+            async for raw in chunks:
+                data = api_pb2.LogChunk.FromString(raw).data
+                if data:
+                    await ws.send_bytes(rc.frame(channel, data))
+                if closed.done():
+                    break
+        except ApiError as e:
+            status = rc.error_status(e.reason, e.message, http_code(e))
+        except ConnectionResetError:
+            status = b""
+        finally:
+            closed.cancel()
+        if not ws.closed and status:
+            await ws.send_bytes(rc.frame(rc.ERROR, status))
+            await ws.close()
+        return ws
+    finally:
+        await chunks.aclose()
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+def _created() -> web.Response:
+    return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                          "code": 201}, status=201)
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError as e:
+        raise BadRequest(f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _check_target(body_name: str, body_ns: str, name: str, namespace: str, what: str) -> None:
+    if body_name and body_name != name:
+        raise BadRequest(f"name in URL does not match name in {what} object")
+    if body_ns and body_ns != namespace:
+        raise BadRequest("the namespace of the provided object does not match the namespace sent on the request")
+
+
+async def pod_binding(request: web.Request) -> web.Response:
+    api = request.app["api"]
+    ns, name = request.match_info["namespace"], request.match_info["name"]
+    kind = kinds.BY_RESOURCE["bindings"]
+    binding, warnings = api.decode(await _body(request), kind)
+    _check_target(binding.metadata.name, binding.metadata.namespace, name, ns, "Binding")
+    binding.metadata.name, binding.metadata.namespace = name, ns
+    await api.call("Create", api_pb2.CreateRequest(
+        resource="bindings", namespace=ns, object=any_pb2.Any(type_url=kind.type_url,
+                                                              value=binding.SerializeToString())), request)
+    resp = _created()
+    for w in warnings:
+        resp.headers.add("Warning", f'299 - "{w}"')
+    return resp
+
+
+EVICTION_FIELDS = {"apiVersion", "kind", "metadata", "deleteOptions"}
+DELETE_OPTION_FIELDS = {"apiVersion", "kind", "gracePeriodSeconds", "preconditions", "propagationPolicy",
+                        "orphanDependents", "dryRun"}
+
+
+def eviction_delete(body: dict, namespace: str, name: str) -> api_pb2.DeleteRequest:
+    """policy/v1 Eviction -> the pod's DeleteRequest (its deleteOptions), strictly decoded."""
+    what = 'Eviction in version "v1" cannot be handled as a Eviction: strict decoding error: '
+    unknown = [f for f in body if f not in EVICTION_FIELDS]
+    if body.get("kind") not in (None, "", "Eviction"):
+        raise BadRequest(f"the kind in the data ({body['kind']}) does not match the expected kind (Eviction)")
+    if body.get("apiVersion") not in (None, "", "policy/v1", "policy/v1beta1"):
+        raise BadRequest(f"the API version in the data ({body['apiVersion']}) does not match the expected "
+                         "API version (policy/v1)")
+    meta = body.get("metadata") or {}
+    opts = body.get("deleteOptions") or {}
+    if not isinstance(meta, dict) or not isinstance(opts, dict):
+        raise BadRequest(what + "metadata and deleteOptions must be objects")
+    unknown += [f"deleteOptions.{f}" for f in opts if f not in DELETE_OPTION_FIELDS]
+    if unknown:
+        raise BadRequest(what + ", ".join(f'unknown field "{f}"' for f in unknown))
+    _check_target(meta.get("name", ""), meta.get("namespace", ""), name, namespace, "Eviction")
+    req = api_pb2.DeleteRequest(resource="pods", namespace=namespace, name=name)
+    grace = opts.get("gracePeriodSeconds")
+    if grace is not None:
+        if not isinstance(grace, int) or isinstance(grace, bool):
+            raise BadRequest(what + "deleteOptions.gracePeriodSeconds: an integer was expected")
+        req.gracePeriodSeconds = grace
+    pre = opts.get("preconditions") or {}
+    if not isinstance(pre, dict) or set(pre) - {"uid", "resourceVersion"}:
+        raise BadRequest(what + "deleteOptions.preconditions: only uid and resourceVersion are known")
+    req.preconditionUid = pre.get("uid") or ""
+    req.preconditionResourceVersion = pre.get("resourceVersion") or ""
+    policy = opts.get("propagationPolicy")
+    if policy:
+        if policy not in ("Orphan", "Background", "Foreground"):
+            raise Invalid(f'deleteoptions "" is invalid: propagationPolicy: Unsupported value: "{policy}": '
+                          'supported values: "Foreground", "Background", "Orphan"')
+        req.propagationPolicy = policy
+    dry = opts.get("dryRun") or []
+    if dry:
+        if dry != ["All"]:
+            raise Invalid(f'deleteoptions "" is invalid: dryRun: Unsupported value: {json.dumps(dry)}: '
+                          'supported values: "All"')
+        req.dryRun = True
+    return req
+
+
+async def pod_eviction(request: web.Request) -> web.Response:
+    api = request.app["api"]
+    ns, name = request.match_info["namespace"], request.match_info["name"]
+    req = eviction_delete(await _body(request), ns, name)
+    ctx = api.context(request)
+    # Kubernetes authorizes `create pods/eviction`; the delete that follows is admitted as
+    # ApiService.Delete admits it, so the caller needs both here
+    await api.svc.admit(ctx, "create", "pods", ns, name, "eviction")
+    await api.call("Delete", req, request)
+    return _created()
