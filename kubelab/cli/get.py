@@ -1,5 +1,9 @@
 """`kubelab get`: list or show objects as kubectl does (tables, -o wide|yaml|json|name, -l,
 --field-selector, -w). A thin layer over the client library's paginated LIST and WATCH.
+
+Tables are the server's, as kubectl's are: GET and LIST ask for `table` and print its cells
+(kubelab.api.printers, run by the API server). Rows of a watch are computed here with the same
+printers, since a watch event carries only its object.
 """
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import sys
 
 from kubelab.api import kinds
+from kubelab.api.v1 import api_pb2
 from kubelab.errors import Gone, NotFound, ServiceUnavailable, Timeout
 
 from . import printers
@@ -39,7 +44,8 @@ class View:
         self.widths: list[int] = []
         self.headers_due = not args.no_headers
 
-    def show(self, objs, *, single: bool = False, stream: bool = False) -> None:
+    def show(self, objs, *, single: bool = False, stream: bool = False, table: api_pb2.Table | None = None) -> None:
+        """Print objects; `table`, when given, is the server's Table of exactly these objects."""
         fmt = self.args.output
         if fmt in ("yaml", "json", "name"):
             out = printers.dump(objs, fmt, single=single)
@@ -48,12 +54,13 @@ class View:
             if out:
                 print(out)
         elif objs:
-            rows = printers.table_rows(objs, wide=fmt == "wide", with_namespace=self.with_namespace,
-                                       headers=self.headers_due, show_labels=self.args.show_labels)
+            opts = dict(wide=fmt == "wide", with_namespace=self.with_namespace, headers=self.headers_due,
+                        show_labels=self.args.show_labels)
+            rows = printers.render(table, objs, **opts) if table is not None else printers.table_rows(objs, **opts)
             if self.kind_prefix:  # several types at once: kubectl names rows pod/x, node/y
                 col = 1 if self.with_namespace else 0
                 for r, o in zip(rows[1:] if self.headers_due else rows, objs):
-                    r[col] = f"{kinds.kind_of(o).singular}/{r[col]}"
+                    r[col] = f"{printers.qualified(kinds.kind_of(o))}/{r[col]}"
             self.headers_due = False
             print(printers.format_table(rows, self.widths))
         sys.stdout.flush()
@@ -89,41 +96,83 @@ async def run(args) -> int:
             rc = client.resource(kind, ns)
             if args.watch or args.watch_only:
                 return await get_and_watch(rc, names, args, view)
+            tables = args.output in (None, "wide")
             if names:
-                objs, bad = await get_named(rc, names)
+                objs, table, bad = await get_named(rc, names, table=tables)
                 failed |= bad
+            elif tables:
+                objs, table, _ = await list_table(rc, args.selector, args.field_selector)
             else:
-                objs = (await rc.list_all(label_selector=args.selector, field_selector=args.field_selector)).items
-                if kind.kind == "Event":
-                    objs.sort(key=lambda e: e.lastTimestamp or e.eventTime or e.metadata.creationTimestamp)
-            shown.append((kind, objs))
+                objs, table = (await rc.list_all(label_selector=args.selector,
+                                                 field_selector=args.field_selector)).items, None
+            if kind.kind == "Event":
+                objs, table = sort_events(objs, table)
+            shown.append((kind, objs, table))
     if args.output in ("yaml", "json", "name"):
-        objs = [o for _, group in shown for o in group]
+        objs = [o for _, group, _ in shown for o in group]
         if objs or args.output != "name":
             view.show(objs, single=named and len(groups) == 1 and len(groups[0][1]) == 1)
     else:
-        for i, (kind, objs) in enumerate((k, o) for k, o in shown if o):
+        for i, (kind, objs, table) in enumerate(s for s in shown if s[1]):
             if i:
                 print()
             view.headers_due, view.widths = not args.no_headers, []
             view.with_namespace = kind.namespaced and args.all_namespaces
-            view.show(objs)
-        if not named and not any(objs for _, objs in shown):
+            view.show(objs, table=table)
+        if not named and not any(objs for _, objs, _ in shown):
             ns = args.namespace or "default"
             err(f"No resources found in {ns} namespace." if groups[0][0].namespaced and not args.all_namespaces
                 else "No resources found")
     return failed
 
 
-async def get_named(rc, names: list[str]) -> tuple[list, int]:
+async def get_named(rc, names: list[str], *, table: bool = False) -> tuple[list, api_pb2.Table | None, int]:
+    """The named objects (and, with table=True, the server's Table of them); NotFound ones
+    are reported as kubectl does and make the command fail."""
     objs, failed = [], 0
+    t = api_pb2.Table() if table else None
     for n in names:
         try:
-            objs.append(await rc.get(n))
+            if t is None:
+                objs.append(await rc.get(n))
+                continue
+            r = await rc.client.call("Get", api_pb2.GetRequest(resource=rc.kind.resource, namespace=rc._ns(),
+                                                               name=n, table=True), retries=3)
+            objs.append(rc._decode(r.object))
+            if not t.columnDefinitions:
+                t.columnDefinitions.extend(r.table.columnDefinitions)
+            t.rows.extend(r.table.rows)
         except NotFound as e:
             err(e.kubectl())
             failed = 1
-    return objs, failed
+    return objs, t, failed
+
+
+async def list_table(rc, label_selector: str, field_selector: str, *,
+                     page_size: int = 500) -> tuple[list, api_pb2.Table, str]:
+    """Every object's row of the server's Table, paged with limit + continue at one revision
+    (returned: a watch goes on from it)."""
+    t, token, rv = api_pb2.Table(), "", ""
+    while True:
+        r = await rc.client.call("List", api_pb2.ListRequest(
+            resource=rc.kind.resource, namespace=rc.namespace, labelSelector=label_selector,
+            fieldSelector=field_selector, limit=page_size, continue_token=token, table=True), retries=3)
+        if not t.columnDefinitions:
+            t.columnDefinitions.extend(r.table.columnDefinitions)
+        t.rows.extend(r.table.rows)
+        rv, token = rv or r.resourceVersion, r.continue_token
+        if not token:
+            return [rc._decode(row.object) for row in t.rows], t, rv
+
+
+def sort_events(objs: list, table: api_pb2.Table | None) -> tuple[list, api_pb2.Table | None]:
+    """Events oldest first (by when they were last seen), rows kept with their objects."""
+    order = sorted(range(len(objs)), key=lambda i: objs[i].lastTimestamp or objs[i].eventTime
+                   or objs[i].metadata.creationTimestamp)
+    if table is None:
+        return [objs[i] for i in order], None
+    t = api_pb2.Table(columnDefinitions=table.columnDefinitions, rows=[table.rows[i] for i in order])
+    return [objs[i] for i in order], t
 
 
 async def get_and_watch(rc, names: list[str], args, view: View) -> int:
@@ -134,15 +183,18 @@ async def get_and_watch(rc, names: list[str], args, view: View) -> int:
     seen: dict = {}
     rv = ""
     if not args.watch_only:
+        tables = args.output in (None, "wide")
         if names:
-            objs, failed = await get_named(rc, names)
+            objs, table, failed = await get_named(rc, names, table=tables)
             if failed:
                 return 1
             rv = objs[0].metadata.resourceVersion
+        elif tables:
+            objs, table, rv = await list_table(rc, args.selector, selector)
         else:
             listed = await rc.list_all(label_selector=args.selector, field_selector=selector)
-            objs, rv = listed.items, listed.resource_version
-        view.show(objs, single=bool(names))
+            objs, rv, table = listed.items, listed.resource_version, None
+        view.show(objs, single=bool(names), table=table)
         seen = {(o.metadata.namespace, o.metadata.name): o.metadata.resourceVersion for o in objs}
     await watch(rc, args, view, rv, selector, seen)
     return 0

@@ -141,6 +141,12 @@ def _represent_str(dumper: yaml.SafeDumper, data: str):
 _Dumper.add_representer(str, _represent_str)
 
 
+def qualified(kind: kinds.Kind) -> str:
+    """How kubectl names a kind before `/name`: `pod`, `lease.coordination.k8s.io`."""
+    group = kind.api_version.rpartition("/")[0]
+    return f"{kind.singular}.{group}" if group else kind.singular
+
+
 def to_list(objs: list[Message]) -> dict:
     return {"apiVersion": "v1", "items": [manifest.to_dict(o) for o in objs], "kind": "List",
             "metadata": {"resourceVersion": ""}}
@@ -149,7 +155,7 @@ def to_list(objs: list[Message]) -> dict:
 def dump(objs: list[Message], fmt: str, *, single: bool) -> str:
     """-o name|json|yaml: one object as itself when single, otherwise a `kind: List`."""
     if fmt == "name":
-        return "\n".join(f"{kinds.kind_of(o).singular}/{o.metadata.name}" for o in objs)
+        return "\n".join(f"{qualified(kinds.kind_of(o))}/{o.metadata.name}" for o in objs)
     doc = manifest.to_dict(objs[0]) if single and len(objs) == 1 else to_list(objs)
     if fmt == "json":
         return json.dumps(doc, indent=4)

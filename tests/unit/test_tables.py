@@ -12,6 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 from kubelab.api import kinds, printers
 from kubelab.api.v1 import api_pb2
 from kubelab.api.v1 import objects_pb2 as v1
+from kubelab.cli import get
 from kubelab.cli import printers as cli
 from kubelab.errors import BadRequest
 from master.apiserver.rest import table
@@ -89,6 +90,8 @@ def test_pod_cells():
     p.spec.containers.add(name="c")
     assert printers.cells("Pod", p, NOW) == ["pending", "0/1", "Pending", "0", "<unknown>", "<none>", "<none>",
                                              "<none>", "<none>"]
+    p.status.podIPs.add(ip="fd00::5")  # the first of podIPs, as kubectl shows it
+    assert printers.cells("Pod", p, NOW)[5] == "fd00::5"
 
 
 def test_node_cells():
@@ -175,12 +178,13 @@ def test_proto_table_carries_every_column_integers_and_the_stored_bytes():
     s = v1.Secret(type="Opaque")
     s.metadata.name = "s"
     s.data["a"] = b"1"
-    raw = s.SerializeToString() + b""  # what a store answers
+    raw = s.SerializeToString() + b"\x00"  # the store's bytes: sent as they are, never encoded again
     t = printers.table(kinds.BY_RESOURCE["secrets"], [s], [raw], now=NOW)
     assert [c.name for c in t.columnDefinitions] == ["Name", "Type", "Data", "Age"]
     assert t.columnDefinitions[0].format == "name"
     assert t.rows[0].cells.values[2].WhichOneof("kind") == "number_value"
     assert printers.cell_values(t.rows[0]) == ["s", "Opaque", 1, "<unknown>"]
+    assert type(printers.cell_values(t.rows[0])[2]) is int  # a ListValue number is a double
     assert t.rows[0].object.type_url == kinds.BY_RESOURCE["secrets"].type_url
     assert t.rows[0].object.value == raw
     empty = printers.table(kinds.BY_RESOURCE["pods"], [])
@@ -199,6 +203,19 @@ def test_cli_renders_the_server_table_like_kubectl():
     assert cli.render(t, [p], headers=False) == [["web", "1/2", "CrashLoopBackOff", "2 (65s ago)", "3m20s"]]
     # kubectl cuts a string cell at its first line break; a null cell is empty; numbers as such
     assert [cli.cell_text(v) for v in ("a\nb", "a\rb", None, 3, "x")] == ["a...", "a...", "", "3", "x"]
+
+
+def test_get_sorts_events_with_their_rows():
+    def ev(name, last):
+        e = v1.Event(lastTimestamp=last)
+        e.metadata.name = name
+        return e
+    objs = [ev("late", ago(minutes=1)), ev("early", ago(minutes=9))]
+    t = printers.table(kinds.BY_RESOURCE["events"], objs, now=NOW)
+    objs, t = get.sort_events(objs, t)
+    assert [o.metadata.name for o in objs] == ["early", "late"]
+    assert [printers.cell_values(r)[-1] for r in t.rows] == ["early", "late"]
+    assert len(t.columnDefinitions) == 10
 
 
 # -- the HTTP face's encoding ------------------------------------------------------------------
