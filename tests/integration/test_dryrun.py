@@ -148,6 +148,9 @@ async def test_a_dry_run_update_answers_the_change_and_keeps_the_stored_object(e
     client, _ = env
     pods = client.resource("pods", "default")
     real = await create(client, pod("upd"), dry_run=False)
+    bump = v1.ConfigMap()
+    bump.metadata.name = "bump"
+    await create(client, bump, dry_run=False)  # etcd's revision moves past the pod's
     try:
         changed = v1.Pod()
         changed.CopyFrom(real)
@@ -178,6 +181,7 @@ async def test_a_dry_run_update_answers_the_change_and_keeps_the_stored_object(e
         assert (await pods.get("upd")).status.phase != "Running"
     finally:
         await delete(client, "pods", "upd", dry_run=False)
+        await delete(client, "configmaps", "bump", dry_run=False)
 
 
 async def test_a_dry_run_service_update_to_nodeport_holds_no_port(env):

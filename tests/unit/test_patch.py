@@ -133,6 +133,7 @@ def jp(ops, current=None):
 def test_json_patch_operations():
     got = jp([
         {"op": "add", "path": "/metadata/labels/app.kubernetes.io~1name", "value": "w"},
+        {"op": "add", "path": "/metadata/labels/a~01", "value": "tilde"},  # ~0 then 1: "a~1"
         {"op": "add", "path": "/metadata/annotations", "value": {"x~y": "1"}},
         {"op": "add", "path": "/spec/containers/0/args/-", "value": "-c"},
         {"op": "add", "path": "/spec/containers/0/args/0", "value": "-z"},
@@ -143,7 +144,8 @@ def test_json_patch_operations():
         {"op": "test", "path": "/metadata/annotations/x~0y", "value": "1"},
         {"op": "test", "path": "/spec/containers/0/ports/0/containerPort", "value": 80.0},
     ])
-    assert got["metadata"]["labels"] == {"app": "web", "app.kubernetes.io/name": "w", "layer": "front"}
+    assert got["metadata"]["labels"] == {"app": "web", "app.kubernetes.io/name": "w", "a~1": "tilde",
+                                         "layer": "front"}
     assert got["spec"]["containers"][0]["args"] == ["-z", "-a", "-b", "-c"]
     assert got["spec"]["containers"][1]["image"] == "alpine"
     assert got["spec"]["initContainers"] == {"name": "side", "image": "alpine"}
@@ -157,7 +159,9 @@ def test_json_patch_operations():
     ({"op": "add", "path": "/spec/nope/x", "value": 1}, Invalid, " (add"),
     ({"op": "test", "path": "/metadata/name", "value": "other"}, Invalid, " (test"),
     ({"op": "test", "path": "/spec/containers/0/ports/0/containerPort", "value": True}, Invalid, " (test"),
-    ({"op": "move", "from": "/spec", "path": "/spec/x"}, Invalid, " (move"),
+    ({"op": "move", "from": "/spec", "path": "/spec/x"}, Invalid,
+     ' (move "/spec/x") does not apply: a value cannot be moved into one of its own children'),
+    ({"op": "test", "path": "/metadata/generation", "value": True}, Invalid, ' (test "/metadata/generation")'),
     ({"op": "copy", "from": "/nope", "path": "/x"}, Invalid, " (copy"),
     ({"op": "remove", "path": "/spec/containers/01"}, Invalid, " (remove"),
     ({"op": "frobnicate", "path": "/x"}, BadRequest, ': unknown op "frobnicate"'),
@@ -169,7 +173,7 @@ def test_json_patch_operations():
 ])
 def test_json_patch_errors_name_the_operation(op, error, named):
     with pytest.raises(error) as e:
-        jp([{"op": "add", "path": "/metadata/labels/first", "value": "1"}, op])
+        jp([{"op": "add", "path": "/metadata/generation", "value": 1}, op])
     assert e.value.message.startswith("json patch operation 1" + named), e.value.message
     with pytest.raises(BadRequest, match="a list of operations was expected"):
         jp({"op": "add"})
@@ -287,5 +291,7 @@ def test_null_deletes_and_new_fields_are_taken_without_their_directives():
     assert got["spec"]["initContainers"] == [{"name": "init", "image": "x", "env": []}]
     got = smp({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
     assert got["status"] == {"conditions": [{"type": "Ready", "status": "True"}]}
+    # a list of a field the kind does not have is replaced (the decoder names the field later)
+    assert smp({"extra": [3]}, {"extra": [1, 2]})["extra"] == [3]
     with pytest.raises(BadRequest, match="list element types are not identical"):
         smp({"metadata": {"finalizers": [{"x": 1}]}})
