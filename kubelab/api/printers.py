@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Callable
 
-from google.protobuf import any_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from kubelab import meta
@@ -133,9 +133,12 @@ def pod_ready(p) -> str:
     return f"{ready}/{total}"
 
 
-def pod_restarts(p, now: dt.datetime | None = None) -> str:
-    """RESTARTS, with kubectl's `(5m ago)` for the most recent container exit."""
-    n = pod_summary(p)[3]
+def pod_restarts(p, now: dt.datetime | None = None, n: int | None = None) -> str:
+    """RESTARTS (n: pod_summary's count, when at hand), with kubectl's `(5m ago)` for the most
+    recent container exit."""
+    n = pod_summary(p)[3] if n is None else n
+    if not n:
+        return "0"
     times = (meta.parse_time(cs.lastState.terminated.finishedAt)
              for cs in [*p.status.initContainerStatuses, *p.status.containerStatuses] if cs.restartCount)
     last = max((t for t in times if t is not None), default=None)
@@ -280,7 +283,22 @@ def csr_duration(o) -> str:
 
 # -- the columns -----------------------------------------------------------------------------
 
-Cell = Callable[[Message, dt.datetime], object]
+class Row:
+    """What a row's cells share: the clock, and a pod's summary (READY, STATUS and RESTARTS
+    come from one pass over its container statuses)."""
+    __slots__ = ("obj", "now", "_summary")
+
+    def __init__(self, obj: Message, now: dt.datetime):
+        self.obj, self.now, self._summary = obj, now, None
+
+    @property
+    def summary(self) -> tuple[str, int, int, int]:
+        if self._summary is None:
+            self._summary = pod_summary(self.obj)
+        return self._summary
+
+
+Cell = Callable[[Message, Row], object]
 
 
 @dataclass(frozen=True)
@@ -300,15 +318,15 @@ class Column:
 
 # descriptions: the first sentence of the field's documentation, as Kubernetes takes it from
 # the field's SwaggerDoc
-_NAME = Column("Name", lambda o, now: o.metadata.name,
+_NAME = Column("Name", lambda o, r: o.metadata.name,
                "Name must be unique within a namespace.", format="name")
-_AGE = Column("Age", lambda o, now: age(o.metadata.creationTimestamp, now),
+_AGE = Column("Age", lambda o, r: age(o.metadata.creationTimestamp, r.now),
               "CreationTimestamp is a timestamp representing the server time when this object was created.")
 
 
 def _c(name: str, fn: Callable[[Message], object], description: str, **kw) -> Column:
     """A column whose cell does not depend on the clock."""
-    return Column(name, lambda o, now: fn(o), description, **kw)
+    return Column(name, lambda o, r: fn(o), description, **kw)
 
 
 def _unknown(v: str) -> str:
@@ -318,9 +336,10 @@ def _unknown(v: str) -> str:
 COLUMNS: dict[str, tuple[Column, ...]] = {
     "Pod": (
         _NAME,
-        _c("Ready", pod_ready, "The aggregate readiness state of this pod for accepting traffic."),
-        _c("Status", pod_status, "The aggregate status of the containers in this pod."),
-        Column("Restarts", lambda o, now: pod_restarts(o, now),
+        Column("Ready", lambda o, r: f"{r.summary[1]}/{r.summary[2]}",
+               "The aggregate readiness state of this pod for accepting traffic."),
+        Column("Status", lambda o, r: r.summary[0], "The aggregate status of the containers in this pod."),
+        Column("Restarts", lambda o, r: pod_restarts(o, r.now, r.summary[3]),
                "The number of times the containers in this pod have been restarted and when the last "
                "container in this pod has restarted."),
         _AGE,
@@ -364,7 +383,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         _AGE,
     ),
     "Event": (
-        Column("Last Seen", lambda o, now: event_last_timestamp(o, now),
+        Column("Last Seen", lambda o, r: event_last_timestamp(o, r.now),
                "The time at which the most recent occurrence of this event was recorded."),
         _c("Type", lambda o: o.type, "Type of this event (Normal, Warning), new types could be added in the future"),
         _c("Reason", lambda o: o.reason, "This should be a short, machine understandable string that gives "
@@ -375,7 +394,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
            "valid JSON/Go field access statement, such as desiredState.manifest.containers[2].", priority=1),
         _c("Source", event_source, "The component reporting this event.", priority=1),
         _c("Message", lambda o: o.message.strip(), "A human-readable description of the status of this operation."),
-        Column("First Seen", lambda o, now: event_first_seen(o, now),
+        Column("First Seen", lambda o, r: event_first_seen(o, r.now),
                "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)",
                priority=1),
         # a singleton event of the events.k8s.io API has no count: kubectl shows 1
@@ -442,15 +461,8 @@ def columns(kind: str) -> tuple[Column, ...]:
 
 
 def cells(kind: str, obj: Message, now: dt.datetime | None = None) -> list:
-    now = now or meta.now()
-    return [c.cell(obj, now) for c in columns(kind)]
-
-
-def _set_cell(lv, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, int):
-        lv.values.add().string_value = str(v)
-    else:
-        lv.values.add().number_value = v
+    r = Row(obj, now or meta.now())
+    return [c.cell(obj, r) for c in columns(kind)]
 
 
 def table(kind: kinds.Kind, objs: list[Message], raws: list[bytes] | None = None, *,
@@ -462,13 +474,20 @@ def table(kind: kinds.Kind, objs: list[Message], raws: list[bytes] | None = None
     t = api_pb2.Table(columnDefinitions=[
         api_pb2.TableColumnDefinition(name=c.name, type=c.type, format=c.format, description=c.description,
                                       priority=c.priority) for c in cols])
+    url = kind.type_url
     for i, o in enumerate(objs):
+        r = Row(o, now)
         row = t.rows.add()
-        for c in cols:
-            _set_cell(row.cells, c.cell(o, now))
-        row.object.CopyFrom(any_pb2.Any(type_url=kind.type_url,
-                                        value=raws[i] if raws is not None else o.SerializeToString()))
+        row.cells.values.extend(_value(c.cell(o, r)) for c in cols)
+        row.object.type_url = url
+        row.object.value = raws[i] if raws is not None else o.SerializeToString()
     return t
+
+
+def _value(v) -> struct_pb2.Value:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return struct_pb2.Value(number_value=v)
+    return struct_pb2.Value(string_value=v if isinstance(v, str) else str(v))
 
 
 def cell_values(row: api_pb2.TableRow) -> list:
