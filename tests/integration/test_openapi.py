@@ -137,6 +137,34 @@ def test_valid_manifest_applied_then_unchanged(kubectl):
         ("c", "busybox:1.36", [{"name": "A", "value": "1"}], 80)]
 
 
+REVIEW = """\
+apiVersion: authorization.k8s.io/v1
+kind: SelfSubjectAccessReview
+spec: {resourceAttributes: {verb: get, resource: pods}}
+"""
+
+
+def test_create_only_kind_validated_on_the_client_against_v2(kubectl):
+    """A SelfSubjectAccessReview has no PATCH to list fieldValidation: kubectl validates it
+    itself, against /openapi/v2 in protobuf, and prints its own message for a typo."""
+    r = kubectl("create", "-f", "-", "-o", "jsonpath={.status.allowed}", stdin=REVIEW)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "true"
+    r = kubectl("create", "-f", "-", "-v=6", stdin=REVIEW.replace("resourceAttributes", "resourceAttributess"))
+    assert r.returncode == 1
+    assert ('error validating data: ValidationError(SelfSubjectAccessReview.spec): unknown field '
+            '"resourceAttributess" in io.k8s.api.authorization.v1.SelfSubjectAccessReviewSpec') in r.stderr, r.stderr
+    assert '/openapi/v2' in r.stderr and 'verb="POST"' not in r.stderr
+
+
+def test_explain_from_v2(kubectl):
+    r = kubectl("explain", "pod.spec.containers", "--output=plaintext-openapiv2")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^RESOURCE:\s+containers <\[\]Object>$", r.stdout, re.M), r.stdout
+    assert "List of containers belonging to the pod." in r.stdout
+    assert re.search(r"^   name\t<string> -required-$", r.stdout, re.M), r.stdout
+
+
 def test_v2_document_is_json(kubectl):
     r = kubectl("get", "--raw", "/openapi/v2")
     assert r.returncode == 0, r.stderr

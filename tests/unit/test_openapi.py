@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from kubelab.api import kinds, patchmeta
-from master.apiserver.rest import openapi, openapi_gen, openapi_schema
+from master.apiserver.rest import discovery, openapi, openapi_gen, openapi_schema
 from master.apiserver.rest.openapi_descriptions import TYPES
 
 V3 = "#/components/schemas/"
@@ -49,9 +49,41 @@ def test_one_v3_document_per_group_version_with_each_kind_and_its_gvk(docs):
         group, _, version = k.api_version.rpartition("/")
         assert s["x-kubernetes-group-version-kind"] == [{"group": group, "kind": k.kind, "version": version}]
         assert {"apiVersion", "kind", "metadata"} <= set(s["properties"])
-    assert set(docs) - {"v2"} == {"api/v1", "apis/coordination.k8s.io/v1", "apis/certificates.k8s.io/v1",
-                                  "apis/discovery.k8s.io/v1"}
+    assert set(docs) - {"v2"} == GROUP_VERSIONS
     assert "io.k8s.api.core.v1.Pod" not in schemas(docs, "apis/coordination.k8s.io/v1")
+
+
+GROUP_VERSIONS = {"api/v1", "apis/coordination.k8s.io/v1", "apis/certificates.k8s.io/v1",
+                  "apis/discovery.k8s.io/v1", "apis/authorization.k8s.io/v1"}
+
+
+def test_every_kind_discovery_lists_has_a_schema_for_explain(docs):
+    """kubectl explain works for whatever kubectl api-resources shows."""
+    for group, versions in discovery.group_versions().items():
+        for v in versions:
+            gv = f"apis/{group}/{v}" if group else "api/v1"
+            for r in discovery.resources(f"{group}/{v}" if group else v):
+                if "/" in r["name"]:
+                    continue  # subresources are explained through their kind
+                assert gv in docs, f"no OpenAPI document for {gv} ({r['name']})"
+                gvk = {"group": group, "kind": r["kind"], "version": v}
+                found = [n for n, s in schemas(docs, gv).items() if gvk in s.get("x-kubernetes-group-version-kind", [])]
+                assert found, f"no schema with {gvk} in {gv}"
+
+
+def test_self_subject_access_review_served_as_json_only(docs):
+    s = schemas(docs, "apis/authorization.k8s.io/v1")
+    review = s["io.k8s.api.authorization.v1.SelfSubjectAccessReview"]
+    assert review["required"] == ["spec"]
+    assert review["properties"]["spec"]["allOf"] == [
+        {"$ref": V3 + "io.k8s.api.authorization.v1.SelfSubjectAccessReviewSpec"}]
+    attrs = s["io.k8s.api.authorization.v1.ResourceAttributes"]["properties"]
+    assert {"namespace", "verb", "group", "resource", "subresource", "name"} <= set(attrs)
+    assert s["io.k8s.api.authorization.v1.SubjectAccessReviewStatus"]["required"] == ["allowed"]
+    post = docs["apis/authorization.k8s.io/v1"]["paths"]["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"]
+    assert set(post) == {"post", "parameters"}
+    assert post["post"]["operationId"] == "createAuthorizationV1SelfSubjectAccessReview"
+    assert "io.k8s.api.authorization.v1.SelfSubjectAccessReview" not in schemas(docs)
 
 
 def test_kubernetes_names_for_messages_of_every_group():
@@ -66,7 +98,7 @@ def test_kubernetes_names_for_messages_of_every_group():
 
 
 @pytest.mark.parametrize("doc", ["v2", "api/v1", "apis/coordination.k8s.io/v1", "apis/certificates.k8s.io/v1",
-                                 "apis/discovery.k8s.io/v1"])
+                                 "apis/discovery.k8s.io/v1", "apis/authorization.k8s.io/v1"])
 def test_every_reference_resolves_inside_its_document(docs, doc):
     prefix = "#/definitions/" if doc == "v2" else V3
     defs = docs[doc]["definitions"] if doc == "v2" else schemas(docs, doc)
@@ -218,8 +250,7 @@ async def test_v3_index_points_at_each_document_by_its_hash(client):
     r = await client.get("/openapi/v3", headers={"Accept": "application/json"})
     assert r.status == 200
     index = await r.json()
-    assert set(index["paths"]) == {"api/v1", "apis/coordination.k8s.io/v1", "apis/certificates.k8s.io/v1",
-                                   "apis/discovery.k8s.io/v1"}
+    assert set(index["paths"]) == GROUP_VERSIONS
     url = index["paths"]["api/v1"]["serverRelativeURL"]
     r = await client.get(url, headers={"Accept": "application/json"})
     assert r.status == 200
@@ -243,16 +274,92 @@ async def test_etag_304_and_a_stale_hash_redirected(client):
     assert (await r.json())["reason"] == "NotFound"
 
 
-async def test_v2_in_json_gzipped_and_406_for_protobuf(client):
+async def test_v2_in_json_gzipped_protobuf_for_kubectl_and_406_otherwise(client):
     r = await client.get("/openapi/v2", headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
                          auto_decompress=False)
     assert r.status == 200 and r.headers["Content-Encoding"] == "gzip"
     assert json.loads(gzip.decompress(await r.read()))["swagger"] == "2.0"
     r = await client.get("/openapi/v2",
                          headers={"Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"})
+    assert r.status == 200
+    # a Content-Type Go's mime parser reads ("@" is not a token character)
+    assert r.headers["Content-Type"] == "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+    doc = wire(await r.read())
+    assert doc[1] == [b"2.0"]  # Document.swagger
+    definitions = wire(doc[9][0])[1]  # Definitions.additional_properties: NamedSchema
+    names = {wire(d)[1][0].decode() for d in definitions}
+    assert {"io.k8s.api.core.v1.Pod", "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"} <= names
+    r = await client.get("/openapi/v2", headers={"Accept": "application/xml"})
     assert r.status == 406
     status = await r.json()
     assert (status["kind"], status["reason"], status["code"]) == ("Status", "NotAcceptable", 406)
-    r = await client.get("/openapi/v2", headers={
-        "Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf, application/json;q=0.9"})
+    r = await client.get("/openapi/v3", headers={"Accept": "application/xml"})
+    assert r.status == 406
+
+
+async def test_no_custom_resource_definitions(client):
+    r = await client.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
     assert r.status == 200
+    body = await r.json()
+    assert (body["kind"], body["items"]) == ("CustomResourceDefinitionList", [])
+
+
+def wire(data: bytes) -> dict[int, list]:
+    """Protobuf's wire format read back: field number -> values (bytes for length-delimited)."""
+    out: dict[int, list] = {}
+    i = 0
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+    while i < len(data):
+        key = varint()
+        num, typ = key >> 3, key & 7
+        if typ == 0:
+            out.setdefault(num, []).append(varint())
+        elif typ == 2:
+            n = varint()
+            out.setdefault(num, []).append(data[i:i + n])
+            i += n
+        else:
+            raise AssertionError(f"unexpected wire type {typ}")
+    return out
+
+
+def test_v2_protobuf_carries_schemas_operations_and_extensions():
+    from master.apiserver.rest import openapi_v2pb
+    doc = {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1"},
+           "paths": {"/api/v1/pods": {"patch": {"operationId": "patchX", "parameters": [
+               {"name": "fieldValidation", "in": "query", "type": "string", "uniqueItems": True}],
+               "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/P"}}},
+               "x-kubernetes-group-version-kind": {"group": "", "kind": "Pod", "version": "v1"}}}},
+           "definitions": {"P": {"type": "object", "required": ["spec"], "properties": {
+               "spec": {"$ref": "#/definitions/S", "description": "the spec"},
+               "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+               "ports": {"type": "array", "items": {"type": "integer", "format": "int32"},
+                         "x-kubernetes-patch-merge-key": "containerPort"}}}}}
+    top = wire(openapi_v2pb.document(doc))
+    path = wire(wire(top[8][0])[2][0])  # Paths.path: NamedPathItem
+    assert path[1] == [b"/api/v1/pods"]
+    op = wire(wire(path[2][0])[8][0])  # PathItem.patch
+    assert op[5] == [b"patchX"]
+    ext = wire(op[13][0])  # NamedAny
+    assert ext[1] == [b"x-kubernetes-group-version-kind"]
+    assert json.loads(wire(ext[2][0])[2][0]) == {"group": "", "kind": "Pod", "version": "v1"}  # Any.yaml
+    query = wire(wire(wire(wire(op[8][0])[1][0])[2][0])[3][0])  # ParametersItem.parameter.non_body.query
+    assert (query[4], query[2], query[6], query[20]) == ([b"fieldValidation"], [b"query"], [b"string"], [1])
+    schema = wire(wire(wire(top[9][0])[1][0])[2][0])
+    assert wire(schema[22][0])[1] == [b"object"] and schema[19] == [b"spec"]
+    props = {wire(p)[1][0].decode(): wire(wire(p)[2][0]) for p in wire(schema[25][0])[1]}
+    assert props["spec"][1] == [b"#/definitions/S"] and props["spec"][4] == [b"the spec"]
+    assert wire(wire(wire(props["labels"][21][0])[1][0])[22][0])[1] == [b"string"]
+    item = wire(wire(props["ports"][23][0])[1][0])
+    assert (wire(item[22][0])[1], item[2]) == ([b"integer"], [b"int32"])
+    assert wire(props["ports"][31][0])[1] == [b"x-kubernetes-patch-merge-key"]

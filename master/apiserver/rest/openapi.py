@@ -9,10 +9,11 @@ group-version, each at `/openapi/v3/<api/v1|apis/G/V>?hash=<SHA-512>`: a request
 current hash may be cached for good (as Kubernetes answers it), an old hash is redirected to
 the current one, and every answer has an ETag for If-None-Match.
 
-/openapi/v2 is answered in JSON only. kubectl asks for it in gnostic's protobuf encoding,
-which kubelab does not write: that request is answered 406, and kubectl falls back to what
-it needs v2 for (with v3 present: nothing on the paths tested in
-tests/integration/test_openapi.py).
+/openapi/v2 is answered in JSON, or in gnostic's protobuf (openapi_v2pb.py) for kubectl, which
+asks for nothing else: it validates a create-only kind (no PATCH listing fieldValidation) on the
+client against it, and `kubectl explain --output=plaintext-openapiv2` reads it. Before that
+client-side validation kubectl asks whether the kind is a CRD: kubelab serves none, and answers
+apiextensions' CRD list here, empty.
 
 Like discovery (discovery.py), the documents are public: they describe types, not objects.
 
@@ -29,8 +30,9 @@ from aiohttp import web
 
 from kubelab.api import kinds
 
-from . import errors
+from . import errors, openapi_v2pb
 from .app import RestAPI
+from .openapi_meta import JSON_KINDS
 from .openapi_paths import group_prefix, render_paths
 from .openapi_schema import definitions
 
@@ -47,13 +49,16 @@ def _info() -> dict:
     return {"title": "Kubernetes", "version": VERSION["gitVersion"]}
 
 
-def v2_document(kind_list=kinds.KINDS) -> dict:
+ALL_KINDS = kinds.KINDS + JSON_KINDS
+
+
+def v2_document(kind_list=ALL_KINDS) -> dict:
     return {"swagger": "2.0", "info": _info(), "paths": render_paths(kind_list, V2_REF, v3=False),
             "definitions": definitions(kind_list, V2_REF, v3=False), "securityDefinitions": _SECURITY_V2,
             "security": [{"BearerToken": []}]}
 
 
-def group_versions(kind_list=kinds.KINDS) -> dict[str, list[kinds.Kind]]:
+def group_versions(kind_list=ALL_KINDS) -> dict[str, list[kinds.Kind]]:
     """'api/v1' / 'apis/<group>/<version>' -> the kinds served there, in kinds.py's order."""
     out: dict[str, list[kinds.Kind]] = {}
     for k in kind_list:
@@ -68,10 +73,13 @@ def v3_document(kind_list) -> dict:
 
 
 class Document:
-    """One served document: its JSON bytes, their gzip, and the hash that names the version."""
+    """One served document: its bytes (JSON, or another encoding), their gzip, and the hash that
+    names the version."""
 
-    def __init__(self, doc: dict):
-        self.body = json.dumps(doc, separators=(",", ":"), sort_keys=False).encode()
+    def __init__(self, doc: dict | None = None, *, body: bytes | None = None,
+                 content_type: str = "application/json"):
+        self.body = body if body is not None else json.dumps(doc, separators=(",", ":")).encode()
+        self.content_type = content_type
         self.gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
         self.hash = hashlib.sha512(self.body).hexdigest().upper()
         self.etag = f'"{self.hash}"'
@@ -80,25 +88,32 @@ class Document:
 class Documents:
     """The process's documents, built on first use (their sources never change at run time)."""
 
-    def __init__(self, kind_list=kinds.KINDS):
+    def __init__(self, kind_list=ALL_KINDS):
         self._kinds = tuple(kind_list)
         self._v2: Document | None = None
+        self._v2pb: Document | None = None
         self._v3: dict[str, Document] | None = None
         self._lock = asyncio.Lock()
 
     async def ready(self) -> "Documents":
         """Build both documents once, off the event loop (a few hundred ms of CPU that would
         otherwise stall every other request, watches and heartbeats included)."""
-        if self._v2 is None or self._v3 is None:
+        if self._v2pb is None or self._v3 is None:
             async with self._lock:
-                if self._v2 is None or self._v3 is None:
-                    await asyncio.to_thread(lambda: (self.v2(), self.v3()))
+                if self._v2pb is None or self._v3 is None:
+                    await asyncio.to_thread(lambda: (self.v2_protobuf(), self.v3()))
         return self
 
     def v2(self) -> Document:
         if self._v2 is None:
             self._v2 = Document(v2_document(self._kinds))
         return self._v2
+
+    def v2_protobuf(self) -> Document:
+        if self._v2pb is None:
+            body = openapi_v2pb.document(json.loads(self.v2().body))
+            self._v2pb = Document(body=body, content_type=openapi_v2pb.RESPONSE_TYPE)
+        return self._v2pb
 
     def v3(self) -> dict[str, Document]:
         if self._v3 is None:
@@ -128,8 +143,8 @@ def _serve(request: web.Request, doc: Document, *, immutable: bool) -> web.Strea
         return web.Response(status=304, headers=headers)
     if "gzip" in request.headers.get("Accept-Encoding", "").lower():
         headers["Content-Encoding"] = "gzip"
-        return web.Response(body=doc.gzipped, content_type="application/json", headers=headers)
-    return web.Response(body=doc.body, content_type="application/json", headers=headers)
+        return web.Response(body=doc.gzipped, headers={**headers, "Content-Type": doc.content_type})
+    return web.Response(body=doc.body, headers={**headers, "Content-Type": doc.content_type})
 
 
 def _not_acceptable(request: web.Request) -> web.Response:
@@ -143,9 +158,12 @@ def add_routes(app: web.Application, api) -> None:
     docs = Documents()
 
     async def v2(request: web.Request) -> web.StreamResponse:
-        if not _accepts(request, "application/json"):
-            return _not_acceptable(request)
-        return _serve(request, (await docs.ready()).v2(), immutable=False)
+        await docs.ready()
+        if _accepts(request, "application/json"):
+            return _serve(request, docs.v2(), immutable=False)
+        if _accepts(request, openapi_v2pb.CONTENT_TYPE, openapi_v2pb.RESPONSE_TYPE):
+            return _serve(request, docs.v2_protobuf(), immutable=False)
+        return _not_acceptable(request)
 
     async def v3_index(request: web.Request) -> web.StreamResponse:
         if not _accepts(request, "application/json"):
@@ -165,6 +183,14 @@ def add_routes(app: web.Application, api) -> None:
             raise web.HTTPMovedPermanently(f"/openapi/v3/{gv}?hash={doc.hash}")
         return _serve(request, doc, immutable=asked is not None)
 
+    async def no_crds(request: web.Request) -> web.StreamResponse:
+        # kubectl's field-validation check, for a kind whose PATCH does not list fieldValidation
+        # (create-only kinds), asks whether the kind is a CRD before validating on the client
+        # against /openapi/v2; kubelab serves no custom resources, so the answer is an empty list
+        return web.json_response({"kind": "CustomResourceDefinitionList", "apiVersion": "apiextensions.k8s.io/v1",
+                                  "metadata": {"resourceVersion": "0"}, "items": []})
+
     app.router.add_get("/openapi/v2", v2)
+    app.router.add_get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", no_crds)
     app.router.add_get("/openapi/v3", v3_index)
     app.router.add_get("/openapi/v3/{gv:.+}", v3_group)

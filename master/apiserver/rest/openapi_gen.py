@@ -52,7 +52,7 @@ def swagger_docs(api_dir: Path | None, machinery_dir: Path | None) -> dict[str, 
     """definition name -> {"": type description, field: description} from the Go SwaggerDoc maps."""
     files = {}
     if api_dir is not None:
-        for group in ("core", "coordination", "certificates", "discovery"):
+        for group in ("core", "coordination", "certificates", "discovery", "authorization"):
             files[f"io.k8s.api.{group}.v1."] = Path(api_dir) / group / "v1" / "types_swagger_doc_generated.go"
     if machinery_dir is not None:
         files[openapi_schema.META] = Path(machinery_dir) / "pkg/apis/meta/v1/types_swagger_doc_generated.go"
@@ -123,6 +123,9 @@ def generate(api_dir: Path | None = None, machinery_dir: Path | None = None) -> 
     for t in _META_TYPES:
         full = openapi_schema.META + t
         types[full] = _entry(getattr(models, "V1" + t), None, go.get(full, {}))
+    from .openapi_meta import REVIEW_TYPES
+    for name, fields in REVIEW_TYPES.items():
+        types[name] = _entry(_model(models, name), set(fields), go.get(name, {}))
     for name in ("io.k8s.apimachinery.pkg.apis.meta.v1.Patch", "io.k8s.api.core.v1.ExtraValue"):
         if go.get(name, {}).get(""):
             types[name] = {"description": go[name][""], "properties": {}, "required": []}

@@ -32,8 +32,16 @@ def definition_name(desc: Descriptor) -> str:
     return _PACKAGE.get(desc.name, "io.k8s.api.core.v1.") + _RENAMED.get(desc.name, desc.name)
 
 
+def kind_definition(kind: kinds.Kind) -> str:
+    """The definition name of a kind; a JSON-only kind (no message) is named by its group."""
+    if kind.message is not None:
+        return definition_name(kind.message.DESCRIPTOR)
+    group, _, version = kind.api_version.rpartition("/")
+    return f"io.k8s.api.{group.split('.')[0] or 'core'}.{version}.{kind.kind}"
+
+
 def list_name(kind: kinds.Kind) -> str:
-    return definition_name(kind.message.DESCRIPTOR) + "List"
+    return kind_definition(kind) + "List"
 
 
 def gvk(kind: kinds.Kind, name: str | None = None) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from kubelab.api import kinds
 
 from .openapi_descriptions import PARAMETERS as _PARAM_DOCS
-from .openapi_names import META, definition_name, gvk, list_name
+from .openapi_names import META, gvk, kind_definition, list_name
 
 JSON = "application/json"
 WATCH = "application/json;stream=watch"
@@ -59,13 +59,13 @@ def _op(kind, method, action, op_id, description, params=(), *, body=None, body_
 
 def operations(kind: kinds.Kind) -> dict[str, dict]:
     """path -> {"params": path-level parameters, "ops": [operation]} for one kind."""
-    g, k, obj = _camel(kind), kind.kind, definition_name(kind.message.DESCRIPTOR)
+    g, k, obj = _camel(kind), kind.kind, kind_definition(kind)
     ns = "Namespaced" if kind.namespaced else ""
     base = group_prefix(kind) + ("/namespaces/{namespace}/" if kind.namespaced else "/") + kind.resource
     scope = [("namespace", "object name and auth scope, such as for teams and projects")] if kind.namespaced else []
     one = scope + [("name", f"name of the {k}")]
     paths: dict[str, dict] = {}
-    if not kind.stored:  # Binding: a create that binds a pod, never read back
+    if not kind.stored:  # Binding, SelfSubjectAccessReview: a create answered, never read back
         paths[base] = {"params": scope, "ops": [
             _op(kind, "post", "post", f"create{g}{ns}{k}", f"create a {k}", _WRITE, body=obj, response=obj,
                 codes=("200", "201", "202"))]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from kubelab.api import kinds, patchmeta
+from kubelab.api.v1 import objects_pb2
 
 from .openapi_descriptions import TYPES as _DOCS
 from .openapi_names import META, all_messages, definition_name, gvk, list_name  # noqa: F401
@@ -168,16 +169,21 @@ def _refs(schema, out: set) -> None:
 def definitions(kind_list, ref: str, *, v3: bool) -> dict:
     """Every definition the kinds need: their messages and everything those reference, their
     lists, and the meta types the operations name (ListMeta, Status, DeleteOptions, Patch)."""
-    from .openapi_meta import meta_definitions, list_definition
+    from .openapi_meta import json_kind_definitions, list_definition, meta_definitions
     seen: dict[str, Descriptor] = {}
-    for k in kind_list:
+    with_messages = [k for k in kind_list if k.message is not None]
+    for k in with_messages:
         _reachable(k.message.DESCRIPTOR, seen)
-    by_desc = {k.message.DESCRIPTOR: k for k in kind_list}
+    if len(with_messages) < len(kind_list):  # a JSON-only kind still has an ObjectMeta
+        _reachable(objects_pb2.ObjectMeta.DESCRIPTOR, seen)
+    by_desc = {k.message.DESCRIPTOR: k for k in with_messages}
     out = {name: message_schema(d, ref, v3=v3, kind=by_desc.get(d)) for name, d in seen.items()}
     for k in kind_list:
         if k.stored:
             out[list_name(k)] = list_definition(k, ref)
     out.update(meta_definitions(ref, v3=v3))
+    if len(with_messages) < len(kind_list):
+        out.update(json_kind_definitions(ref, v3=v3))
     used: set = set()
     _refs(out, used)
     for name in used:
