@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -60,6 +61,15 @@ def cluster(control_plane):
                 cs = p.status.containerStatuses.add(name="c", ready=True, started=True, image="busybox")
                 cs.state.running.startedAt = p.metadata.creationTimestamp
                 await c.pods(NS).update_status(p)
+            # an event seen long ago: its LAST SEEN and FIRST SEEN ("10d") hold while the test runs
+            long_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            e = v1.Event(type="Warning", reason="BackOff", message="Back-off restarting failed container",
+                         count=4, firstTimestamp=long_ago, lastTimestamp=long_ago)
+            e.metadata.name, e.metadata.namespace = "db-0.1", NS
+            e.involvedObject.kind, e.involvedObject.name, e.involvedObject.namespace = "Pod", "db-0", NS
+            e.involvedObject.fieldPath = "spec.containers{c}"
+            e.source.component, e.source.host = "kubelet", "node-b"
+            await c.events(NS).create(e)
     asyncio.run(setup())
     return control_plane
 
@@ -170,7 +180,8 @@ def cells(text: str, drop: str = "AGE") -> list[list[list[str]]]:
                                   ("get", "pod", "web-1", "db-0", "-n", NS),
                                   ("get", "ns", NS, "default"),
                                   ("get", "svc,ep,endpointslices", "-n", "default", "-o", "wide"),
-                                  ("get", "endpointslices,leases", "-A", "-o", "name")])
+                                  ("get", "endpointslices,leases", "-A", "-o", "name"),
+                                  ("get", "events", "-n", NS, "-o", "wide")])
 def test_kubectl_and_kubelab_print_the_same_table(cluster, args, tmp_path):
     env = dict(os.environ, KUBECONFIG=str(cluster.config), HOME=str(tmp_path))
     env.pop("KUBELAB_CONFIG", None)
