@@ -53,22 +53,27 @@ def apply(content_type: str, current: dict, patch, kind) -> dict:
             patch = json.loads(patch or b"null")
         except ValueError as e:
             raise BadRequest(f"the patch is not valid JSON: {e}") from None
-    doc = copy.deepcopy(current)
-    if ctype == MERGE_PATCH:
-        out = merge_patch(doc, patch)
-    elif ctype == JSON_PATCH:
-        out = json_patch(doc, patch)
-    else:
-        if not isinstance(patch, dict):
-            raise BadRequest(f"strategic merge patch: a JSON object was expected, not {_type(patch)}")
-        desc = getattr(getattr(kind, "message", None), "DESCRIPTOR", kind)
-        out = strategic_merge(doc, copy.deepcopy(patch), _Schema(desc))
+    try:
+        out = _apply(ctype, copy.deepcopy(current), patch, kind)
+    except RecursionError:
+        raise BadRequest("the patch is nested too deeply") from None
     if not isinstance(out, dict):
         raise BadRequest(f"the patched object is {_type(out)}, not a JSON object")
     return out
 
 
 apply_patch = apply  # the name the HTTP handlers call
+
+
+def _apply(ctype: str, doc: dict, patch, kind):
+    if ctype == MERGE_PATCH:
+        return merge_patch(doc, patch)
+    if ctype == JSON_PATCH:
+        return json_patch(doc, patch)
+    if not isinstance(patch, dict):
+        raise BadRequest(f"strategic merge patch: a JSON object was expected, not {_type(patch)}")
+    desc = getattr(getattr(kind, "message", None), "DESCRIPTOR", kind)
+    return strategic_merge(doc, copy.deepcopy(patch), _Schema(desc))
 
 
 def _type(v) -> str:

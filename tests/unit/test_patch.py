@@ -8,6 +8,8 @@ import copy
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kubelab.api import kinds, patchmeta
 from kubelab.api.v1 import objects_pb2 as v1
@@ -99,6 +101,14 @@ def test_an_unknown_content_type_is_415_and_bad_json_400():
         apply(STRATEGIC_MERGE_PATCH, pod(), b"[]", POD)
     with pytest.raises(BadRequest, match="patched object is a string"):
         apply(MERGE_PATCH, pod(), b'"x"', POD)
+
+
+def test_a_patch_nested_too_deeply_is_refused():
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"x": deep}
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        apply(MERGE_PATCH, pod(), deep, POD)  # parsed already (JSON's own limit is lower)
 
 
 def test_the_current_object_is_not_changed():
@@ -295,3 +305,38 @@ def test_null_deletes_and_new_fields_are_taken_without_their_directives():
     assert smp({"extra": [3]}, {"extra": [1, 2]})["extra"] == [3]
     with pytest.raises(BadRequest, match="list element types are not identical"):
         smp({"metadata": {"finalizers": [{"x": 1}]}})
+
+
+# -- any input: an ApiError or a JSON object, never another exception ------------------------
+
+_leaf = st.none() | st.booleans() | st.integers(-2, 2) | st.sampled_from(["app", "side", "delete", "replace",
+                                                                          "merge", "a.example/x"])
+_value = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["name", "image", "value", "x"]), inner, max_size=3), max_leaves=6)
+_element = st.dictionaries(st.sampled_from(["name", "image", "$patch", "env", "args", "$setElementOrder/env",
+                                            "$retainKeys", "emptyDir", "hostPath"]), _value, max_size=4)
+_list = st.lists(_element | _leaf, max_size=4)
+_spec = st.dictionaries(st.sampled_from(["containers", "$setElementOrder/containers", "volumes", "tolerations",
+                                         "$retainKeys", "$patch", "initContainers"]), _list | _leaf, max_size=3)
+_meta = st.dictionaries(st.sampled_from(["labels", "finalizers", "$deleteFromPrimitiveList/finalizers",
+                                         "$setElementOrder/finalizers", "$patch", "ownerReferences"]),
+                        _list | _value, max_size=3)
+_smp = st.fixed_dictionaries({}, optional={"spec": _spec | _leaf, "metadata": _meta, "x": _value})
+_paths = st.sampled_from(["", "/", "/spec/containers/0", "/spec/containers/-", "/spec/containers/9",
+                          "/spec/containers/01", "/metadata/labels/app", "/metadata/finalizers/1",
+                          "/metadata/finalizers/-", "/x/y", "/spec/containers/0/env/1/value", "/spec",
+                          "/metadata/labels/a~1b", "/spec/containers/0/args/-"])
+_op = st.fixed_dictionaries({"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test", "x"])},
+                            optional={"path": _paths, "from": _paths, "value": _value})
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.one_of(st.tuples(st.just(STRATEGIC_MERGE_PATCH), _smp), st.tuples(st.just(MERGE_PATCH), _smp),
+                 st.tuples(st.just(JSON_PATCH), st.lists(_op, max_size=4))))
+def test_any_patch_is_applied_or_refused_never_crashes(case):
+    ctype, patch = case
+    try:
+        got = apply(ctype, pod(), json.dumps(patch).encode(), POD)
+    except (BadRequest, Invalid):
+        return
+    assert isinstance(got, dict)
