@@ -176,6 +176,14 @@ def test_kubernetes_descriptions_and_required_fields(docs):
     assert s["io.k8s.api.core.v1.PodList"]["required"] == ["items"]
 
 
+def test_required_fields_for_the_json_encoder():
+    from kubelab.api.v1 import objects_pb2 as v1
+    assert openapi_schema.required_fields(v1.ContainerStatus.DESCRIPTOR) == (
+        "image", "imageID", "name", "ready", "restartCount")
+    assert "bootID" in openapi_schema.required_fields(v1.NodeSystemInfo.DESCRIPTOR)
+    assert openapi_schema.required_fields(v1.Toleration.DESCRIPTOR) == ()
+
+
 def supports_field_validation(doc: dict, gvk: dict) -> bool:
     """kubectl's test (cli-runtime's query param verifier): the PATCH operation carrying the
     kind's GVK lists a fieldValidation parameter."""

@@ -118,6 +118,14 @@ def field_schema(desc: Descriptor, f: FieldDescriptor, ref: str, *, v3: bool) ->
     return s
 
 
+def required_fields(desc: Descriptor) -> tuple[str, ...]:
+    """The fields of a message that Kubernetes' OpenAPI marks required (Go fields without
+    omitempty), for the HTTP face's JSON encoder: proto3 drops a zero value (restartCount 0,
+    ready false, ""), and clients that check required fields (the official Python client's
+    models) refuse an object without them."""
+    return tuple(_DOCS.get(definition_name(desc), {}).get("required", ()))
+
+
 def message_schema(desc: Descriptor, ref: str, *, v3: bool, kind: kinds.Kind | None = None) -> dict:
     """The definition of one message; a kind's also has apiVersion, kind and its GVK."""
     doc = _DOCS.get(definition_name(desc), {})
