@@ -54,9 +54,16 @@ def human_duration(seconds: float) -> str:
     return f"{y}y"
 
 
+def _parse(ts: str) -> dt.datetime | None:
+    """A timestamp of an object; one written without a zone (a client may) is taken as UTC
+    rather than failing the whole table."""
+    t = meta.parse_time(ts)
+    return t.replace(tzinfo=dt.timezone.utc) if t is not None and t.tzinfo is None else t
+
+
 def age(ts: str, now: dt.datetime | None = None) -> str:
     """Time since an RFC 3339 timestamp, as the AGE column shows it; `<unknown>` if unset."""
-    t = meta.parse_time(ts)
+    t = _parse(ts)
     if t is None:
         return "<unknown>"
     return human_duration(((now or meta.now()) - t).total_seconds())
@@ -139,7 +146,7 @@ def pod_restarts(p, now: dt.datetime | None = None, n: int | None = None) -> str
     n = pod_summary(p)[3] if n is None else n
     if not n:
         return "0"
-    times = (meta.parse_time(cs.lastState.terminated.finishedAt)
+    times = (_parse(cs.lastState.terminated.finishedAt)
              for cs in [*p.status.initContainerStatuses, *p.status.containerStatuses] if cs.restartCount)
     last = max((t for t in times if t is not None), default=None)
     if n and last is not None:

@@ -92,6 +92,13 @@ def test_pod_cells():
                                              "<none>", "<none>"]
     p.status.podIPs.add(ip="fd00::5")  # the first of podIPs, as kubectl shows it
     assert printers.cells("Pod", p, NOW)[5] == "fd00::5"
+    # times a client wrote without a zone (or not as times at all) never fail the table
+    p.metadata.creationTimestamp = "2026-11-24T11:59:00"
+    cs = p.status.containerStatuses.add(name="c", restartCount=1)
+    cs.lastState.terminated.finishedAt = "2026-11-24T11:58:00"
+    assert printers.cells("Pod", p, NOW)[3:5] == ["1 (2m ago)", "60s"]
+    cs.lastState.terminated.finishedAt = "yesterday"
+    assert printers.cells("Pod", p, NOW)[3] == "1"
 
 
 def test_node_cells():
