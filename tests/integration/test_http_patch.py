@@ -184,3 +184,10 @@ async def test_a_bad_protobuf_body_is_refused_naming_what(http):
     code, err = await http.req("POST", "/api/v1/namespaces/default/pods",
                                (DATA / "namespace.bin").read_bytes(), ctype=PROTOBUF)
     assert code == 400 and "holds Namespace where Pod was expected" in err["message"]
+
+
+async def test_kubectl_auth_can_i_review_in_protobuf(http):
+    code, got = await http.req("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                               (DATA / "ssar-create-pods.bin").read_bytes(), ctype=PROTOBUF)
+    assert code == 201, got
+    assert got["spec"]["resourceAttributes"]["resource"] == "pods" and got["status"]["allowed"] is True

@@ -84,6 +84,30 @@ def test_kubectl_bodies_read_as_their_json_and_decode_as_our_messages(name, kind
     assert msg.metadata.name == want["metadata"]["name"]
 
 
+@pytest.mark.parametrize("name, spec", [
+    ("ssar-create-pods", {"resourceAttributes": {"namespace": "default", "verb": "create", "resource": "pods"}}),
+    ("ssar-list-pods-log", {"resourceAttributes": {"namespace": "kube-system", "verb": "list", "resource": "pods",
+                                                   "subresource": "log"}}),
+    ("ssar-get-healthz", {"nonResourceAttributes": {"path": "/healthz", "verb": "get"}}),
+])
+def test_kubectl_auth_can_i_reviews(name, spec):
+    # `kubectl auth can-i create pods -n default`, `... list pods --subresource=log -n kube-system`,
+    # `... get /healthz`: not a stored kind, so no Kind is passed
+    got = protobuf.decode(captured(name), None)
+    assert got == {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": spec}
+
+
+def test_an_empty_review_spec_pointer_is_kept():
+    spec = field(1, b"")  # resourceAttributes set, every field empty: a pointer in Go
+    sel = field(8, field(1, "a=b") + field(2, field(1, "k") + field(2, "In") + field(3, "x") + field(3, "y")))
+    got = protobuf.decode(envelope("SelfSubjectAccessReview", field(2, spec), "authorization.k8s.io/v1"), None)
+    assert got["spec"] == {"resourceAttributes": {}}
+    got = protobuf.decode(envelope("SelfSubjectAccessReview", field(2, field(1, field(2, "list") + sel)),
+                                   "authorization.k8s.io/v1"), None)
+    assert got["spec"]["resourceAttributes"] == {"verb": "list", "fieldSelector": {
+        "rawSelector": "a=b", "requirements": [{"key": "k", "operator": "In", "values": ["x", "y"]}]}}
+
+
 def test_the_docker_registry_secret_keeps_its_type_and_config():
     got = protobuf.decode(captured("secret-docker-registry"), K["Secret"])
     assert got["type"] == "kubernetes.io/dockerconfigjson"

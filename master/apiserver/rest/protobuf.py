@@ -2,7 +2,8 @@
 into the JSON-shaped dict the HTTP face decodes like any JSON body (handlers.read_body).
 
 kubectl's typed clients send this: `kubectl create namespace`, `create configmap`, `create
-secret`, `create service` (not `run`, `create -f`, `apply`, `patch`, `delete`: those are JSON).
+secret`, `create service`, `auth can-i` (a SelfSubjectAccessReview); not `run`, `create -f`,
+`apply`, `patch`, `delete`: those are JSON.
 The body is Kubernetes' envelope, the 4 bytes `k8s\\0` then a runtime.Unknown message
 {typeMeta{apiVersion=1, kind=2}=1, raw=2, contentEncoding=3, contentType=4} whose raw is the
 object in Go-protobuf encoding, with k8s.io/api's field numbers (core/v1 and apimachinery's
@@ -84,7 +85,11 @@ MESSAGES: dict[str, dict[int, tuple[str, str]]] = {
     "SelfSubjectAccessReviewSpec": {1: ("resourceAttributes", "ResourceAttributes"),
                                     2: ("nonResourceAttributes", "NonResourceAttributes")},
     "ResourceAttributes": {1: ("namespace", S), 2: ("verb", S), 3: ("group", S), 4: ("version", S),
-                           5: ("resource", S), 6: ("subresource", S), 7: ("name", S)},
+                           5: ("resource", S), 6: ("subresource", S), 7: ("name", S),
+                           8: ("fieldSelector", "SelectorAttributes"), 9: ("labelSelector", "SelectorAttributes")},
+    # FieldSelectorAttributes and LabelSelectorAttributes have the same fields
+    "SelectorAttributes": {1: ("rawSelector", S), 2: ("requirements", "[]SelectorRequirement")},
+    "SelectorRequirement": {1: ("key", S), 2: ("operator", S), 3: ("values", "[]string")},
     "NonResourceAttributes": {1: ("path", S), 2: ("verb", S)},
     "SubjectAccessReviewStatus": {1: ("allowed", "bool"), 2: ("reason", S), 3: ("evaluationError", S),
                                   4: ("denied", "bool")},
@@ -95,7 +100,8 @@ PRESENCE = {("ObjectMeta", "deletionGracePeriodSeconds"), ("ConfigMap", "immutab
             ("ClientIPConfig", "timeoutSeconds"), ("ServiceSpec", "ipFamilyPolicy"),
             ("ServiceSpec", "allocateLoadBalancerNodePorts"), ("ServiceSpec", "loadBalancerClass"),
             ("ServiceSpec", "internalTrafficPolicy"), ("ServiceSpec", "trafficDistribution"),
-            ("ServicePort", "appProtocol")}
+            ("ServicePort", "appProtocol"), ("SelfSubjectAccessReviewSpec", "resourceAttributes"),
+            ("SelfSubjectAccessReviewSpec", "nonResourceAttributes")}
 KINDS = ("Namespace", "ConfigMap", "Secret", "Service",  # the kinds kubectl sends as protobuf
          "SelfSubjectAccessReview")
 
