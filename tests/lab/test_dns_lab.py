@@ -2,7 +2,8 @@
 Service kube-system/kube-dns (the tenth service address), the kubelets' ClusterFirst
 resolv.conf on every node, and names resolved by the pods' own resolver (busybox's wget and
 nslookup) across nodes: a headless service by its short name through the search path, by its
-full name, an endpoint's hostname, SRV, and NXDOMAIN.
+full name, an endpoint's hostname, SRV, NXDOMAIN, and a ClusterIP service's name answering its
+ClusterIP.
 
 One pod asks the DNS pod's IP directly (dnsPolicy None naming it), which needs only the
 overlay; another keeps ClusterFirst and so asks the Service's ClusterIP, through kube-proxy."""
@@ -64,6 +65,13 @@ spec:
   ports: [{{name: http, port: 8080, targetPort: http}}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {{name: web-cip, namespace: {NS}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {{name: plain, namespace: {NS}}}
 spec:
@@ -109,12 +117,20 @@ def test_names_resolve_from_pods_across_nodes(lab):
                      lambda url=url: "from-srv" in asker("wget", "-qO-", "-T", "3", url).stdout, 60)
         srv = asker("nslookup", "-type=SRV", f"_http._tcp.web.{NS}.svc.cluster.local").stdout
         assert f"0 100 8080 srv-0.web.{NS}.svc.cluster.local" in srv, srv
+        # a ClusterIP service: its name is the ClusterIP (not the pod's IP), short name too
+        cip = lab.json("get", "svc", "web-cip", "-n", NS)["spec"]["clusterIP"]
+        srv_ip = lab.pod("srv", NS)["status"]["podIP"]
+        for name in (f"web-cip.{NS}.svc.cluster.local", "web-cip"):
+            got = asker("nslookup", name).stdout
+            assert f"Address: {cip}\n" in got and srv_ip not in got, (name, got)
         missing = asker("nslookup", f"nosuch.{NS}.svc.cluster.local")
         assert missing.returncode != 0 and "NXDOMAIN" in missing.stdout + missing.stderr, missing
         # ClusterFirst: the short name through kube-dns's ClusterIP (kube-proxy's DNAT to the
         # DNS pod on the master), as every ordinary pod resolves
-        wait_for(f"http://web:8080/ from {W1} through the Service {DNS_IP}",
-                 lambda: "from-srv" in lab.kl("exec", "plain", "-n", NS, "--", "wget", "-qO-", "-T", "5",
-                                              "http://web:8080/", check=False, timeout=30).stdout, 60)
+        # and the ClusterIP service by its short name: DNS through one ClusterIP, HTTP through another
+        for url in ("http://web:8080/", "http://web-cip/"):
+            wait_for(f"{url} from {W1} through the Service {DNS_IP}",
+                     lambda url=url: "from-srv" in lab.kl("exec", "plain", "-n", NS, "--", "wget", "-qO-", "-T", "5",
+                                                          url, check=False, timeout=30).stdout, 60)
     finally:
         lab.kl("delete", "ns", NS, "--timeout", "120s", check=False, timeout=150)
