@@ -246,6 +246,18 @@ def test_v4_channel_protocol(cfg):
         "details": {"causes": [{"reason": "ExitCode", "message": "5"}]}}, frames
 
 
+def test_a_client_that_leaves_ends_the_process(cfg, k):
+    ws = _raw_ws(cfg, f"/api/v1/namespaces/{NS}/pods/talker/exec?command=sleep&command=4242&stdout=true",
+                 "v5.channel.k8s.io")
+    try:
+        assert ws.recv_data()[1] == b"\x01"  # started
+        assert "sleep 4242" in k("exec", "talker", "--", "ps", "-o", "args").stdout
+    finally:
+        ws.close()
+    until(lambda: "sleep 4242" not in k("exec", "talker", "--", "ps", "-o", "args").stdout, 30,
+          what="the exec'd process gone with its client")
+
+
 def test_exec_refusals_before_the_upgrade(cfg):
     with pytest.raises(websocket.WebSocketBadStatusException) as e:
         _raw_ws(cfg, f"/api/v1/namespaces/{NS}/pods/talker/exec?stdout=true", "v5.channel.k8s.io")

@@ -16,6 +16,7 @@ import grpc
 
 from kubelab import pki
 from kubelab.api.v1 import api_pb2
+from kubelab.client.config import server_options
 from worker.runtime.execstream import relay
 
 
@@ -52,7 +53,9 @@ class KubeletServer:
         self.server: grpc.aio.Server | None = None
 
     async def start(self, cert: bytes, key: bytes) -> int:
-        self.server = grpc.aio.server()
+        # the API server's channel pings every 30 s (kubelab.client.config): a quiet `logs -f` or
+        # attach must not be cut with GOAWAY too_many_pings, so the server allows it
+        self.server = grpc.aio.server(options=server_options())
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
             "ContainerLogs": grpc.unary_stream_rpc_method_handler(
                 self.logs, request_deserializer=api_pb2.LogsRequest.FromString,

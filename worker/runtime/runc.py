@@ -56,5 +56,6 @@ class Runc:
         if rc != 0 and "does not exist" not in err:
             raise CommandError(self.argv("delete", "--force", cid), rc, err, out)
 
-    def exec_argv(self, cid: str, cmd: list[str], *, tty: bool = False) -> list[str]:
-        return self.argv("exec", *(["--tty"] if tty else []), cid, *cmd)
+    def exec_argv(self, cid: str, cmd: list[str], *, tty: bool = False, pid_file: str | None = None) -> list[str]:
+        return self.argv("exec", *(["--tty"] if tty else []), *(["--pid-file", pid_file] if pid_file else []),
+                         cid, *cmd)

@@ -389,16 +389,17 @@ class Runtime:
     # ---- exec and logs -----------------------------------------------------------------------
 
     async def exec(self, cid: str, cmd: list[str], *, tty: bool = False,
-                   stdin: bool = False) -> asyncio.subprocess.Process:
+                   stdin: bool = False) -> "ExecProcess":
         """Run cmd in the container (`runc exec`). Without tty: stdout/stderr (and stdin when
         asked) are pipes. With tty: one pseudo-terminal; proc.stdout reads it and proc.stdin
         writes to it (stderr is merged, as with a terminal); runc relays it into the container."""
         self._meta(cid)
-        argv = self.runc.exec_argv(cid, cmd, tty=tty)
+        pid_file = self._dir(cid) / f"exec-{secrets.token_hex(6)}.pid"
+        argv = self.runc.exec_argv(cid, cmd, tty=tty, pid_file=str(pid_file))
         if not tty:
-            return await asyncio.create_subprocess_exec(
+            return ExecProcess(await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE), pid_file)
         master, slave = pty.openpty()
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=slave, stdout=slave, stderr=slave,
@@ -412,7 +413,7 @@ class Runtime:
                                                            os.fdopen(master, "wb", buffering=0))
         proc.stdout = reader
         proc.stdin = asyncio.StreamWriter(wtransport, wproto, None, loop)
-        return proc
+        return ExecProcess(proc, pid_file)
 
     async def exec_sync(self, cid: str, cmd: list[str], *, timeout: float | None = None) -> tuple[int, bytes, bytes]:
         """Run cmd to completion (exec probes): (exit code, stdout, stderr)."""
@@ -438,6 +439,43 @@ class Runtime:
         async for e in read_log_entries(path, tail=tail, follow=follow,
                                         stop=lambda: self._exit(cid) is not None or not self._dir(cid).exists()):
             yield e
+
+
+class ExecProcess:
+    """A `runc exec` (its pipes, wait, returncode) whose kill() also kills the process runc
+    started in the container: runc passes on the signals it can catch, but SIGKILL ends runc
+    alone and the command would run on (an exec whose client went away, a timed-out probe).
+    runc wrote that process's host pid to pid_file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, pid_file: Path):
+        self._proc, self.pid_file = proc, pid_file
+
+    def __getattr__(self, name):
+        return getattr(self._proc, name)
+
+    def kill(self) -> None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0 and self._proc.returncode is None:  # runc still waits on it: the pid is its
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        self._proc.kill()
+
+    async def wait(self) -> int:
+        try:
+            return await self._proc.wait()
+        finally:
+            self.pid_file.unlink(missing_ok=True)
+
+    async def communicate(self, input=None):
+        try:
+            return await self._proc.communicate(input)
+        finally:
+            self.pid_file.unlink(missing_ok=True)
 
 
 class _PtyReader(asyncio.StreamReaderProtocol):

@@ -135,8 +135,8 @@ def _protocol(request: web.Request) -> str:
 
 async def pod_exec(request: web.Request) -> web.StreamResponse:
     api = request.app["api"]
-    protocol = _protocol(request)
     opts = rc.parse_options(request.query)
+    protocol = _protocol(request)
     start = api_pb2.ExecStart(namespace=request.match_info["namespace"], name=request.match_info["name"],
                               container=opts.container, command=list(opts.command), stdin=opts.stdin, tty=opts.tty)
     stdin: asyncio.Queue = asyncio.Queue()
@@ -150,19 +150,29 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
         first = await _first(out)  # refused (no pod, bad container, stopped): a Status, no upgrade
         ws = await _upgrade(request, protocol)
         await ws.send_bytes(rc.frame(rc.STDOUT if opts.stdout else rc.STDERR if opts.stderr else rc.ERROR, b""))
-        reader = asyncio.create_task(_read_client(ws, protocol, stdin, opts))
-        try:
-            status = await _relay(ws, out, first, opts)
-            if not ws.closed:
-                await ws.send_bytes(rc.frame(rc.ERROR, status))
-                await ws.close()
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await _session(ws, _relay(ws, out, first, opts), _read_client(ws, protocol, stdin, opts))
         return ws
     finally:
         await stdin.put(None)
         await out.aclose()
+
+
+async def _session(ws: web.WebSocketResponse, pump, reader) -> None:
+    """Run the output pump (it returns the error channel's Status) beside the client reader;
+    the Status and a normal close end it, or the client leaving first (the pump is cancelled,
+    which cancels the kubelet's call, which ends the process)."""
+    tasks = pump_task, reader_task = asyncio.create_task(pump), asyncio.create_task(reader)
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if pump_task.done() and not ws.closed:
+            status = pump_task.result()
+            if status:
+                await ws.send_bytes(rc.frame(rc.ERROR, status))
+            await ws.close()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _read_client(ws: web.WebSocketResponse, protocol: str, stdin: asyncio.Queue, opts) -> None:
@@ -210,11 +220,13 @@ async def _relay(ws: web.WebSocketResponse, out, first: bytes | None, opts) -> b
 
 async def pod_attach(request: web.Request) -> web.StreamResponse:
     api = request.app["api"]
-    protocol = _protocol(request)
     opts = rc.parse_options(request.query, attach=True)
     if opts.stdin or opts.tty:
+        # checked before the protocol: kubectl retries a refused WebSocket upgrade over SPDY
+        # and prints that second answer, so both must say why
         raise BadRequest("attach: stdin and tty are not supported here (containers have no attachable "
                          "stdin); attach with stdout/stderr only, or use exec")
+    protocol = _protocol(request)
     req = api_pb2.LogsRequest(namespace=request.match_info["namespace"], name=request.match_info["name"],
                               container=opts.container, follow=True, tailLines=0)
     chunks = api.svc.PodLogs(req, api.context(request))
@@ -223,27 +235,24 @@ async def pod_attach(request: web.Request) -> web.StreamResponse:
         ws = await _upgrade(request, protocol)
         channel = rc.STDOUT if opts.stdout else rc.STDERR
         await ws.send_bytes(rc.frame(channel, b""))
-        closed = asyncio.create_task(_drain(ws))
-        try:
-            status = rc.exit_status(0, ())
-            async for raw in chunks:
-                data = api_pb2.LogChunk.FromString(raw).data
-                if data:
-                    await ws.send_bytes(rc.frame(channel, data))
-                if closed.done():
-                    break
-        except ApiError as e:
-            status = rc.error_status(e.reason, e.message, http_code(e))
-        except ConnectionResetError:
-            status = b""
-        finally:
-            closed.cancel()
-        if not ws.closed and status:
-            await ws.send_bytes(rc.frame(rc.ERROR, status))
-            await ws.close()
+        await _session(ws, _output(ws, chunks, channel), _drain(ws))
         return ws
     finally:
         await chunks.aclose()
+
+
+async def _output(ws: web.WebSocketResponse, chunks, channel: int) -> bytes:
+    """attach's pump: the container's log as it grows; Success when the container ends."""
+    try:
+        async for raw in chunks:
+            data = api_pb2.LogChunk.FromString(raw).data
+            if data:
+                await ws.send_bytes(rc.frame(channel, data))
+    except ApiError as e:
+        return rc.error_status(e.reason, e.message, http_code(e))
+    except ConnectionResetError:
+        return b""
+    return rc.exit_status(0, ())
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
