@@ -80,6 +80,9 @@ def test_explain_top_level_other_groups_and_unknown_fields(kubectl):
     assert r.returncode == 0, r.stderr
     assert "Pod is a collection of containers that can run on a host." in r.stdout
     assert re.search(r"^  spec\t<PodSpec>\n    Specification of the desired behavior of the pod\.", r.stdout, re.M)
+    r = kubectl("explain", "pod.spec")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^  restartPolicy\t<string>\n  enum: Always, Never, OnFailure$", r.stdout, re.M), r.stdout
     r = kubectl("explain", "lease.spec.holderIdentity")
     assert r.returncode == 0, r.stderr
     assert re.search(r"^GROUP:\s+coordination\.k8s\.io$", r.stdout, re.M)

@@ -174,6 +174,14 @@ def test_kubernetes_descriptions_and_required_fields(docs):
     assert s["io.k8s.api.core.v1.Container"]["required"] == ["name"]
     assert "required" not in s["io.k8s.api.core.v1.Toleration"]
     assert s["io.k8s.api.core.v1.PodList"]["required"] == ["items"]
+    # Kubernetes' enums: the values, and the description's list as openapi-gen writes it
+    policy = s["io.k8s.api.core.v1.PodSpec"]["properties"]["restartPolicy"]
+    assert policy["enum"] == ["Always", "Never", "OnFailure"]
+    assert policy["description"].endswith('Possible enum values:\n - `"Always"`\n - `"Never"`\n - `"OnFailure"`')
+    assert docs["v2"]["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["restartPolicy"]["enum"] == [
+        "Always", "Never", "OnFailure"]
+    pull = s["io.k8s.api.core.v1.Container"]["properties"]["imagePullPolicy"]["description"]
+    assert ' - `"Never"` means that kubelet never pulls an image' in pull
 
 
 def test_required_fields_for_the_json_encoder():

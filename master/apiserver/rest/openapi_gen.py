@@ -11,6 +11,10 @@ writes them as a Python literal the API server imports (no runtime dependency, n
 data file). Without checkouts, descriptions come from the client alone, which drops them
 for fields that reference another type.
 
+The values of Kubernetes' enum fields (string types marked +enum in types.go, with their
+constants) are read from the same k8s.io/api checkout, and appended to the description as
+openapi-gen does ("Possible enum values: ...").
+
     .venv/bin/python -m master.apiserver.rest.openapi_gen [--k8s-api DIR --apimachinery DIR]
 """
 from __future__ import annotations
@@ -69,6 +73,57 @@ def swagger_docs(api_dir: Path | None, machinery_dir: Path | None) -> dict[str, 
     return out
 
 
+_GO_TYPE = re.compile(r"^type (\w+) (string|struct)\b")
+_GO_FIELD = re.compile(r'^\t(\w+)\s+\*?(\w+)\s+`json:"(\w+)')
+_GO_CONST = re.compile(r'^\s*(?:const\s+)?(\w+)\s+(\w+)\s*=\s*"([^"]*)"')
+
+
+def go_enums(api_dir: Path | None) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """definition name -> {field: [(value, comment)]} for the fields whose Go type is a string
+    type marked +enum in k8s.io/api's types.go, as openapi-gen lists them."""
+    if api_dir is None:
+        return {}
+    out: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for group in ("core", "coordination", "certificates", "discovery", "authorization"):
+        path = Path(api_dir) / group / "v1" / "types.go"
+        if not path.exists():
+            continue
+        enum_types, values, fields = set(), {}, {}
+        comment: list[str] = []
+        struct = None
+        for line in path.read_text().splitlines():
+            if line.strip().startswith("//"):
+                comment.append(line.strip()[2:].strip())
+                continue
+            m = _GO_TYPE.match(line)
+            if m:
+                if m.group(2) == "string" and any(c == "+enum" for c in comment):
+                    enum_types.add(m.group(1))
+                struct = m.group(1) if m.group(2) == "struct" else None
+            elif line.startswith("}"):
+                struct = None
+            elif struct and _GO_FIELD.match(line):
+                f = _GO_FIELD.match(line)
+                fields.setdefault(struct, {})[f.group(3)] = f.group(2)
+            elif _GO_CONST.match(line):
+                c = _GO_CONST.match(line)
+                text = " ".join(x for x in comment if x and not x.startswith("+"))
+                if text.startswith(c.group(1) + " "):
+                    text = text[len(c.group(1)) + 1:]
+                values.setdefault(c.group(2), []).append((c.group(3), text))
+            comment = []
+        for struct, fs in fields.items():
+            for json_name, go_type in fs.items():
+                if go_type in enum_types and values.get(go_type):
+                    out.setdefault(f"io.k8s.api.{group}.v1.{struct}", {})[json_name] = sorted(values[go_type])
+    return out
+
+
+def _with_enum(description: str, values: list[tuple[str, str]]) -> str:
+    lines = ["Possible enum values:"] + [f' - `"{v}"`' + (f" {c}" if c else "") for v, c in values]
+    return (description + "\n\n" if description else "") + "\n".join(lines)
+
+
 def _type_doc(cls) -> str:
     doc = inspect.cleandoc(cls.__doc__ or "")
     return doc.split("\n\nAttributes:")[0].strip()
@@ -107,6 +162,7 @@ def generate(api_dir: Path | None = None, machinery_dir: Path | None = None) -> 
     from kubernetes.client import models
 
     go = swagger_docs(api_dir, machinery_dir)
+    enums = go_enums(api_dir)
     types: dict[str, dict] = {}
     pod = _fields(models.V1Pod)
     types["kind"] = {"apiVersion": pod["apiVersion"].description, "kind": pod["kind"].description}
@@ -115,6 +171,10 @@ def generate(api_dir: Path | None = None, machinery_dir: Path | None = None) -> 
         cls = _model(models, name)
         if cls is not None:
             types[name] = _entry(cls, {f.name for f in desc.fields}, go.get(name, {}))
+            for field, values in enums.get(name, {}).items():
+                if field in types[name]["properties"]:
+                    types[name]["properties"][field] = _with_enum(types[name]["properties"][field], values)
+                    types[name].setdefault("enums", {})[field] = [v for v, _ in values]
     for k in kinds.KINDS:
         cls = _model(models, openapi_schema.list_name(k))
         if cls is not None:

@@ -110,6 +110,8 @@ def field_schema(desc: Descriptor, f: FieldDescriptor, ref: str, *, v3: bool) ->
     description = doc.get("properties", {}).get(f.name)
     if description:
         s["description"] = description
+    if f.name in doc.get("enums", {}):
+        s["enum"] = list(doc["enums"][f.name])
     strategy, key = patchmeta.tags(desc, f.name)
     if key:
         s["x-kubernetes-patch-merge-key"] = key

@@ -57,7 +57,8 @@ def _extensions(num: int, node: dict) -> bytes:
 def schema(s: dict) -> bytes:
     """openapi.v2.Schema."""
     out = [_str(1, s.get("$ref", "")), _str(2, s.get("format", "")), _str(4, s.get("description", "")),
-           _bool(16, s.get("uniqueItems", False)), _strings(19, s.get("required", ()))]
+           _bool(16, s.get("uniqueItems", False)), _strings(19, s.get("required", ())),
+           b"".join(_len(20, _str(2, json.dumps(v))) for v in s.get("enum", ()))]  # Any{yaml}
     if isinstance(s.get("additionalProperties"), dict):
         out.append(_len(21, _len(1, schema(s["additionalProperties"]))))  # AdditionalPropertiesItem.schema
     if "type" in s:
