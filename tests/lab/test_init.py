@@ -179,7 +179,9 @@ def test_master_is_labelled_and_tainted(bare, initialized):
         {k: t[k] for k in ("key", "effect")} for t in node["spec"].get("taints", [])]
     assert [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"] == [MASTER_IP]
     admin = bare.vm_dir(MASTER, "etc-kubelab") / "admin.conf"
-    assert f"server: https://{MASTER_IP}:6443" in admin.read_text()
+    # the HTTP face (what kubectl dials) and the gRPC one in the kubelab.dev/grpc extension
+    assert f"server: https://{MASTER_IP}:6444\n" in admin.read_text()
+    assert f"- name: kubelab.dev/grpc\n      extension:\n        server: {MASTER_IP}:6443\n" in admin.read_text()
     # born tainted (kubeadm's nodeRegistration), so nothing lands on it before it is marked
     flags = (bare.vm_dir(MASTER, "var-lib-kubelab") / "kubelab-kubelet.env").read_text()
     assert "--register-with-taints=node-role.kubernetes.io/control-plane:NoSchedule" in flags.split()

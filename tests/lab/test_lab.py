@@ -109,7 +109,9 @@ def test_lab_up_made_the_cluster(lab):
     assert got == want
     # the admin config is where the CLI looks by default, and talks to the master over the bridge
     config = lab.home / ".kubelab" / "config"
-    assert f"server: https://{IPS[MASTER]}:6443" in config.read_text()
+    # the HTTP face (what kubectl dials) and the gRPC one in the kubelab.dev/grpc extension
+    assert f"server: https://{IPS[MASTER]}:6444\n" in config.read_text()
+    assert f"- name: kubelab.dev/grpc\n      extension:\n        server: {IPS[MASTER]}:6443\n" in config.read_text()
     status = lab.lab("status").stdout
     assert f"cluster: made by init and join (pods {POD_CIDR}, services {SERVICE_CIDR}); admin config {config}" in status
     # inside the master, the VM's own admin config is the CLI's default, as on a kubeadm master after init
