@@ -84,7 +84,7 @@ class ApiService:
             from .registry import STRATEGIES
             STRATEGIES["bindings"].validate(binding)
             return self.answer(pods, await pods.bind(req.namespace or binding.metadata.namespace or "default",
-                                                     binding))
+                                                     binding, dry_run=req.dryRun))
         store = self.store(req.resource)
         obj = self.decode(store, req.object)
         user = await self.admit(ctx, "create", req.resource, req.namespace or obj.metadata.namespace or "default",

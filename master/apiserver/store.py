@@ -358,7 +358,8 @@ class Store:
         return True
 
     # -- binding (pods/binding) --
-    async def bind(self, namespace: str, binding) -> bytes:
+    async def bind(self, namespace: str, binding, *, dry_run: bool = False) -> bytes:
+        """pods/binding: set an unbound pod's node (dry_run: the same checks, nothing written)."""
         name = binding.metadata.name
         expected = binding.metadata.resourceVersion
         key = self.key(namespace, name)
@@ -377,9 +378,9 @@ class Store:
             pod.spec.nodeName = binding.target.name
             set_condition(pod.status.conditions, "PodScheduled", "True")
             raw = self.encode(pod)
-            res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [Op.put(key, raw)])
+            res = await self.etcd.txn([Compare.mod_revision(key, "==", rv)], [] if dry_run else [Op.put(key, raw)])
             if res.succeeded:
-                return raw + meta.rv_suffix(res.revision)
+                return raw + meta.rv_suffix(rv if dry_run else res.revision)
         raise conflict("pods/binding", name)
 
     # -- delete --

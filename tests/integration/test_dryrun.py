@@ -258,3 +258,29 @@ async def test_propagation_policy_is_validated_and_the_three_accepted(env):
         assert await keys(ec, b"/registry/configmaps/default/cm-bad") != []
     finally:
         await delete(client, "configmaps", "cm-bad", dry_run=False)
+
+
+async def test_a_dry_run_binding_answers_the_bound_pod_and_binds_nothing(env):
+    client, _ = env
+    real = await create(client, pod("tobind"), dry_run=False)
+    bump = v1.ConfigMap()
+    bump.metadata.name = "bump-bind"
+    await create(client, bump, dry_run=False)  # etcd's revision moves past the pod's
+    try:
+        b = v1.Binding()
+        b.metadata.name, b.metadata.namespace = "tobind", "default"
+        b.target.kind, b.target.name = "Node", "n1"
+        r = await client.call("Create", api_pb2.CreateRequest(resource="bindings", namespace="default",
+                                                              object=meta.pack(b), dryRun=True))
+        got = meta.unpack(r.object)
+        assert got.spec.nodeName == "n1"
+        assert got.metadata.resourceVersion == real.metadata.resourceVersion
+        now = await client.resource("pods", "default").get("tobind")
+        assert now.spec.nodeName == "" and now.metadata.resourceVersion == real.metadata.resourceVersion
+        b.metadata.name = "nobody"
+        with pytest.raises(NotFound):
+            await client.call("Create", api_pb2.CreateRequest(resource="bindings", namespace="default",
+                                                              object=meta.pack(b), dryRun=True))
+    finally:
+        await delete(client, "pods", "tobind", dry_run=False)
+        await delete(client, "configmaps", "bump-bind", dry_run=False)
