@@ -38,10 +38,9 @@ from .openapi_schema import definitions
 
 V2_REF = "#/definitions/"
 V3_REF = "#/components/schemas/"
-_SECURITY_V2 = {"BearerToken": {"description": "Bearer Token authentication", "in": "header",
-                                "name": "authorization", "type": "apiKey"}}
-_SECURITY_V3 = {"BearerToken": {"description": "Bearer Token authentication", "in": "header",
-                                "name": "authorization", "type": "apiKey"}}
+# how a client authenticates (both documents name it the same way)
+_SECURITY = {"BearerToken": {"description": "Bearer Token authentication", "in": "header",
+                             "name": "authorization", "type": "apiKey"}}
 
 
 def _info() -> dict:
@@ -54,7 +53,7 @@ ALL_KINDS = kinds.KINDS + JSON_KINDS
 
 def v2_document(kind_list=ALL_KINDS) -> dict:
     return {"swagger": "2.0", "info": _info(), "paths": render_paths(kind_list, V2_REF, v3=False),
-            "definitions": definitions(kind_list, V2_REF, v3=False), "securityDefinitions": _SECURITY_V2,
+            "definitions": definitions(kind_list, V2_REF, v3=False), "securityDefinitions": _SECURITY,
             "security": [{"BearerToken": []}]}
 
 
@@ -68,7 +67,7 @@ def group_versions(kind_list=ALL_KINDS) -> dict[str, list[kinds.Kind]]:
 
 def v3_document(kind_list) -> dict:
     return {"openapi": "3.0.0", "info": _info(), "paths": render_paths(kind_list, V3_REF, v3=True),
-            "components": {"schemas": definitions(kind_list, V3_REF, v3=True), "securitySchemes": _SECURITY_V3},
+            "components": {"schemas": definitions(kind_list, V3_REF, v3=True), "securitySchemes": _SECURITY},
             "security": [{"BearerToken": []}]}
 
 
@@ -147,9 +146,9 @@ def _serve(request: web.Request, doc: Document, *, immutable: bool) -> web.Strea
     return web.Response(body=doc.body, headers={**headers, "Content-Type": doc.content_type})
 
 
-def _not_acceptable(request: web.Request) -> web.Response:
+def _not_acceptable(request: web.Request, *types: str) -> web.Response:
     return RestAPI.error(errors.HTTPError(
-        "NotAcceptable", f"only the following media types are accepted: application/json "
+        "NotAcceptable", f"only the following media types are accepted: {', '.join(types or ('application/json',))} "
                          f"(asked for {request.headers.get('Accept', '')})"))
 
 
@@ -163,7 +162,7 @@ def add_routes(app: web.Application, api) -> None:
             return _serve(request, docs.v2(), immutable=False)
         if _accepts(request, openapi_v2pb.CONTENT_TYPE, openapi_v2pb.RESPONSE_TYPE):
             return _serve(request, docs.v2_protobuf(), immutable=False)
-        return _not_acceptable(request)
+        return _not_acceptable(request, "application/json", openapi_v2pb.CONTENT_TYPE)
 
     async def v3_index(request: web.Request) -> web.StreamResponse:
         if not _accepts(request, "application/json"):
