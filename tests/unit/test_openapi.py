@@ -192,6 +192,27 @@ def test_required_fields_for_the_json_encoder():
     assert openapi_schema.required_fields(v1.Toleration.DESCRIPTOR) == ()
 
 
+def test_with_required_writes_go_s_non_omitempty_zero_values():
+    from kubelab.api import codec
+    from kubelab.api.v1 import objects_pb2 as v1
+    pod = v1.Pod(metadata=v1.ObjectMeta(name="p"), spec=v1.PodSpec(containers=[v1.Container(name="c", image="i")]),
+                 status=v1.PodStatus(containerStatuses=[v1.ContainerStatus(name="c", image="i")]))
+    d = codec.to_dict(pod)
+    assert "restartCount" not in d["status"]["containerStatuses"][0]  # proto3 drops the zero
+    out = openapi_schema.with_required(d, v1.Pod.DESCRIPTOR)
+    assert out is d
+    assert d["status"]["containerStatuses"][0] == {"name": "c", "image": "i", "imageID": "", "ready": False,
+                                                   "restartCount": 0}
+    assert d["spec"]["containers"] == [{"name": "c", "image": "i"}]
+    from kubernetes.client import models  # the official client's models insist on them
+    assert models.V1Pod.from_dict(d).status.container_statuses[0].restart_count == 0
+    node = openapi_schema.with_required({"status": {"nodeInfo": {"machineID": "m"}}}, v1.Node.DESCRIPTOR)
+    assert node["status"]["nodeInfo"]["machineID"] == "m" and node["status"]["nodeInfo"]["bootID"] == ""
+    ev = openapi_schema.with_required({}, v1.Event.DESCRIPTOR)
+    assert ev["involvedObject"] == {} and ev["metadata"] == {}
+    assert openapi_schema.with_required({}, v1.Event.DESCRIPTOR)["involvedObject"] is not ev["involvedObject"]
+
+
 def supports_field_validation(doc: dict, gvk: dict) -> bool:
     """kubectl's test (cli-runtime's query param verifier): the PATCH operation carrying the
     kind's GVK lists a fieldValidation parameter."""
