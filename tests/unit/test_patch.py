@@ -1,5 +1,5 @@
-"""PATCH semantics (master/apiserver/patch.py) and the strategic-merge metadata it reads
-(kubelab/api/patchmeta.py): RFC 7386 merge patch, RFC 6902 JSON patch, and Kubernetes'
+"""PATCH semantics (master/apiserver/patch.py and strategicmerge.py) and the strategic-merge
+metadata they read (kubelab/api/patchmeta.py): RFC 7386 merge patch, RFC 6902 JSON patch, and Kubernetes'
 strategic merge patch with the patches `kubectl apply` (three-way, with $setElementOrder,
 $patch: delete, $deleteFromPrimitiveList), `kubectl label`/`annotate` and `kubectl patch` send."""
 from __future__ import annotations
