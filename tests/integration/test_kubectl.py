@@ -346,6 +346,7 @@ def test_describe_pod_and_node_with_events(k, two_pods):
     assert re.search(r"^Status:\s+Running$", out, re.M), out
     assert re.search(r"^Node:\s+hollow-node-\d+/", out, re.M), out
     assert re.search(r"^Labels:\s+app=web$", out, re.M), out
+    assert "\nEvents:\n" in out, f"describe pod shows no events: {out}"
     events = out.split("\nEvents:\n", 1)[1].splitlines()
     assert columns(events[0]) == ["Type", "Reason", "Age", "From", "Message"], events
     sched = [columns(ln) for ln in events[2:] if "Scheduled" in ln]
@@ -356,6 +357,7 @@ def test_describe_pod_and_node_with_events(k, two_pods):
     out = k("describe", "node", node).stdout
     assert re.search(rf"^Name:\s+{node}$", out, re.M) and "Conditions:" in out and "Capacity:" in out, out
     assert re.search(rf"^\s+{ns}\s+web-a\s", out, re.M), "describe node lists its pods"
+    assert "\nEvents:\n" in out, f"describe node shows no events: {out}"
     events = out.split("\nEvents:\n", 1)[1]
     assert re.search(r"Normal\s+CIDRAssignmentSucceeded\s", events), events
 
