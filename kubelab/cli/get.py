@@ -139,6 +139,9 @@ async def get_named(rc, names: list[str], *, table: bool = False) -> tuple[list,
             r = await rc.client.call("Get", api_pb2.GetRequest(resource=rc.kind.resource, namespace=rc._ns(),
                                                                name=n, table=True), retries=3)
             objs.append(rc._decode(r.object))
+            if not r.HasField("table"):  # a server without Tables: the rows are made here
+                t = None
+                continue
             if not t.columnDefinitions:
                 t.columnDefinitions.extend(r.table.columnDefinitions)
             t.rows.extend(r.table.rows)
@@ -149,10 +152,10 @@ async def get_named(rc, names: list[str], *, table: bool = False) -> tuple[list,
 
 
 async def list_table(rc, label_selector: str, field_selector: str, *,
-                     page_size: int = 500) -> tuple[list, api_pb2.Table, str]:
+                     page_size: int = 500) -> tuple[list, api_pb2.Table | None, str]:
     """Every object's row of the server's Table, paged with limit + continue at one revision
     (returned: a watch goes on from it)."""
-    t, token, rv = api_pb2.Table(), "", ""
+    t, token, rv, plain = api_pb2.Table(), "", "", []
     while True:
         r = await rc.client.call("List", api_pb2.ListRequest(
             resource=rc.kind.resource, namespace=rc.namespace, labelSelector=label_selector,
@@ -160,8 +163,11 @@ async def list_table(rc, label_selector: str, field_selector: str, *,
         if not t.columnDefinitions:
             t.columnDefinitions.extend(r.table.columnDefinitions)
         t.rows.extend(r.table.rows)
+        plain.extend(r.items)  # a server without Tables answers items: the rows are made here
         rv, token = rv or r.resourceVersion, r.continue_token
         if not token:
+            if plain:
+                return [rc._decode(a) for a in plain], None, rv
             return [rc._decode(row.object) for row in t.rows], t, rv
 
 

@@ -303,3 +303,30 @@ def test_watch_tables_send_columns_on_the_first_event_only():
     later = table.event_table(API, p, r)
     assert later["columnDefinitions"] is None and later["rows"][0]["cells"][0] == "web"
     assert table.event_table(API, p, req())["columnDefinitions"] is not None  # another stream starts over
+
+
+class _OldServer:
+    """A ResourceClient's view of an API server that ignores `table` (answers items only)."""
+
+    def __init__(self, objs):
+        self.objs, self.kind, self.namespace, self.client = objs, kinds.BY_RESOURCE["pods"], "old", self
+
+    async def call(self, name, req, retries=0):
+        a = [printers.table(self.kind, [o]).rows[0].object for o in self.objs]
+        if name == "List":
+            return api_pb2.ListResponse(items=a, resourceVersion="9")
+        return api_pb2.ObjectResponse(object=a[0])
+
+    def _ns(self):
+        return self.namespace
+
+    def _decode(self, a):
+        return v1.Pod.FromString(a.value)
+
+
+async def test_get_falls_back_to_its_own_rows_without_server_tables():
+    rc = _OldServer([running_pod()])
+    objs, t, rv = await get.list_table(rc, "", "")
+    assert ([o.metadata.name for o in objs], t, rv) == (["web"], None, "9")
+    objs, t, failed = await get.get_named(rc, ["web"], table=True)
+    assert ([o.metadata.name for o in objs], t, failed) == (["web"], None, 0)
