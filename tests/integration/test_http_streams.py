@@ -130,8 +130,8 @@ def test_logs_errors(k, core):
     assert error_body(e.value)["message"] == "a container name must be specified for pod two, choose one of: [a b]"
     with pytest.raises(ApiException) as e:
         core.read_namespaced_pod_log("talker", NS, tail_lines=-1)
-    assert e.value.status == 422 and "tailLines: Invalid value: -1: must be greater than or equal to 0" in \
-        error_body(e.value)["message"], e.value.body
+    assert e.value.status == 422 and error_body(e.value)["message"] == \
+        'PodLogOptions "talker" is invalid: tailLines: Invalid value: -1: must be greater than or equal to 0', e.value.body
 
 
 def test_logs_options_from_the_python_client(core, cfg):

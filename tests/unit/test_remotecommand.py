@@ -69,7 +69,7 @@ def test_log_options():
     assert not logs_request("ns", "p", MultiDict()).HasField("tailLines")
     with pytest.raises(Invalid) as e:
         logs_request("ns", "p", MultiDict(tailLines="-1"))
-    assert "tailLines: Invalid value: -1: must be greater than or equal to 0" in e.value.message
+    assert e.value.message == 'PodLogOptions "p" is invalid: tailLines: Invalid value: -1: must be greater than or equal to 0'
     with pytest.raises(Invalid) as e:
         logs_request("ns", "p", MultiDict(limitBytes="0"))
     assert "limitBytes: Invalid value: 0: must be greater than 0" in e.value.message

@@ -50,7 +50,7 @@ def add_routes(app, api) -> None:
     app.router.add_post(POD + "/eviction", pod_eviction)
 
 
-def _int(query, name: str, minimum: int, what: str) -> int | None:
+def _int(query, name: str, minimum: int, what: str, pod: str) -> int | None:
     if name not in query:
         return None
     try:
@@ -59,7 +59,7 @@ def _int(query, name: str, minimum: int, what: str) -> int | None:
         raise BadRequest(f'{name}: invalid value "{query[name]}": strconv.ParseInt: parsing '
                          f'"{query[name]}": invalid syntax') from None
     if v < minimum:
-        raise Invalid(f'podlogoptions "" is invalid: {name}: Invalid value: {v}: {what}')
+        raise Invalid(f'PodLogOptions "{pod}" is invalid: {name}: Invalid value: {v}: {what}')
     return v
 
 
@@ -68,17 +68,17 @@ def logs_request(namespace: str, name: str, query) -> api_pb2.LogsRequest:
     req = api_pb2.LogsRequest(namespace=namespace, name=name, container=query.get("container", ""),
                               follow=rc.parse_bool(query, "follow"), previous=rc.parse_bool(query, "previous"),
                               timestamps=rc.parse_bool(query, "timestamps"), sinceTime=query.get("sinceTime", ""))
-    tail = _int(query, "tailLines", 0, "must be greater than or equal to 0")
+    tail = _int(query, "tailLines", 0, "must be greater than or equal to 0", name)
     if tail is not None:
         req.tailLines = tail
-    limit = _int(query, "limitBytes", 1, "must be greater than 0")
+    limit = _int(query, "limitBytes", 1, "must be greater than 0", name)
     if limit is not None:
         req.limitBytes = limit
-    since = _int(query, "sinceSeconds", 1, "must be greater than 0")
+    since = _int(query, "sinceSeconds", 1, "must be greater than 0", name)
     if since is not None:
         req.sinceSeconds = since
     if since is not None and req.sinceTime:
-        raise Invalid('podlogoptions "" is invalid: : Forbidden: at most one of `sinceTime` or '
+        raise Invalid(f'PodLogOptions "{name}" is invalid: : Forbidden: at most one of `sinceTime` or '
                       '`sinceSeconds` may be specified')
     return req
 
@@ -116,7 +116,7 @@ async def pod_log(request: web.Request) -> web.StreamResponse:
 
 
 async def _upgrade(request: web.Request, protocol: str) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(protocols=(protocol,), autoping=True, max_msg_size=0)
+    ws = web.WebSocketResponse(protocols=(protocol,), autoping=True)  # answers kubectl's 5 s pings
     await ws.prepare(request)
     return ws
 
