@@ -183,8 +183,46 @@ def decode_lenient(body: dict, kind: kinds.Kind) -> tuple[Message, list[str]]:
 # -- encoding ------------------------------------------------------------------------------
 
 
-def _numbers(d: dict, desc: Descriptor) -> dict:
-    """Undo protobuf's JSON quirks in place: int64 as "30" and IntOrString 80 as 80.0."""
+# Fields Go's types write even at their zero value (no omitempty), by message: Kubernetes' JSON
+# always has them, and clients built from its OpenAPI (the official Python client) refuse an
+# object without them (a restartCount of 0, a node's empty bootID). Protobuf's JSON drops zero
+# values, so the API server's HTTP face puts them back (to_dict(..., go_defaults=True)).
+GO_ALWAYS: dict[str, tuple[str, ...]] = {
+    "OwnerReference": ("apiVersion", "kind", "name", "uid"), "NamespaceCondition": ("status", "type"),
+    "Taint": ("effect", "key"), "NodeCondition": ("status", "type"), "NodeAddress": ("address", "type"),
+    "NodeSystemInfo": ("architecture", "bootID", "containerRuntimeVersion", "kernelVersion", "kubeProxyVersion",
+                       "kubeletVersion", "machineID", "operatingSystem", "osImage", "systemUUID"),
+    "DaemonEndpoint": ("Port",), "PodSpec": ("containers",), "Volume": ("name",),
+    "HostPathVolumeSource": ("path",), "Container": ("name",), "ContainerPort": ("containerPort",),
+    "EnvVar": ("name",), "VolumeMount": ("mountPath", "name"), "HTTPHeader": ("name", "value"),
+    "PodCondition": ("status", "type"), "PodIP": ("ip",),
+    "ContainerStatus": ("image", "imageID", "name", "ready", "restartCount"),
+    "ContainerStateTerminated": ("exitCode",), "CertificateSigningRequestSpec": ("request", "signerName"),
+    "CertificateSigningRequestCondition": ("status", "type"), "ServicePort": ("port",),
+    "EndpointAddress": ("ip",), "EndpointSlice": ("addressType",), "Endpoint": ("addresses",),
+    "EndpointPort": ("port",), "Event": ("involvedObject", "metadata"),
+}
+
+
+def _zero(f: FieldDescriptor):
+    if _repeated(f):
+        return {} if f.message_type is not None and f.message_type.GetOptions().map_entry else []
+    if f.message_type is not None:
+        return {}
+    if f.type == F.TYPE_BOOL:
+        return False
+    if f.type in _INTS or f.type in (F.TYPE_FLOAT, F.TYPE_DOUBLE):
+        return 0
+    return ""
+
+
+def _numbers(d: dict, desc: Descriptor, defaults: bool = False) -> dict:
+    """Undo protobuf's JSON quirks in place: int64 as "30" and IntOrString 80 as 80.0; with
+    defaults, also the zero values of GO_ALWAYS's fields."""
+    if defaults:
+        for name in GO_ALWAYS.get(desc.name, ()):
+            if name not in d and name in desc.fields_by_name:
+                d[name] = _zero(desc.fields_by_name[name])
     for k, v in d.items():
         f = desc.fields_by_name.get(k)
         if f is None:
@@ -193,7 +231,7 @@ def _numbers(d: dict, desc: Descriptor) -> dict:
             val_f = f.message_type.fields_by_name["value"]
             if val_f.message_type is not None:
                 for mv in v.values():
-                    _numbers(mv, val_f.message_type)
+                    _numbers(mv, val_f.message_type, defaults)
             continue
         items = v if _repeated(f) else [v]
         if f.type in _INT64S:
@@ -202,7 +240,7 @@ def _numbers(d: dict, desc: Descriptor) -> dict:
             items = [int(x) if isinstance(x, float) and x.is_integer() else x for x in items]
         elif f.message_type is not None:
             for x in items:
-                _numbers(x, f.message_type)
+                _numbers(x, f.message_type, defaults)
             continue
         else:
             continue
@@ -210,10 +248,11 @@ def _numbers(d: dict, desc: Descriptor) -> dict:
     return d
 
 
-def to_dict(obj: Message) -> dict:
-    """An object in Kubernetes' shape: apiVersion and kind first, then metadata, spec, status."""
+def to_dict(obj: Message, *, go_defaults: bool = False) -> dict:
+    """An object in Kubernetes' shape: apiVersion and kind first, then metadata, spec, status.
+    go_defaults: with the zero-valued fields Kubernetes' JSON always carries (GO_ALWAYS)."""
     k = kinds.kind_of(obj)
-    body = _numbers(json_format.MessageToDict(obj, preserving_proto_field_name=True), obj.DESCRIPTOR)
+    body = _numbers(json_format.MessageToDict(obj, preserving_proto_field_name=True), obj.DESCRIPTOR, go_defaults)
     for part in ("spec", "status"):
         if part in obj.DESCRIPTOR.fields_by_name and k.kind in ("Pod", "Node"):
             body.setdefault(part, {})

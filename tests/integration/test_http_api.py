@@ -168,9 +168,13 @@ async def test_crud_and_status_errors(http):
                                   headers={"Content-Type": "application/apply-patch+yaml"})
     assert code == 415 and ssa["reason"] == "UnsupportedMediaType" and "server-side apply" in ssa["message"]
 
-    status = dict(patched, status={"phase": "Running", "podIP": "10.244.0.9"})
+    status = dict(patched, status={"phase": "Running", "podIP": "10.244.0.9",
+                                   "containerStatuses": [{"name": "c", "image": "busybox"}]})
     code, st, _ = await http.req("PUT", "/api/v1/namespaces/default/pods/web/status", status)
     assert code == 200 and st["status"]["phase"] == "Running"
+    # the zero values Go always writes are there (the official client requires them)
+    assert st["status"]["containerStatuses"] == [{"name": "c", "image": "busybox", "imageID": "", "ready": False,
+                                                  "restartCount": 0}]
 
     code, dry, _ = await http.req("DELETE", "/api/v1/namespaces/default/pods/web?dryRun=All")
     assert code in (200, 202)
@@ -336,6 +340,9 @@ async def test_anonymous_token_and_user(http):
                                              'group "" in the namespace "dev"')
     code, st, _ = await http.req("GET", "/apis/coordination.k8s.io/v1/namespaces/dev/leases?watch=1", ctx=dev)
     assert code == 403 and 'in API group "coordination.k8s.io"' in st["message"]
+    code, st, _ = await http.req("POST", "/api/v1/namespaces/dev/pods", pod("sneaky"), ctx=dev)
+    assert code == 403 and st["message"] == ('pods is forbidden: User "dev-user" cannot create resource "pods" in '
+                                             'API group "" in the namespace "dev"')
     # impersonation: the admin may act as another user, nobody else may
     code, st, _ = await http.req("GET", "/api/v1/namespaces/dev/pods", headers={"Impersonate-User": "dev-user"})
     assert code == 403 and 'User "dev-user" cannot list' in st["message"]

@@ -95,8 +95,9 @@ class RestAPI:
 
     @staticmethod
     def encode(msg: Message) -> dict:
-        """The object in Kubernetes' JSON: apiVersion and kind first, int64 fields as numbers."""
-        return codec.to_dict(msg)
+        """The object in Kubernetes' JSON: apiVersion and kind first, int64 fields as numbers, and
+        the zero values Go's types always write (codec.GO_ALWAYS)."""
+        return codec.to_dict(msg, go_defaults=True)
 
     @staticmethod
     def decode(body, kind: kinds.Kind, *, validation: str = "Strict") -> tuple[Message, list[str]]:

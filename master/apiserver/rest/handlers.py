@@ -9,6 +9,7 @@ namespace lists across all of them (`kubectl get pods -A` is GET /api/v1/pods). 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -36,6 +37,7 @@ APPLY_PATCH = "application/apply-patch+yaml"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 PATCH_RETRIES = 5
 VALIDATIONS = ("Strict", "Warn", "Ignore")
+_NAMED_FORBIDDEN = re.compile(r'^(\S+) "[^"]*" is forbidden:')
 
 
 @dataclass
@@ -163,7 +165,11 @@ async def handle(api: RestAPI, request: web.Request, group: str, version: str, t
     try:
         return await dispatch(api, request, t)
     except ApiError as e:
-        return api.error(anonymous_forbidden(e, request, t), name=t.name, resource=t.kind.resource, group=t.group)
+        e = anonymous_forbidden(e, request, t)
+        if isinstance(e, Forbidden) and request.method == "POST" and not t.name:
+            # a create names its object in the body, so Kubernetes' refusal names none
+            e = Forbidden(_NAMED_FORBIDDEN.sub(r"\1 is forbidden:", e.message, count=1))
+        return api.error(e, name=t.name, resource=t.kind.resource, group=t.group)
 
 
 def verb(request: web.Request, t: Target) -> str:
