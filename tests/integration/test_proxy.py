@@ -367,3 +367,82 @@ async def test_restart_leaves_no_duplicates_and_others_rules_untouched(control_p
     finally:
         await _delete(c, "again")
         await c.close()
+
+
+# One UDP socket bound to a fixed port in the sending pod, so every datagram is the same flow (one
+# conntrack entry); one line per datagram: the answer, or "error ...".
+FIXED_CLIENT = r"""
+import socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 40123)); s.settimeout(2)
+for _ in range(n):
+    try:
+        s.sendto(b"?", (ip, port)); print(s.recv(100).decode(), flush=True)
+    except OSError as e:
+        print("error", type(e).__name__, flush=True)
+"""
+
+
+def _flows(n: Net, cluster_ip: str) -> str:
+    return sh("conntrack", "-L", "-p", "udp", "--orig-dst", cluster_ip, ns=n.ns("node"))
+
+
+@pytest.mark.skipif(not shutil.which("conntrack"), reason="needs conntrack (conntrack-tools)")
+async def test_udp_flow_to_a_removed_endpoint_is_flushed(control_plane, net):
+    async with proxier(control_plane, net):
+        c = control_plane.client()
+        try:
+            svc = await _create(c, _service("flow", 88, proto="UDP"), _slice("flow", ["pa"], proto="UDP"))
+            sp = _sp(svc)
+            await _rules_show(net, rl.svc_chain(sp))
+            ip = svc.spec.clusterIP
+
+            def send():
+                out = sh(sys.executable, "-c", FIXED_CLIENT, ip, "88", "2", ns=net.ns("pc"))
+                return [tuple(line.split()[:2]) for line in out.splitlines()]
+            assert send() == [("pa", PODS["pc"])] * 2
+            to_pa = f"src={PODS['pa']} dst={PODS['pc']} sport=5353 dport=40123"
+            assert to_pa in _flows(net, ip)
+            # pa leaves, pb comes: the flow's entry still DNATs to pa until kube-proxy deletes it
+            sl = await c.resource("endpointslices", "default").get("flow-abcde")
+            sl.endpoints[0].addresses[0] = PODS["pb"]
+            await c.resource("endpointslices", "default").update(sl)
+            await wait_for(lambda: to_pa not in _flows(net, ip), timeout=20, what="the flow to pa deleted")
+            assert send() == [("pb", PODS["pc"])] * 2  # the same source port now reaches pb
+        finally:
+            await _delete(c, "flow")
+            await c.close()
+
+
+async def test_partial_sync_rewrites_the_changed_service_and_full_resync_repairs_a_hook(control_plane, net):
+    async with proxier(control_plane, net) as p:
+        c = control_plane.client()
+        try:
+            one = await _create(c, _service("one", 89), _slice("one", ["pa"]))
+            two = await _create(c, _service("two", 90), _slice("two", ["pa", "pb"]))
+            await _rules_show(net, rl.svc_chain(_sp(one)), rl.svc_chain(_sp(two)))
+            sl = await c.resource("endpointslices", "default").get("two-abcde")
+            del sl.endpoints[0]  # pa leaves "two"
+            await c.resource("endpointslices", "default").update(sl)
+            gone = rl.sep_chain(_sp(two), _endpoints(_sp(two), ["pa"])[0])
+            await wait_for(lambda: p.last and gone in p.last.deleted_chains, what="the sync deleting pa's chain")
+            assert not p.last.full and p.last.written == 1, p.last  # only "two"'s chains were written
+            await _rules_show(net, rl.sep_chain(_sp(one), _endpoints(_sp(one), ["pa"])[0]), absent=(gone,))
+            assert {a for a, _ in net.request("pc", two.spec.clusterIP, 90, n=6)} == {"pb"}
+            assert {a for a, _ in net.request("pc", one.spec.clusterIP, 89, n=2)} == {"pa"}
+            # somebody deletes our jump from PREROUTING: the next full resync (no change asked) puts it back
+            hook = '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+            sh("iptables", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals",
+               "-j", "KUBE-SERVICES", ns=net.ns("node"))
+            assert f"-A PREROUTING {hook}" not in net.save()
+            before = p.syncs
+            p.runner.run()
+            await wait_for(lambda: p.syncs > before, what="a full resync")
+            assert p.last.full
+            assert net.save().count(f"-A PREROUTING {hook}") == 1
+        finally:
+            await _delete(c, "one")
+            await _delete(c, "two")
+            await c.close()
