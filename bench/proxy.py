@@ -133,50 +133,32 @@ async def run(report, *, rounds: int = 5) -> None:
                "", None)
         report("  nat rules in the kernel after the syncs", f"{rules_now} (first: {rules_first})", "no growth",
                rules_now == rules_first)
-        await legacy_baseline(report, svcs, slices)
-        await nft_plain_layout(report, svcs, slices)
+        await baselines(report, svcs, slices)
     finally:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
 
 
-async def legacy_baseline(report, svcs, slices) -> None:
-    """The same first sync's text through iptables-legacy-restore (x_tables), into a namespace of
-    its own: how much of the time is the nf_tables backend's, for the record."""
-    if not shutil.which("iptables-legacy-restore"):
-        return
-    ns = f"klbp-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        text = rl.build(build_state(svcs, slices), cluster_cidr="10.244.0.0/16").text
-        runner = CommandRunner(("nsenter", f"--net={NETNS / ns}", "--"))
-        t0 = time.perf_counter()
-        res = await runner(["iptables-legacy-restore", "--noflush"], stdin=text)
-        took = time.perf_counter() - t0
-        if res.returncode == 0:
-            report("  the same restore through iptables-legacy (baseline)", f"{took:.2f} s", "", None)
-    finally:
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
-
-
-async def nft_plain_layout(report, svcs, slices) -> None:
-    """The same first sync's text without the nft layout (no early `-S`) through
-    iptables-nft-restore: the cost rules.py's layout avoids (iptables-nft 1.8.9's sorted chain
-    list), as restore CPU seconds."""
-    if not shutil.which("iptables-nft-restore"):
-        return
-    ns = f"klbp-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        text = rl.build(build_state(svcs, slices), cluster_cidr="10.244.0.0/16").text
-        runner = CommandRunner(("nsenter", f"--net={NETNS / ns}", "--"))
-        cpu0, t0 = _children_cpu(), time.perf_counter()
-        res = await runner(["iptables-nft-restore", "--noflush"], stdin=text)
-        took, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-        if res.returncode == 0:
-            report("  the same restore through iptables-nft without -S first", f"{took:.2f} s ({cpu:.2f} s CPU)",
-                   "", None)
-    finally:
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+async def baselines(report, svcs, slices) -> None:
+    """The first sync's text in the plain layout (no early `-S`), each into a namespace of its own:
+    through iptables-legacy-restore (x_tables: how much of the time is the nf_tables backend's),
+    and through iptables-nft-restore (the cost of iptables-nft 1.8.9's sorted chain list, which
+    rules.py's nft layout avoids), with the restore's CPU seconds."""
+    text = rl.build(build_state(svcs, slices), cluster_cidr="10.244.0.0/16").text
+    for tool, what in (("iptables-legacy-restore", "iptables-legacy (baseline)"),
+                       ("iptables-nft-restore", "iptables-nft without -S first")):
+        if not shutil.which(tool):
+            continue
+        ns = f"klbp-{secrets.token_hex(3)}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        try:
+            runner = CommandRunner(("nsenter", f"--net={NETNS / ns}", "--"))
+            cpu0, t0 = _children_cpu(), time.perf_counter()
+            res = await runner([tool, "--noflush"], stdin=text)
+            took, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+            if res.returncode == 0:
+                report(f"  the same restore through {what}", f"{took:.2f} s ({cpu:.2f} s CPU)", "", None)
+        finally:
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

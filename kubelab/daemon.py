@@ -1,12 +1,16 @@
-"""What every long-running kubelab command shares: run until SIGTERM/SIGINT, then clean up;
-and, for the scheduler and controller manager, leader election on a Lease (flags included)."""
+"""What every long-running kubelab command shares: run until SIGTERM/SIGINT, then clean up; the
+start-up of the node agents that talk to the API (kube-proxy, the overlay agent, cluster DNS):
+flags checked, the client connected from --config, run until stopped; and, for the scheduler
+and controller manager, leader election on a Lease (flags included)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 FLAG_NAMES = {"lease_duration": "--lease-duration", "renew_deadline": "--renew-deadline",
               "retry_period": "--retry-period"}
@@ -26,6 +30,37 @@ async def run_until_signalled(main: Awaitable, *, cleanup: Callable[[], Awaitabl
         if cleanup is not None:
             await cleanup()
     return 0
+
+
+async def run_agent(args, start: Callable[[Any], Awaitable | None], *,
+                    check: Callable[[Any], str | None | Awaitable[str | None]] | None = None) -> int:
+    """An API client's daemon: `check(args)` (sync or async) may return an error line, printed with
+    exit 1 before anything connects; then a client from --config (a bad config is printed, exit
+    1); `start(client)` prints the agent's banner and returns what to run (None: nothing, exit 1)
+    until the process is stopped; the client is closed at the end, whatever happened."""
+    if check is not None:
+        err = check(args)
+        if inspect.isawaitable(err):
+            err = await err
+        if err:
+            print(err, flush=True)
+            return 1
+    from kubelab.client.client import Client
+    from kubelab.client.config import ConfigError, load_default
+    try:
+        client = Client.from_config(load_default(args.config))
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", flush=True)
+        return 1
+    try:
+        main = start(client)
+    except BaseException:
+        await client.close()
+        raise
+    if main is None:
+        await client.close()
+        return 1
+    return await run_until_signalled(main, cleanup=client.close)
 
 
 def add_leader_election_flags(p) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 import re
 import time
 
-from kubelab.daemon import run_until_signalled
+from kubelab.daemon import run_agent
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -57,20 +57,12 @@ def flag_error(args) -> str | None:
 
 
 async def run(args) -> int:
-    err = flag_error(args)
-    if err:
-        print(err, flush=True)
-        return 1
-    from kubelab.client.client import Client
-    from kubelab.client.config import ConfigError, load_default
+    return await run_agent(args, lambda client: _start(client, args), check=flag_error)
 
+
+def _start(client, args):
     from .records import Zone
     from .server import DNSServer, Upstream, serve
-    try:
-        client = Client.from_config(load_default(args.config))
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", flush=True)
-        return 1
     host, port = parse_hostport(args.listen, "--listen")
     upstreams = tuple(Upstream(*parse_hostport(u, "--upstream", 53)) for u in args.upstream)
     zone = Zone(args.cluster_domain, serial=int(time.time()))  # a restarted server counts on
@@ -78,4 +70,4 @@ async def run(args) -> int:
     print(f"cluster DNS for {zone.domain}: listening on {host}:{port}, "
           + (f"forwarding other names to {', '.join(f'{u.host}:{u.port}' for u in upstreams)}"
              if upstreams else "other names REFUSED (no --upstream)"), flush=True)
-    return await run_until_signalled(serve(client, zone, server), cleanup=client.close)
+    return serve(client, zone, server)

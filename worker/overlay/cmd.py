@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from kubelab.daemon import run_until_signalled
+from kubelab.daemon import run_agent
 
 
 def register(sub, parents) -> None:
@@ -49,30 +49,29 @@ def flag_error(args) -> str | None:
 
 
 async def run(args) -> int:
-    err = flag_error(args)
-    if err:
-        print(err, flush=True)
-        return 1
-    from kubelab.client.client import Client
-    from kubelab.client.config import ConfigError, load_default
-    from worker.overlay.agent import OverlayAgent, OverlayConfig
-    from worker.overlay.netlink import Netlink, UnderlayError, pick_underlay
-
+    from worker.overlay.netlink import Netlink
     netlink = Netlink()
-    if args.iface or args.node_ip:  # a wrong flag is an error now, not a retry loop
-        try:
-            pick_underlay((await netlink.interfaces())[0], iface=args.iface, node_ip=args.node_ip)
-        except UnderlayError as e:
-            print(f"error: {e}", flush=True)
-            return 1
-    try:
-        client = Client.from_config(load_default(args.config))
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", flush=True)
-        return 1
+    return await run_agent(args, lambda client: _start(client, args, netlink),
+                           check=lambda a: _check(a, netlink))
+
+
+async def _check(args, netlink) -> str | None:
+    err = flag_error(args)
+    if err or not (args.iface or args.node_ip):
+        return err
+    from worker.overlay.netlink import UnderlayError, pick_underlay
+    try:  # a wrong flag is an error now, not a retry loop
+        pick_underlay((await netlink.interfaces())[0], iface=args.iface, node_ip=args.node_ip)
+    except UnderlayError as e:
+        return f"error: {e}"
+    return None
+
+
+def _start(client, args, netlink):
+    from worker.overlay.agent import OverlayAgent, OverlayConfig
     cfg = OverlayConfig(node_name=args.node_name, iface=args.iface, node_ip=args.node_ip, device=args.device,
                         vni=args.vni, port=args.port, cluster_cidr=args.cluster_cidr, resync=args.resync_period,
                         subnet_file=Path(args.subnet_file) if args.subnet_file else None)
     agent = OverlayAgent(client, cfg, netlink)
     print(f"overlay agent for node {cfg.node_name}: {cfg.device} VNI {cfg.vni} port {cfg.port}", flush=True)
-    return await run_until_signalled(agent.run(), cleanup=client.close)
+    return agent.run()

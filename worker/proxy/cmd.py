@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from kubelab.daemon import run_until_signalled
+from kubelab.daemon import run_agent
 
 
 def register(sub, parents) -> None:
@@ -36,22 +36,14 @@ def flag_error(args) -> str | None:
 
 
 async def run(args) -> int:
-    err = flag_error(args)
-    if err:
-        print(err, flush=True)
-        return 1
-    from kubelab.client.client import Client
-    from kubelab.client.config import ConfigError, load_default
-    from worker.proxy.proxier import Proxier, ProxyConfig
+    return await run_agent(args, lambda client: _start(client, args), check=flag_error)
 
-    try:
-        client = Client.from_config(load_default(args.config))
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", flush=True)
-        return 1
+
+def _start(client, args):
+    from worker.proxy.proxier import Proxier, ProxyConfig
     cfg = ProxyConfig(node_name=args.node_name, cluster_cidr=args.cluster_cidr,
                       min_sync_period=args.min_sync_period, sync_period=args.sync_period)
     cidr = cfg.cluster_cidr or "(none: off-cluster clients are not masqueraded)"
     print(f"kube-proxy (iptables) for node {cfg.node_name}: cluster CIDR {cidr}, "
           f"syncs {cfg.min_sync_period:g}-{cfg.sync_period:g}s apart", flush=True)
-    return await run_until_signalled(Proxier(client, cfg).run_forever(), cleanup=client.close)
+    return Proxier(client, cfg).run_forever()
