@@ -227,7 +227,8 @@ def phase(k: Kubectl, name: str, ns: str = "default") -> str:
 
 def test_version_and_get_nodes(k):
     v = k("version").stdout
-    assert re.search(r"^Client Version: v1\.37\.", v, re.M) and re.search(r"^Server Version: v\d+\.\d+\.\d+", v, re.M), v
+    assert re.search(r"^Client Version: v1\.37\.", v, re.M), v
+    assert re.search(r"^Server Version: v\d+\.\d+\.\d+", v, re.M), v
     out = k("get", "nodes").stdout.splitlines()
     assert columns(out[0]) == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], out
     hollow = [columns(ln) for ln in out[1:] if ln.startswith("hollow-node-")]
@@ -235,7 +236,8 @@ def test_version_and_get_nodes(k):
     wide = k("get", "nodes", "-o", "wide").stdout.splitlines()
     assert columns(wide[0]) == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP",
                                 "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"], wide[0]
-    assert k("get", "nodes", "-o", "name").stdout.splitlines()[:HOLLOW] == [f"node/hollow-node-{i}" for i in range(HOLLOW)]
+    names = k("get", "nodes", "-o", "name").stdout.splitlines()
+    assert names[:HOLLOW] == [f"node/hollow-node-{i}" for i in range(HOLLOW)], names
 
 
 def test_seed_commands(k):
@@ -264,7 +266,7 @@ def two_pods(k):
     for tier in ("a", "b"):
         k("run", f"web-{tier}", "--image=nginx:1.27", "-n", "reads", "--labels", f"app=web,tier={tier}")
     for tier in ("a", "b"):
-        until(lambda: phase(k, f"web-{tier}", "reads") == "Running", what=f"web-{tier} Running")
+        until(lambda t=tier: phase(k, f"web-{t}", "reads") == "Running", what=f"web-{tier} Running")
     return "reads"
 
 
@@ -477,7 +479,8 @@ def test_explain(k):
     out = k("explain", "pod.spec.containers").stdout
     assert re.search(r"^KIND:\s+Pod$", out, re.M) and re.search(r"^VERSION:\s+v1$", out, re.M), out
     assert re.search(r"^FIELD:\s+containers <\[\]Container>", out, re.M), out
-    assert re.search(r"^\s+image\s+<string>", out, re.M) and re.search(r"^\s+name\s+<string> -required-", out, re.M), out
+    assert re.search(r"^\s+image\s+<string>", out, re.M), out
+    assert re.search(r"^\s+name\s+<string> -required-", out, re.M), out
     out = k("explain", "pods").stdout
     assert re.search(r"^KIND:\s+Pod$", out, re.M) and re.search(r"^\s+spec\s+<PodSpec>", out, re.M), out
     r = k("explain", "pod.spec.bogus", ok=False)
