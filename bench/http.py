@@ -45,7 +45,8 @@ def write_kubeconfig(cluster, path: Path) -> Path:
     ca = (pki_dir / "ca.crt").read_bytes()
     doc = yaml.safe_load(cluster.config.read_text())
     user = doc["users"][0]["user"]
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "bench",
         "clusters": [{"name": "bench", "cluster": {"server": f"https://{http_address(cluster)}",
