@@ -136,6 +136,11 @@ async def test_crud_and_status_errors(http):
     assert inv["details"]["causes"] == [{"reason": "FieldValueRequired", "message": "Required value",
                                          "field": "spec.containers[0].image"}]
     assert inv["details"]["kind"] == "Pod" and inv["details"]["name"] == "bad"
+    bad["spec"]["containers"].append({"name": "d", "image": ""})
+    code, inv, _ = await http.req("POST", "/api/v1/namespaces/default/pods", bad)
+    assert code == 422 and inv["message"] == ('Pod "bad" is invalid: [spec.containers[0].image: Required value, '
+                                              'spec.containers[1].image: Required value]')
+    assert [c["field"] for c in inv["details"]["causes"]] == ["spec.containers[0].image", "spec.containers[1].image"]
 
     extra = pod("strict")
     extra["spec"]["x"] = 1
@@ -145,6 +150,8 @@ async def test_crud_and_status_errors(http):
                              'unknown field "spec.x"')
     code, warned, headers = await http.req("POST", "/api/v1/namespaces/default/pods?fieldValidation=Warn", extra)
     assert code == 201 and headers.getall("Warning") == ['299 - "unknown field \\"spec.x\\""']
+    code, _, headers = await http.req("POST", "/api/v1/namespaces/default/pods", dict(extra, metadata={"name": "dflt"}))
+    assert code == 201 and headers.getall("Warning") == ['299 - "unknown field \\"spec.x\\""']  # Warn: the default
     code, st, _ = await http.req("POST", "/api/v1/namespaces/default/pods?fieldValidation=Bogus", pod("b2"))
     assert code == 400 and "fieldValidation" in st["message"]
 
@@ -187,7 +194,7 @@ async def test_crud_and_status_errors(http):
                                 {"gracePeriodSeconds": 0, "preconditions": {"uid": got["metadata"]["uid"]}})
     assert code == 200
     assert (await http.req("GET", "/api/v1/namespaces/default/pods/web"))[0] == 404
-    for name in ("strict",):
+    for name in ("strict", "dflt"):
         await http.req("DELETE", f"/api/v1/namespaces/default/pods/{name}?gracePeriodSeconds=0")
 
 
