@@ -292,6 +292,30 @@ def test_attach_streams_output_from_now_on(core, k):
         e.value.reason
 
 
+def test_kubectl_attach_and_run_i(k):
+    lines = Lines(k.popen("attach", "two", "-c", "b"))
+    try:
+        # only what the container writes after the attach is up comes through, and when that is
+        # cannot be seen from outside: write until a line arrives (bounded)
+        end = time.monotonic() + 60
+        while True:
+            k("exec", "two", "-c", "b", "--", "sh", "-c", "echo via-attach > /proc/1/fd/1")
+            try:
+                lines.wait_for(lambda ln: ln == "via-attach", 3, what="the attached output")
+                break
+            except AssertionError:
+                if time.monotonic() > end or lines.proc.poll() is not None:
+                    raise
+    finally:
+        lines.stop()
+    # -i: kubectl attaches with stdin, which is refused here (no stdin), and falls back to the
+    # pod's log (or, if the command has already ended, reads the log at once): the output shows
+    r = k("run", "-i", "--rm", "--restart=Never", "oneshot", "--image=busybox", "--image-pull-policy=Never",
+          "--overrides", json.dumps({"spec": {"nodeName": NODE}}), "--", "sh", "-c", "echo from-run", timeout=120)
+    assert r.stdout.startswith("from-run\n"), (r.stdout, r.stderr)
+    until(lambda: "NotFound" in k("get", "pod", "oneshot", ok=None).stderr, what="--rm deleting the pod")
+
+
 # --- pods/binding, pods/eviction -----------------------------------------------------------
 
 def test_binding_then_eviction(core, k, cfg):
