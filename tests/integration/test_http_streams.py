@@ -121,6 +121,9 @@ def test_logs_errors(k, core):
     r = k("logs", "waiting", ok=False)
     assert r.stderr.strip() == ('Error from server (BadRequest): container "c" in pod "waiting" is waiting to start: '
                                 'ContainerCreating'), r.stderr
+    r = k("logs", "talker", "--previous", ok=False)
+    assert r.stderr.strip() == ('Error from server (BadRequest): previous terminated container "c" in pod "talker" '
+                                'not found'), r.stderr
     r = k("logs", "nosuch", ok=False)  # kubectl's own words around the server's NotFound
     assert r.stderr.strip() == 'error: error from server (NotFound): pods "nosuch" not found in namespace "default"'
     # kubectl picks a container itself when there are several; the server's own answer:
