@@ -102,6 +102,10 @@ def test_create_read_list_delete_and_logs(core):
     listed = core.list_namespaced_pod(NS, label_selector="app=client-test")
     assert [p.metadata.name for p in listed.items] == ["hello"]
     assert core.list_namespaced_pod(NS, label_selector="app=other").items == []
+    # a dict body goes as a strategic merge patch: the labels merge, the containers stay
+    patched = core.patch_namespaced_pod("hello", NS, {"metadata": {"labels": {"patched": "yes"}}})
+    assert patched.metadata.labels == {"app": "client-test", "patched": "yes"}
+    assert [c.name for c in patched.spec.containers] == ["main"]
     assert [p.metadata.name for p in core.list_pod_for_all_namespaces(field_selector="metadata.name=hello").items] \
         == ["hello"]
 

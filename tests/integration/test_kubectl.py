@@ -517,3 +517,21 @@ def test_logs_follow_and_exec(k, real_node):
     r = k("exec", "nosuch", "--", "true", ok=False)
     assert r.stderr == 'Error from server (NotFound): pods "nosuch" not found\n'
     k("delete", "pod", "talker", "--grace-period=1", timeout=90)
+
+
+def test_create_f_validates_fields_and_delete_f(k, tmp_path):
+    f = tmp_path / "made.yaml"
+    f.write_text(WEB.replace("name: web\n", "name: made\n"))
+    assert k("create", "-f", str(f)).stdout == "pod/made created\n"
+    r = k("create", "-f", str(f), ok=False)
+    assert r.stderr == f'Error from server (AlreadyExists): error when creating "{f}": pods "made" already exists\n'
+    # kubectl asks the server to refuse unknown fields (fieldValidation=Strict), naming the field
+    typo = (WEB.replace("name: web\n", "name: typo\n")
+            .replace("    image: nginx:1.27\n", "    image: nginx\n    imagee: x\n"))
+    r = k("create", "-f", "-", stdin=typo, ok=False)
+    assert r.returncode == 1 and r.stderr.startswith('Error from server (BadRequest): error when creating "STDIN": '), r
+    assert 'unknown field "spec.containers[0].imagee"' in r.stderr, r.stderr
+    r = k("create", "-f", "-", "--validate=false", stdin=typo)
+    assert r.stdout == "pod/typo created\n"
+    assert k("delete", "-f", str(f), "--wait=false").stdout == 'pod "made" deleted from default namespace\n'
+    k("delete", "pod", "typo", "--wait=false")
