@@ -60,6 +60,8 @@ def cluster(tmp_path_factory):
         until(lambda: cp.k("get", "pods", "talker", "two", "--no-headers", ok=None).stdout.count("Running") == 2,
               what="talker and two Running")
         until(lambda: cp.k("logs", "talker", ok=None).stdout == "one\ntwo\nthree\n", what="talker's three lines")
+        until(lambda: "ErrImageNeverPull" in cp.k("get", "pod", "waiting", "--no-headers", ok=None).stdout,
+              what="waiting's image refused")
         yield cp
     finally:
         try:
@@ -120,7 +122,7 @@ def test_logs_errors(k, core):
     assert e.value.status == 400 and error_body(e.value)["message"] == "container nosuch is not valid for pod talker"
     r = k("logs", "waiting", ok=False)
     assert r.stderr.strip() == ('Error from server (BadRequest): container "c" in pod "waiting" is waiting to start: '
-                                'ContainerCreating'), r.stderr
+                                'ErrImageNeverPull'), r.stderr  # the kubelet's reason, as in Kubernetes
     r = k("logs", "talker", "--previous", ok=False)
     assert r.stderr.strip() == ('Error from server (BadRequest): previous terminated container "c" in pod "talker" '
                                 'not found'), r.stderr

@@ -105,9 +105,16 @@ class KubeletServer:
             what = "previous terminated container" if previous else "container"
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f'{what} "{container}" in pod "{name}" not found' if previous else
-                            f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating',
+                            f'container "{container}" in pod "{name}" is waiting to start: '
+                            f'{self._waiting(pod.metadata.uid, container)}',
                             trailing_metadata=(("reason", "BadRequest"),))
         return pod, container, attempts[idx]
+
+    def _waiting(self, uid: str, container: str) -> str:
+        """Why a container has not started, as the kubelet's validateContainerLogStatus says it."""
+        reason = getattr(self.kubelet.syncer, "waiting", {}).get((uid, container), ("",))[0]
+        return {"ErrImagePull": "image can't be pulled",
+                "ImagePullBackOff": "trying and failing to pull image"}.get(reason, reason or "ContainerCreating")
 
     async def logs(self, req: api_pb2.LogsRequest, ctx):
         await self._authorize(ctx)
