@@ -10,6 +10,8 @@ a label value YAML reads as a number). On the way out, int64 fields become numbe
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
 from google.protobuf import json_format
@@ -174,13 +176,62 @@ def decode_lenient(body: dict, kind: kinds.Kind) -> tuple[Message, list[str]]:
         raise ValueError(str(e)) from None
     obj = kind.message()
     try:
-        json_format.ParseDict(clean, obj, ignore_unknown_fields=False)
-    except json_format.ParseError as e:
+        _build(clean, obj)
+    except (TypeError, ValueError) as e:  # what the walk does not check: base64
         raise ValueError(str(e).split("\n")[0]) from None
     return obj, unknown
 
 
-# -- encoding ------------------------------------------------------------------------------
+def _bytes(v: str, path: str) -> bytes:
+    """JSON bytes: base64, standard or URL-safe, padding optional (as protobuf's JSON reads it)."""
+    try:
+        return base64.b64decode(v.replace("-", "+").replace("_", "/") + "=" * (-len(v) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{path}: illegal base64 data") from None
+
+
+def _set_value(target, v) -> None:
+    if isinstance(v, str):
+        target.string_value = v
+    else:
+        target.number_value = v
+
+
+def _build(d: dict, msg: Message, path: str = "") -> None:
+    """Fill msg from a dict the walk above has checked (types and names right): one pass,
+    instead of json_format.ParseDict's second walk (the HTTP face decodes every write)."""
+    desc = msg.DESCRIPTOR
+    for k, v in d.items():
+        f = desc.fields_by_name[k]
+        mt = f.message_type
+        p = f"{path}.{k}" if path else k
+        if mt is not None and mt.GetOptions().map_entry:
+            target, val_f = getattr(msg, k), mt.fields_by_name["value"]
+            if val_f.message_type is not None:
+                for mk, mv in v.items():
+                    _build(mv, target[mk], f"{p}.{mk}")
+            elif val_f.type == F.TYPE_BYTES:
+                target.update({mk: _bytes(mv, f"{p}.{mk}") for mk, mv in v.items()})
+            else:
+                target.update(v)
+        elif _repeated(f):
+            target = getattr(msg, k)
+            if mt is None:
+                target.extend([_bytes(x, f"{p}[{i}]") for i, x in enumerate(v)] if f.type == F.TYPE_BYTES else v)
+            elif mt.full_name == "google.protobuf.Value":
+                for x in v:
+                    _set_value(target.add(), x)
+            else:
+                for i, x in enumerate(v):
+                    _build(x, target.add(), f"{p}[{i}]")
+        elif mt is None:
+            setattr(msg, k, _bytes(v, p) if f.type == F.TYPE_BYTES else v)
+        elif mt.full_name == "google.protobuf.Value":
+            _set_value(getattr(msg, k), v)
+        else:
+            sub = getattr(msg, k)
+            sub.SetInParent()  # `resources: {}` is set, if empty
+            _build(v, sub, p)
 
 
 # Fields Go's types write even at their zero value (no omitempty), by message: Kubernetes' JSON
@@ -248,11 +299,51 @@ def _numbers(d: dict, desc: Descriptor, defaults: bool = False) -> dict:
     return d
 
 
+def _encode(msg: Message, defaults: bool) -> dict:
+    """The message as JSON data in one pass over its set fields (what MessageToDict and then
+    _numbers give, int64 as numbers and IntOrString as written, at a third of their cost)."""
+    out = {}
+    for f, v in msg.ListFields():
+        mt = f.message_type
+        if mt is not None and mt.GetOptions().map_entry:
+            val_f = mt.fields_by_name["value"]
+            if val_f.message_type is not None:
+                out[f.name] = {k: _encode(x, defaults) for k, x in v.items()}
+            elif val_f.type == F.TYPE_BYTES:
+                out[f.name] = {k: base64.b64encode(x).decode() for k, x in v.items()}
+            else:
+                out[f.name] = dict(v)
+        elif mt is None:
+            if f.type == F.TYPE_BYTES:
+                v = [base64.b64encode(x).decode() for x in v] if _repeated(f) else base64.b64encode(v).decode()
+            out[f.name] = list(v) if _repeated(f) else v
+        elif mt.full_name == "google.protobuf.Value":
+            out[f.name] = [_value(x) for x in v] if _repeated(f) else _value(v)
+        else:
+            out[f.name] = [_encode(x, defaults) for x in v] if _repeated(f) else _encode(v, defaults)
+    if defaults:
+        desc = msg.DESCRIPTOR
+        for name in GO_ALWAYS.get(desc.name, ()):
+            if name not in out and name in desc.fields_by_name:
+                out[name] = _zero(desc.fields_by_name[name])
+    return out
+
+
+def _value(v):
+    which = v.WhichOneof("kind")
+    if which == "number_value":
+        n = v.number_value
+        return int(n) if n.is_integer() else n
+    if which == "string_value":
+        return v.string_value
+    return json_format.MessageToDict(v)
+
+
 def to_dict(obj: Message, *, go_defaults: bool = False) -> dict:
     """An object in Kubernetes' shape: apiVersion and kind first, then metadata, spec, status.
     go_defaults: with the zero-valued fields Kubernetes' JSON always carries (GO_ALWAYS)."""
     k = kinds.kind_of(obj)
-    body = _numbers(json_format.MessageToDict(obj, preserving_proto_field_name=True), obj.DESCRIPTOR, go_defaults)
+    body = _encode(obj, go_defaults)
     for part in ("spec", "status"):
         if part in obj.DESCRIPTOR.fields_by_name and k.kind in ("Pod", "Node"):
             body.setdefault(part, {})
