@@ -161,7 +161,8 @@ async def _session(ws: web.WebSocketResponse, pump, reader) -> None:
     """Run the output pump (it returns the error channel's Status) beside the client reader;
     the Status and a normal close end it, or the client leaving first (the pump is cancelled,
     which cancels the kubelet's call, which ends the process)."""
-    tasks = pump_task, reader_task = asyncio.create_task(pump), asyncio.create_task(reader)
+    pump_task = asyncio.create_task(pump)
+    tasks = (pump_task, asyncio.create_task(reader))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if pump_task.done() and not ws.closed:
