@@ -143,8 +143,16 @@ class APIServer:
     async def _start_http(self) -> None:
         from .rest.app import HTTPServer, RestAPI
         self.http = HTTPServer(RestAPI(self.svc), self.opts.pki_dir)
+        host, port = self.http_address()
         try:
-            self.http_port = await self.http.start(*self.http_address())
+            try:
+                self.http_port = await self.http.start(host, port)
+            except RuntimeError:
+                if self.opts.http_listen:
+                    raise  # asked for: its failure is the answer
+                # the derived default (--listen's port + 1) is taken: any port, said in the log
+                log.warning("HTTP API: port %d is in use, listening on a free port instead", port)
+                self.http_port = await self.http.start(host, 0)
         except BaseException:
             await self.server.stop(0)
             raise

@@ -422,3 +422,25 @@ async def test_real_kubectl_reads_kubelab_config(http):
     rc, out, err = await kubectl(cfg, "get", "pods", "-n", "default", "--as", "bob")
     assert rc == 1 and err.strip() == ('Error from server (Forbidden): pods is forbidden: User "bob" cannot list '
                                        'resource "pods" in API group "" in the namespace "default"')
+
+
+async def test_http_port_default_taken_falls_back(http):
+    """--http-listen unset: --listen's port + 1; when that is taken, a free port (said in the
+    log) rather than no API server at all. An explicit --http-listen that is taken fails."""
+    import socket
+    grpc_port = free_port()
+    with socket.socket() as blocker:
+        try:
+            blocker.bind(("127.0.0.1", grpc_port + 1))
+            blocker.listen()
+        except OSError:
+            pass  # someone else holds it: taken all the same
+        srv = APIServer(Options(etcd_servers=http.srv.opts.etcd_servers, listen=f"127.0.0.1:{grpc_port}",
+                                pki_dir=http.dir / "pki"))
+        try:
+            await srv.start()
+            assert srv.http_port not in (0, grpc_port + 1)
+            async with http.session.get(f"https://127.0.0.1:{srv.http_port}/version", ssl=http.admin) as r:
+                assert r.status == 200
+        finally:
+            await srv.stop(0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import warnings
 from pathlib import Path
 
 from aiohttp import web
@@ -169,7 +170,9 @@ async def _errors(request: web.Request, handler):
 def make_app(api: RestAPI) -> web.Application:
     from . import discovery, handlers, openapi, streams, watch
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
-    app["api"] = api
+    with warnings.catch_warnings():  # a plain key: the handler modules read request.app["api"]
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["api"] = api
     openapi.add_routes(app, api)
     streams.add_routes(app, api)
     discovery.add_routes(app, api)
