@@ -148,7 +148,7 @@ async def test_crud_and_status_errors(http):
     assert code == 400 and st["reason"] == "BadRequest"
     assert st["message"] == ('Pod in version "v1" cannot be handled as a Pod: strict decoding error: '
                              'unknown field "spec.x"')
-    code, warned, headers = await http.req("POST", "/api/v1/namespaces/default/pods?fieldValidation=Warn", extra)
+    code, _, headers = await http.req("POST", "/api/v1/namespaces/default/pods?fieldValidation=Warn", extra)
     assert code == 201 and headers.getall("Warning") == ['299 - "unknown field \\"spec.x\\""']
     code, _, headers = await http.req("POST", "/api/v1/namespaces/default/pods", dict(extra, metadata={"name": "dflt"}))
     assert code == 201 and headers.getall("Warning") == ['299 - "unknown field \\"spec.x\\""']  # Warn: the default
@@ -183,7 +183,7 @@ async def test_crud_and_status_errors(http):
     assert st["status"]["containerStatuses"] == [{"name": "c", "image": "busybox", "imageID": "", "ready": False,
                                                   "restartCount": 0}]
 
-    code, dry, _ = await http.req("DELETE", "/api/v1/namespaces/default/pods/web?dryRun=All")
+    code, _, _ = await http.req("DELETE", "/api/v1/namespaces/default/pods/web?dryRun=All")
     assert code in (200, 202)
     assert (await http.req("GET", "/api/v1/namespaces/default/pods/web"))[0] == 200
     code, gone, _ = await http.req("DELETE", "/api/v1/namespaces/default/pods/web",
