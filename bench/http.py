@@ -1,5 +1,5 @@
-"""`python -m bench.run --only http` (part of `make bench`): the API server's HTTP face (master/apiserver/rest) against its
-gRPC face, on one cluster of its own (bench.run.Cluster: a real etcd and the API server as a
+"""`python -m bench.run --only http` (part of `make bench`): the API server's HTTP face
+(master/apiserver/rest) against its gRPC face, on one cluster of its own (bench.run.Cluster: a real etcd and the API server as a
 process), in the same run:
 
 - JSON pod creates per second over HTTP (aiohttp, the admin certificate, POST
