@@ -1,6 +1,6 @@
 """`python -m bench.run --only http` (part of `make bench`): the API server's HTTP face
-(master/apiserver/rest) against its gRPC face, on one cluster of its own (bench.run.Cluster: a real etcd and the API server as a
-process), in the same run:
+(master/apiserver/rest) against its gRPC face, on one cluster of its own (bench.run.Cluster:
+a real etcd and the API server as a process), in the same run:
 
 - JSON pod creates per second over HTTP (aiohttp, the admin certificate, POST
   /api/v1/namespaces/bench/pods) ÷ gRPC creates (kubelab's Client) at the same concurrency;
