@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from kubelab import pki
+from kubelab.errors import NotFound
 from worker.kubelet.reset import reset_node
 
 from .conftest import KUBELAB, ROOT, launch_control_plane, stop_control_plane, stop_group
@@ -146,9 +147,7 @@ class RealNode:
 
     def stop(self) -> None:
         try:
-            # forced: the API forgets the pods at once; the kubelet then removes their containers
-            self.cp.kubelab("delete", "pods", "--all", "--all-namespaces", "--force", "--grace-period", "0",
-                            check=False, timeout=60)
+            asyncio.run(self._delete_pods())
             self._wait_no_containers()
         finally:
             try:
@@ -156,6 +155,16 @@ class RealNode:
                     stop_group(self.proc)
             finally:
                 asyncio.run(reset_node(self.root, bridge=self.bridge, image_dir=self.root / "img"))
+
+    async def _delete_pods(self) -> None:
+        """Forced (grace 0): the API forgets the node's pods at once, whatever state a test left
+        them in, and the kubelet removes their containers (reset_node takes any it could not)."""
+        async with self.cp.client() as c:
+            for p in (await c.pods("").list(field_selector=f"spec.nodeName={self.name}")).items:
+                try:
+                    await c.pods(p.metadata.namespace).delete(p.metadata.name, grace_period=0)
+                except NotFound:
+                    pass
 
     def _wait_no_containers(self, timeout: float = 30) -> None:
         end = time.monotonic() + timeout
