@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from kubelab import pki
+from kubelab.client.config import ConfigError, grpc_address
 from kubelab.api.v1 import objects_pb2 as v1
 
 CLUSTER_INFO = "cluster-info"
@@ -71,11 +72,9 @@ def parse_cluster_info(cm: v1.ConfigMap) -> tuple[str, bytes]:
     try:
         doc = yaml.safe_load(cm.data["kubeconfig"])
         cluster = doc["clusters"][0]["cluster"]
-        grpc = [e["extension"]["server"] for e in cluster.get("extensions") or ()
-                if e.get("name") == "kubelab.dev/grpc"]  # the gRPC address, when server is the HTTP API
-        server = grpc[0] if grpc else cluster["server"]
+        server = grpc_address(cluster) or cluster["server"]
         return server.split("://", 1)[-1], base64.b64decode(cluster["certificate-authority-data"])
-    except (KeyError, IndexError, TypeError, ValueError, yaml.YAMLError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, yaml.YAMLError, ConfigError) as e:
         raise BootstrapError(f"the cluster-info ConfigMap in {NAMESPACE} is malformed ({e!r}); "
                              "restart the API server to publish it again") from None
 

@@ -2,9 +2,11 @@
 
 The file is a kubeconfig (clusters, users, contexts, current-context) that the real kubectl
 reads as it is: `clusters[].cluster.server` is the API server's HTTP face (https://host:port),
-and the cluster extension named `kubelab.dev/grpc` (`{server: host:port}`) is its gRPC
-address, which kubelab's own clients use (`ClientConfig.server`). A config without that
-extension is an older kubelab one: its `server` is the gRPC address. The CLI finds the file
+and the cluster extension named `kubelab.dev/grpc` (`{server: host:port, http-server:
+host:port}`) is its gRPC address, which kubelab's own clients use (`ClientConfig.server`). The
+extension holds only while `server` is still the HTTP address it was written beside: a config
+whose `server` was edited by hand, or one without the extension (an older kubelab's), is read
+with `server` as the gRPC address, so an edit is never silently overridden. The CLI finds the file
 through --config, then $KUBELAB_CONFIG, then ~/.kubelab/config; `kubelab control-plane` writes
 DATA_DIR/admin.conf.
 """
@@ -76,7 +78,8 @@ def cluster_entry(cfg: ClientConfig) -> dict:
     if not cfg.http_server:
         return {"server": f"https://{_strip_scheme(cfg.server)}", "certificate-authority-data": b64}
     return {"server": f"https://{_strip_scheme(cfg.http_server)}", "certificate-authority-data": b64,
-            "extensions": [{"name": GRPC_EXTENSION, "extension": {"server": _strip_scheme(cfg.server)}}]}
+            "extensions": [{"name": GRPC_EXTENSION, "extension": {"server": _strip_scheme(cfg.server),
+                                                                  "http-server": _strip_scheme(cfg.http_server)}}]}
 
 
 def http_address(grpc_server: str) -> str:
@@ -86,7 +89,9 @@ def http_address(grpc_server: str) -> str:
     return f"{host}:{int(port) + 1}" if port.isdigit() else ""
 
 
-def _grpc_server(cluster: dict, where: str, path: Path) -> str | None:
+def grpc_address(cluster: dict, where: str = "cluster", path: Path | str = "") -> str | None:
+    """The gRPC host:port of a kubeconfig cluster entry from its kubelab.dev/grpc extension, or
+    None (no extension, or `server` no longer the HTTP address the extension was written for)."""
     exts = cluster.get("extensions") or []
     if not isinstance(exts, list):
         raise ConfigError(f"config {path}: {where}.extensions must be a list")
@@ -96,6 +101,9 @@ def _grpc_server(cluster: dict, where: str, path: Path) -> str | None:
             if not isinstance(ext, dict) or not isinstance(ext.get("server"), str) or not ext["server"]:
                 raise ConfigError(f"config {path}: missing field {where}.extensions[{i}].extension.server "
                                   f"({GRPC_EXTENSION}: the API server's gRPC host:port)")
+            paired = ext.get("http-server")
+            if paired and _strip_scheme(str(paired)) != _strip_scheme(str(cluster.get("server", ""))):
+                return None  # server was changed by hand: it is what the user means to reach
             return _strip_scheme(ext["server"])
     return None
 
@@ -172,7 +180,7 @@ def load_config(path) -> ClientConfig:
         cert = _pem(user, "client-certificate", "user", path)
         key = _pem(user, "client-key", "user", path)
     server = _strip_scheme(str(cluster["server"]))
-    grpc_server = _grpc_server(cluster, f"clusters[{cl_name or 0}].cluster", path)
+    grpc_server = grpc_address(cluster, f"clusters[{cl_name or 0}].cluster", path)
     return ClientConfig(
         server=grpc_server or server, http_server=server if grpc_server else "",
         ca_pem=_pem(cluster, "certificate-authority", "cluster", path),

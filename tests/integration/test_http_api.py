@@ -389,7 +389,15 @@ async def test_config_extension_round_trip(tmp_path):  # async only for the modu
     import yaml
     cluster = yaml.safe_load((tmp_path / "new").read_text())["clusters"][0]["cluster"]
     assert cluster["server"] == "https://10.0.0.1:6444"
-    assert cluster["extensions"] == [{"name": "kubelab.dev/grpc", "extension": {"server": "10.0.0.1:6443"}}]
+    assert cluster["extensions"] == [{"name": "kubelab.dev/grpc", "extension": {"server": "10.0.0.1:6443",
+                                                                               "http-server": "10.0.0.1:6444"}}]
+    # server edited by hand: it is what kubelab dials too (the extension was for the old one)
+    cluster["server"] = "https://10.0.0.2:7000"
+    doc = yaml.safe_load((tmp_path / "new").read_text())
+    doc["clusters"][0]["cluster"] = cluster
+    (tmp_path / "edited").write_text(yaml.safe_dump(doc))
+    edited = load_config(tmp_path / "edited")
+    assert (edited.server, edited.http_server) == ("10.0.0.2:7000", "")
     write_config(tmp_path / "old", ClientConfig(server="10.0.0.1:6443", ca_pem=ca, cert_pem=cert, key_pem=key))
     old = load_config(tmp_path / "old")
     assert (old.server, old.http_server) == ("10.0.0.1:6443", "")
