@@ -122,59 +122,9 @@ def field_schema(desc: Descriptor, f: FieldDescriptor, ref: str, *, v3: bool) ->
 
 def required_fields(desc: Descriptor) -> tuple[str, ...]:
     """The fields of a message that Kubernetes' OpenAPI marks required (Go fields without
-    omitempty), for the HTTP face's JSON encoder: proto3 drops a zero value (restartCount 0,
-    ready false, ""), and clients that check required fields (the official Python client's
-    models) refuse an object without them."""
+    omitempty). The HTTP face's encoder writes the zero values of such fields that proto3's
+    JSON drops (kubelab.api.codec.GO_ALWAYS, checked against this list by test_openapi)."""
     return tuple(_DOCS.get(definition_name(desc), {}).get("required", ()))
-
-
-def _zero(f: FieldDescriptor):
-    if _is_map(f):
-        return {}
-    if f.is_repeated:
-        return []
-    if f.message_type is not None:
-        return {}
-    if f.type == F.TYPE_BOOL:
-        return False
-    if f.type in _INTS or f.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
-        return 0
-    return ""
-
-
-_PLANS: dict[str, tuple] = {}
-
-
-def _plan(desc: Descriptor) -> tuple:
-    """(required fields with their zero values, message fields to walk into) of a message."""
-    plan = _PLANS.get(desc.full_name)
-    if plan is None:
-        required = set(required_fields(desc))
-        zeros = tuple((f.name, _zero(f)) for f in desc.fields if f.name in required)
-        nested = tuple((f.name, f.message_type, f.is_repeated) for f in desc.fields
-                       if f.message_type is not None and not _is_map(f)
-                       and f.message_type.full_name != "google.protobuf.Value")
-        plan = _PLANS[desc.full_name] = (zeros, nested)
-    return plan
-
-
-def with_required(obj: dict, desc: Descriptor) -> dict:
-    """Write the zero value of every required field proto3's JSON left out (in place, nested
-    objects too), as Go's encoder writes a non-omitempty field: `restartCount: 0`, `ready:
-    false`, `bootID: ""`. Returns obj."""
-    zeros, nested = _plan(desc)
-    for name, zero in zeros:
-        if name not in obj:
-            obj[name] = type(zero)() if isinstance(zero, (dict, list)) else zero
-    for name, sub, repeated in nested:
-        v = obj.get(name)
-        if isinstance(v, dict) and not repeated:
-            with_required(v, sub)
-        elif isinstance(v, list) and repeated:
-            for item in v:
-                if isinstance(item, dict):
-                    with_required(item, sub)
-    return obj
 
 
 def message_schema(desc: Descriptor, ref: str, *, v3: bool, kind: kinds.Kind | None = None) -> dict:
