@@ -35,7 +35,8 @@ def parse_time(s: str) -> dt.datetime | None:
         return None
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint (also the OpenAPI v2 document's writer uses it)."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -56,8 +57,8 @@ def rv_suffix(rv: int) -> bytes:
     the API server serves etcd's bytes without decoding and re-encoding them.
     """
     s = str(rv).encode()
-    meta = b"\x2a" + _varint(len(s)) + s  # field 5, length-delimited
-    return b"\x0a" + _varint(len(meta)) + meta  # field 1, length-delimited
+    meta = b"\x2a" + varint(len(s)) + s  # field 5, length-delimited
+    return b"\x0a" + varint(len(meta)) + meta  # field 1, length-delimited
 
 
 def pack(obj: Message) -> any_pb2.Any:

@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import json
 
+from kubelab.meta import varint
+
 CONTENT_TYPE = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"  # what kubectl asks for
 # what the answer says it is: "@" is no token character, and Go's mime parser (client-go reads
 # every Content-Type) refuses it; the dotted form is the one Kubernetes also accepts
 RESPONSE_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _len(num: int, data: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(data)) + data
+    return varint(num << 3 | 2) + varint(len(data)) + data
 
 
 def _str(num: int, s: str) -> bytes:
@@ -41,7 +31,7 @@ def _str(num: int, s: str) -> bytes:
 
 
 def _bool(num: int, v: bool) -> bytes:
-    return _varint(num << 3) + b"\x01" if v else b""
+    return varint(num << 3) + b"\x01" if v else b""
 
 
 def _strings(num: int, values) -> bytes:
