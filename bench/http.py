@@ -3,7 +3,8 @@
 a real etcd and the API server as a process), in the same run:
 
 - JSON pod creates per second over HTTP (aiohttp, the admin certificate, POST
-  /api/v1/namespaces/bench/pods) ÷ gRPC creates (kubelab's Client) at the same concurrency;
+  /api/v1/namespaces/bench/pods) ÷ gRPC creates (kubelab's Client) at the same concurrency, in
+  alternating rounds;
   goal >= 0.8: the translator costs little next to the store, validation and etcd behind it.
 - `kubectl get pods -A` over 10,000 pods, the whole command (its discovery cache warm, as a
   person's is), ÷ `kubelab get pods -A` over the same pods: both ask the server for a Table in
@@ -85,7 +86,8 @@ async def wait_http(session: aiohttp.ClientSession, base: str, timeout: float = 
         await asyncio.sleep(0.3)
 
 
-async def create_rates(cluster, bounded, bench_pod, n: int, concurrency: int) -> tuple[float, float]:
+async def create_rates(cluster, bounded, bench_pod, n: int, concurrency: int,
+                       rounds: int = 4) -> tuple[float, float]:
     base = f"https://{http_address(cluster)}"
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context(cluster),
@@ -106,9 +108,12 @@ async def create_rates(cluster, bounded, bench_pod, n: int, concurrency: int) ->
             # the objects made beforehand: neither client's encoding of its own input is timed
             msgs = [bench_pod(f"grpc-{i}") for i in range(n)]
             bodies = [to_dict(bench_pod(f"http-{i}")) for i in range(n)]
-            grpc_rate = n / await bounded(n, concurrency, lambda i: pods.create(msgs[i]))
-            http_rate = n / await bounded(n, concurrency, lambda i: post(bodies[i]))
-    return http_rate, grpc_rate
+            # alternating rounds, so a burst of load on the shared machine falls on both legs
+            per, grpc_t, http_t = n // rounds, 0.0, 0.0
+            for r in range(rounds):
+                grpc_t += await bounded(per, concurrency, lambda i, r=r: pods.create(msgs[r * per + i]))
+                http_t += await bounded(per, concurrency, lambda i, r=r: post(bodies[r * per + i]))
+    return per * rounds / http_t, per * rounds / grpc_t
 
 
 def timed(cmd: list[str], env: dict, expect: int) -> float:
@@ -127,7 +132,7 @@ async def run(cluster, report, bounded, bench_pod, *, total: int = 10000, create
               concurrency: int = 64) -> None:
     http_rate, grpc_rate = await create_rates(cluster, bounded, bench_pod, creates, concurrency)
     ratio = http_rate / grpc_rate
-    report(f"h1. JSON pod create over HTTP ÷ gRPC (concurrency {concurrency})",
+    report(f"h1. JSON pod create over HTTP ÷ gRPC (concurrency {concurrency}, 4 alternating rounds)",
            f"{http_rate:.0f}/s ÷ {grpc_rate:.0f}/s = {ratio:.2f}", "≥ 0.8", ratio >= 0.8)
 
     async with Client.connect(str(cluster.config)) as c:
