@@ -75,6 +75,18 @@ class KubeletProxy:
             raise BadRequest("exec: the first message must say what to run (start)")
         if not first.start.command:
             raise BadRequest("you must specify at least one command for the container")
+        async for resp in self._stream("Exec", first, requests):
+            yield resp
+
+    async def attach(self, requests):
+        """pods/attach: ExecStart without a command, relayed to the kubelet's Attach."""
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("msg") != "start":
+            raise BadRequest("attach: the first message must say what to attach to (start)")
+        async for resp in self._stream("Attach", first, requests):
+            yield resp
+
+    async def _stream(self, method: str, first, requests):
         _, node = await self._pod_and_node(first.start.namespace, first.start.name)
 
         async def upstream():
@@ -82,7 +94,7 @@ class KubeletProxy:
             async for r in requests:
                 yield r
         call = self.channel(node).stream_stream(
-            KUBELET + "Exec", request_serializer=api_pb2.ExecRequest.SerializeToString,
+            KUBELET + method, request_serializer=api_pb2.ExecRequest.SerializeToString,
             response_deserializer=lambda b: b)(upstream())
         try:
             async for resp in call:

@@ -181,18 +181,27 @@ class ApiService:
             await abort(ctx, e)
 
     async def PodExec(self, requests, ctx):
+        async for resp in self._pod_stream(requests, ctx, "exec", self.proxy.exec):
+            yield resp
+
+    async def PodAttach(self, requests, ctx):
+        async for resp in self._pod_stream(requests, ctx, "attach", self.proxy.attach):
+            yield resp
+
+    async def _pod_stream(self, requests, ctx, subresource: str, relay):
+        """pods/exec and pods/attach: admitted as `create pods/<subresource>`, then relayed."""
         try:
             first = await anext(requests, None)
             start = first.start if first is not None and first.WhichOneof("msg") == "start" else None
             await self.admit(ctx, "create", "pods", (start.namespace if start else "") or "default",
-                             start.name if start else "", "exec")
+                             start.name if start else "", subresource)
 
             async def replay():
                 if first is not None:
                     yield first
                 async for r in requests:
                     yield r
-            async for resp in self.proxy.exec(replay()):
+            async for resp in relay(replay()):
                 yield resp
         except ApiError as e:
             await abort(ctx, e)
@@ -235,6 +244,7 @@ def generic_handler(svc: ApiService) -> grpc.GenericRpcHandler:
         response_serializer=lambda b: b)  # events arrive encoded once from the watch cache
     handlers["PodLogs"] = grpc.unary_stream_rpc_method_handler(
         svc.PodLogs, request_deserializer=api_pb2.LogsRequest.FromString, response_serializer=lambda b: b)
-    handlers["PodExec"] = grpc.stream_stream_rpc_method_handler(
-        svc.PodExec, request_deserializer=api_pb2.ExecRequest.FromString, response_serializer=lambda b: b)
+    for name in ("PodExec", "PodAttach"):
+        handlers[name] = grpc.stream_stream_rpc_method_handler(
+            getattr(svc, name), request_deserializer=api_pb2.ExecRequest.FromString, response_serializer=lambda b: b)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

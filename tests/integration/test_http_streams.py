@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import subprocess
 import time
 
 import pytest
@@ -23,7 +24,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
 from .conftest import launch_control_plane, stop_control_plane
-from .test_kubectl import Kubectl, Lines, RealNode, until
+from .test_kubectl import KUBECTL, Kubectl, Lines, RealNode, until
 
 CLUSTER_CIDR = "10.206.0.0/16"  # apart from test_kubectl's 10.204/16 and test_k8s_client's 10.205/16
 NODE = "streams-node"
@@ -293,8 +294,8 @@ def test_attach_streams_output_from_now_on(core, k):
     with pytest.raises(ApiException) as e:
         stream(core.connect_get_namespaced_pod_attach, "two", NS, container="a", stdout=True, stdin=True,
                tty=False, _preload_content=False)
-    assert "Handshake status 400" in e.value.reason and "stdin and tty are not supported" in e.value.reason, \
-        e.value.reason
+    assert "Handshake status 400" in e.value.reason and "container a in pod two was not created with stdin" \
+        in e.value.reason, e.value.reason
 
 
 def test_kubectl_attach_and_run_i(k):
@@ -313,12 +314,75 @@ def test_kubectl_attach_and_run_i(k):
                     raise
     finally:
         lines.stop()
-    # -i: kubectl attaches with stdin, which is refused here (no stdin), and falls back to the
-    # pod's log (or, if the command has already ended, reads the log at once): the output shows
-    r = k("run", "-i", "--rm", "--restart=Never", "oneshot", "--image=busybox", "--image-pull-policy=Never",
-          "--overrides", json.dumps({"spec": {"nodeName": NODE}}), "--", "sh", "-c", "echo from-run", timeout=120)
-    assert r.stdout.startswith("from-run\n"), (r.stdout, r.stderr)
-    until(lambda: "NotFound" in k("get", "pod", "oneshot", ok=None).stderr, what="--rm deleting the pod")
+    # -i to a container created without stdin: refused in so many words, before any upgrade
+    r = k("attach", "-i", "two", "-c", "b", ok=False, timeout=60)
+    assert "container b in pod two was not created with stdin" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_kubectl_run_i_feeds_stdin_and_removes_the_pod(k):
+    # kubectl run -i makes the container with stdin and stdinOnce, attaches with stdin, sends
+    # its own stdin, then closes it: the container reads the line (it waits for it, so nothing
+    # it prints can be missed), cat the rest until the close (stdinOnce: it reaches the
+    # container), and ends; --rm deletes the pod
+    r = k("run", "-i", "--rm", "--restart=Never", "reader", "--image=busybox", "--image-pull-policy=Never",
+          "--overrides", json.dumps({"spec": {"nodeName": NODE}}), "--", "sh", "-c",
+          "read l; echo got $l; cat; echo stdin-closed", stdin="hello-stdin\nthe-rest\n", timeout=120)
+    assert "got hello-stdin\nthe-rest\nstdin-closed\n" in r.stdout, (r.stdout, r.stderr)
+    until(lambda: "NotFound" in k("get", "pod", "reader", ok=None).stderr, what="--rm deleting the pod")
+
+
+def _attach_and_echo(k, word: str) -> None:
+    proc = subprocess.Popen([KUBECTL, "attach", "-i", "catter"], env=k.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = Lines(proc)
+    try:
+        # a line typed before the attach is up reaches cat but is echoed to nobody: type until
+        # an echo comes back (cat echoes every line it reads)
+        end = time.monotonic() + 60
+        while True:
+            proc.stdin.write(f"{word}-line\n")
+            proc.stdin.flush()
+            try:
+                lines.wait_for(lambda ln: ln == f"{word}-line", 3, what="cat echoing the typed line")
+                return
+            except AssertionError:
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise
+    finally:
+        lines.stop()
+
+
+def test_kubectl_attach_i_to_cat(k):
+    k("apply", "-f", "-", stdin=yaml.safe_dump(pod("catter", [dict(busybox("c", "exec cat"), stdin=True)])))
+    try:
+        until(lambda: "Running" in k("get", "pod", "catter", "--no-headers", ok=None).stdout, what="catter Running")
+        _attach_and_echo(k, "first")
+        # not stdinOnce: the first client leaving left cat's stdin open for the next one
+        _attach_and_echo(k, "second")
+    finally:
+        k("delete", "pod", "catter", "--grace-period=0", "--force", ok=None)
+
+
+def test_attach_to_a_tty_container(core, k):
+    # tty: true runs the process on a terminal (conmon -t): an interactive shell, attached with
+    # stdin and tty by the official client, runs what it is sent and answers through the terminal
+    k("apply", "-f", "-", stdin=yaml.safe_dump(pod("shell", [dict(busybox("c", "exec sh"), stdin=True, tty=True)])))
+    try:
+        until(lambda: "Running" in k("get", "pod", "shell", "--no-headers", ok=None).stdout, what="shell Running")
+        ws = stream(core.connect_get_namespaced_pod_attach, "shell", NS, stdout=True, stderr=True, stdin=True,
+                    tty=True, _preload_content=False)
+        try:
+            until(lambda: ws.is_open(), 30, what="the attach stream open")
+            got, end = "", time.monotonic() + 60
+            while "on-/dev/pts/0" not in got and time.monotonic() < end:
+                ws.write_stdin("echo on-$(tty)\n")
+                ws.update(timeout=1)
+                got += ws.read_stdout() or ""
+            assert "on-/dev/pts/0" in got, got
+        finally:
+            ws.close()
+    finally:
+        k("delete", "pod", "shell", "--grace-period=0", "--force", ok=None)
 
 
 # --- pods/binding, pods/eviction -----------------------------------------------------------

@@ -65,6 +65,22 @@ def test_reset_recognises_kubelab_conmons():
     assert not conmon.is_kubelab_conmon(b"\0".join(not_conmon))
 
 
+def test_stdin_and_tty_flags():
+    """stdin: -i, and --leave-stdin-open unless stdinOnce (an attached client's close must not
+    end the container's stdin then); tty: -t. reset still knows such a conmon."""
+    def flags(**kw):
+        args = conmon.argv("/usr/bin/conmon", conmon.Paths(Path("/var/lib/kubelab/containers") / CID, CID),
+                           runc="/usr/sbin/runc", runc_root=Path("/run/kubelab/runc"),
+                           log_path=Path("/var/log/pods/x/0.log"), name="k8s_web", **kw)
+        assert conmon.is_kubelab_conmon(b"\0".join(a.encode() for a in args))
+        return {a for a in args if a in ("-i", "--leave-stdin-open", "-t")}
+    assert flags() == set()
+    assert flags(stdin=True) == {"-i", "--leave-stdin-open"}
+    assert flags(stdin=True, stdin_once=True) == {"-i"}
+    assert flags(stdin_once=True) == set()  # stdinOnce without stdin means nothing
+    assert flags(tty=True) == {"-t"}
+
+
 def test_alive_is_only_this_containers_conmon():
     """A pid counts as the container's conmon only if its argv is conmon's with this id (pids
     are recycled). Stand-ins: Python processes named conmon (argv[0]) or not."""

@@ -18,6 +18,7 @@ from kubelab import pki
 from kubelab.api.v1 import api_pb2
 from kubelab.client.config import server_options
 from worker.runtime.execstream import relay
+from worker.runtime.runtime import ContainerError
 
 
 log = logging.getLogger("kubelet.server")
@@ -62,6 +63,9 @@ class KubeletServer:
                 response_serializer=api_pb2.LogChunk.SerializeToString),
             "Exec": grpc.stream_stream_rpc_method_handler(
                 self.exec, request_deserializer=api_pb2.ExecRequest.FromString,
+                response_serializer=api_pb2.ExecResponse.SerializeToString),
+            "Attach": grpc.stream_stream_rpc_method_handler(
+                self.attach, request_deserializer=api_pb2.ExecRequest.FromString,
                 response_serializer=api_pb2.ExecResponse.SerializeToString),
         }),))
         creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=self.cluster_ca, require_client_auth=True)
@@ -161,6 +165,37 @@ class KubeletServer:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+    async def attach(self, requests, ctx):
+        """pods/attach: the container's own stdio (the runtime's Attach); leaving detaches."""
+        await self._authorize(ctx)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("msg") != "start":
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "attach: no start message")
+        s = first.start
+        pod, name, c = await self._container(ctx, s.namespace, s.name, s.container)
+        spec = next((x for x in list(pod.spec.initContainers) + list(pod.spec.containers) if x.name == name), None)
+        if s.stdin and not (spec is not None and spec.stdin):
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"container {name} in pod {s.name} was not created with stdin (stdin: true in its "
+                            "spec): attach without -i, or use exec",
+                            trailing_metadata=(("reason", "BadRequest"),))
+        if c.state not in ("running", "created"):
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot attach to a stopped container: {name}",
+                            trailing_metadata=(("reason", "BadRequest"),))
+        try:
+            proc = await self.kubelet.runtime.attach(c.id, stdin=s.stdin)
+        except ContainerError as e:  # it ended meanwhile, or its monitor is gone
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e), trailing_metadata=(("reason", "BadRequest"),))
+        try:
+            yield api_pb2.ExecResponse(stdout=b"")  # attached: the HTTP face upgrades on it
+            async for msg in relay(proc, requests, message=lambda kind, data: api_pb2.ExecResponse(**{kind: data})):
+                yield msg
+            yield api_pb2.ExecResponse(exitCode=await proc.wait())
+        finally:
+            if proc.returncode is None:
+                proc.kill()  # detach only: the container runs on
 
 
 def log_time(t: str) -> datetime:

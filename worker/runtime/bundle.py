@@ -123,7 +123,7 @@ def _table(path: Path) -> list[list[str]]:
 def runtime_spec(*, args: list[str], env: list[str], cwd: str, uid: int, gid: int, rootfs: Path,
                  shared: Shared, mounts: list[tuple[str, str, bool]], cgroups_path: str,
                  memory_bytes: int | None = None, cpu_millis: int | None = None,
-                 privileged: bool = False, annotations: dict[str, str] | None = None) -> dict:
+                 privileged: bool = False, annotations: dict[str, str] | None = None, tty: bool = False) -> dict:
     caps = [c for c in ALL_CAPS if c in bounding_caps()] if privileged else DEFAULT_CAPS
     spec_mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -169,7 +169,7 @@ def runtime_spec(*, args: list[str], env: list[str], cwd: str, uid: int, gid: in
     return {
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": False,
+            "terminal": tty,  # conmon -t hands runc a console socket and keeps the master
             "user": {"uid": uid, "gid": gid},
             "args": args,
             "env": env,

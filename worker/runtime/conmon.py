@@ -16,7 +16,7 @@ does not reset its byte count when asked to reopen; see logs.py).
 
 Files conmon keeps in the container's directory (its OCI bundle): init.pid (runc's pid
 file), conmon.pid, exits/<id>, ctl (a FIFO: "2 0 0" asks conmon to reopen the log file), and
-the attach socket's directory.
+attach (the attach socket, see Paths.attach) and the attach socket's directory.
 """
 from __future__ import annotations
 
@@ -72,9 +72,21 @@ class Paths:
     def socket_dir(self) -> Path:
         return self.cdir / "sockets"
 
+    @property
+    def attach(self) -> Path:
+        """conmon's attach socket (SOCK_SEQPACKET): what a client sends is the container's
+        stdin, what it receives is output with a one-byte pipe prefix (2 stdout, 3 stderr);
+        shutdown(SHUT_WR) closes stdin. conmon puts it in the bundle (its --socket-dir-path
+        holds a symlink to the bundle, to keep the path short)."""
+        return self.cdir / "attach"
 
-def argv(binary: str, p: Paths, *, runc: str, runc_root: Path, log_path: Path, name: str) -> list[str]:
-    return [binary, "--api-version", "1", "-c", p.cid, "-u", p.cid, "-n", name, "-r", runc, "-b", str(p.cdir),
+
+def argv(binary: str, p: Paths, *, runc: str, runc_root: Path, log_path: Path, name: str,
+         stdin: bool = False, stdin_once: bool = False, tty: bool = False) -> list[str]:
+    # -i keeps a pipe to the container's stdin that the attach socket writes to; conmon closes
+    # it when an attached client half-closes, unless --leave-stdin-open (stdin without stdinOnce)
+    io = (["-i"] + ([] if stdin_once else ["--leave-stdin-open"]) if stdin else []) + (["-t"] if tty else [])
+    return [binary, *io, "--api-version", "1", "-c", p.cid, "-u", p.cid, "-n", name, "-r", runc, "-b", str(p.cdir),
             "-p", str(p.init_pid), "-P", str(p.conmon_pid), "--exit-dir", str(p.exit_dir),
             "-l", f"k8s-file:{log_path}", "--socket-dir-path", str(p.socket_dir),
             "--runtime-arg", f"--root={runc_root}",
@@ -90,7 +102,8 @@ def resolve(binary: str) -> str:
 
 
 async def spawn(binary: str, p: Paths, *, runc: str, runc_root: Path, log_path: Path, name: str,
-                timeout: float = 60.0) -> tuple[int, int]:
+                timeout: float = 60.0, stdin: bool = False, stdin_once: bool = False,
+                tty: bool = False) -> tuple[int, int]:
     """Start conmon for the bundle p.cdir (runc create under it); return (init pid, conmon pid).
     Raises ConmonError with runc's message when the container cannot be created."""
     p.exit_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +113,8 @@ async def spawn(binary: str, p: Paths, *, runc: str, runc_root: Path, log_path: 
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "TZ": "UTC",
                "_OCI_SYNCPIPE": str(w)}
-        args = argv(resolve(binary), p, runc=resolve(runc), runc_root=runc_root, log_path=log_path, name=name)
+        args = argv(resolve(binary), p, runc=resolve(runc), runc_root=runc_root, log_path=log_path, name=name,
+                    stdin=stdin, stdin_once=stdin_once, tty=tty)
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, pass_fds=(w,), env=env, cwd="/")

@@ -43,7 +43,7 @@ def spec_to_pb(s: ContainerSpec) -> pb.ContainerSpec:
         pod_uid=s.pod_uid, pod_name=s.pod_name, namespace=s.namespace, container_name=s.container_name,
         image=s.image, attempt=s.attempt, command=s.command, args=s.args, env=s.env, working_dir=s.working_dir,
         mounts=[pb.Mount(host_path=h, container_path=c, read_only=bool(ro)) for h, c, ro in s.mounts],
-        labels=s.labels, privileged=s.privileged)
+        labels=s.labels, privileged=s.privileged, stdin=s.stdin, stdin_once=s.stdin_once, tty=s.tty)
     for name in ("netns_path", "cpu_millis", "memory_bytes", "log_path", "pod_ip", "resolv_conf"):
         value = getattr(s, name)
         if value is not None:
@@ -59,7 +59,7 @@ def spec_from_pb(m: pb.ContainerSpec) -> ContainerSpec:
         mounts=[(x.host_path, x.container_path, x.read_only) for x in m.mounts],
         cpu_millis=_opt(m, "cpu_millis"), memory_bytes=_opt(m, "memory_bytes"), log_path=_opt(m, "log_path"),
         labels=dict(m.labels), pod_ip=_opt(m, "pod_ip"), resolv_conf=_opt(m, "resolv_conf"),
-        privileged=m.privileged)
+        privileged=m.privileged, stdin=m.stdin, stdin_once=m.stdin_once, tty=m.tty)
 
 
 def status_to_pb(s: ContainerStatus) -> pb.ContainerStatus:
@@ -249,16 +249,23 @@ class RemoteRuntime:
     async def exec(self, cid: str, cmd: list[str], *, tty: bool = False, stdin: bool = False) -> "RemoteProcess":
         """Like Runtime.exec: an object with asyncio.subprocess.Process's stdout, stderr (None
         with tty), stdin (None unless stdin or tty), wait(), returncode and kill()."""
-        call = self._stub.Exec()
+        return await self._stream(self._stub.Exec(), pb.ExecStart(id=cid, cmd=cmd, tty=tty, stdin=stdin), "exec")
+
+    async def attach(self, cid: str, *, stdin: bool = False) -> "RemoteProcess":
+        """Like Runtime.attach (the container's own stdio); kill() detaches. A tty container's
+        output all comes as stdout."""
+        return await self._stream(self._stub.Attach(), pb.ExecStart(id=cid, stdin=stdin), "attach")
+
+    async def _stream(self, call, start: pb.ExecStart, what: str) -> "RemoteProcess":
         try:
-            await call.write(pb.ExecRequest(start=pb.ExecStart(id=cid, cmd=cmd, tty=tty, stdin=stdin)))
+            await call.write(pb.ExecRequest(start=start))
             first = await call.read()
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         if first is grpc.aio.EOF:
             code = await call.code()
-            raise ContainerError(f"container runtime: exec ended before it started ({code.name})")
-        proc = RemoteProcess(call, tty=tty, stdin=stdin)
+            raise ContainerError(f"container runtime: {what} ended before it started ({code.name})")
+        proc = RemoteProcess(call, tty=start.tty, stdin=start.stdin)
         proc._start()
         return proc
 

@@ -1,5 +1,5 @@
 """The container runtime's facade: what the kubelet calls (CreateContainer, StartContainer,
-StopContainer, RemoveContainer, ContainerStatus, ListContainers, Exec in CRI's words).
+StopContainer, RemoveContainer, ContainerStatus, ListContainers, Exec, Attach in CRI's words).
 
 One container = one directory `<root>/containers/<id>/`, which is also its OCI bundle:
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from . import bundle, cgroups, conmon, mounts
+from .attach import AttachProcess, connect as attach_socket
 from .images import ImageStore
 from .logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, LogEntry, needs_rotation, read_log_entries, rotate_files
 from .proc import CommandError
@@ -78,6 +79,9 @@ class ContainerSpec:
     pod_ip: str | None = None                            # for the pod's /etc/hosts
     resolv_conf: str | None = None                       # /etc/resolv.conf text; None: the host's
     privileged: bool = False
+    stdin: bool = False                                  # attachable stdin (conmon -i)
+    stdin_once: bool = False
+    tty: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContainerSpec":
@@ -212,7 +216,7 @@ class Runtime:
                 args=argv, env=bundle.process_env(image_cfg, spec.env, sb.hostname),
                 cwd=spec.working_dir or image_cfg.working_dir or "/", uid=uid, gid=gid, rootfs=cdir / "rootfs",
                 shared=shared, mounts=spec.mounts, cgroups_path=cgroup_path, memory_bytes=spec.memory_bytes,
-                cpu_millis=spec.cpu_millis, privileged=spec.privileged,
+                cpu_millis=spec.cpu_millis, privileged=spec.privileged, tty=spec.tty,
                 annotations={"io.kubernetes.pod.name": spec.pod_name, "io.kubernetes.pod.namespace": spec.namespace,
                              "io.kubernetes.pod.uid": spec.pod_uid, "io.kubernetes.container.name": spec.container_name})
             _write_json(cdir / "config.json", config)
@@ -225,7 +229,8 @@ class Runtime:
             try:
                 pid, monitor = await conmon.spawn(self.conmon, conmon.Paths(cdir, cid), runc=self.runc.binary,
                                                   runc_root=self.runc.root, log_path=log_path, name=name,
-                                                  timeout=MONITOR_TIMEOUT)
+                                                  timeout=MONITOR_TIMEOUT, stdin=spec.stdin,
+                                                  stdin_once=spec.stdin_once, tty=spec.tty)
             except conmon.ConmonError as e:
                 raise ContainerCreateError(f'container "{spec.container_name}" of pod '
                                            f'"{spec.namespace}/{spec.pod_name}": {e}') from None
@@ -414,6 +419,24 @@ class Runtime:
         proc.stdout = reader
         proc.stdin = asyncio.StreamWriter(wtransport, wproto, None, loop)
         return ExecProcess(proc, pid_file)
+
+    async def attach(self, cid: str, *, stdin: bool = False) -> AttachProcess:
+        """The container's own output from now on, and its stdin when asked (conmon's attach
+        socket, attach.py). ContainerError when it was not created with stdin or has ended."""
+        meta = self._meta(cid)
+        spec = meta.get("spec") or {}
+        if stdin and not spec.get("stdin"):
+            raise ContainerError(f'container "{spec.get("container_name", cid)}" was not created with stdin '
+                                 "(stdin: true in its spec): attach without stdin")
+        if self._exit(cid) is not None:
+            raise ContainerError(f'cannot attach to container "{spec.get("container_name", cid)}": it has exited')
+        p = conmon.Paths(self._dir(cid), cid)
+        try:
+            sock = await attach_socket(p.attach)
+        except OSError as e:
+            raise ContainerError(f'cannot attach to container "{spec.get("container_name", cid)}": {e}') from None
+        return AttachProcess(sock, stdin=stdin, tty=bool(spec.get("tty")),
+                             exit_code=lambda: (self._exit(cid) or {}).get("exit_code"))
 
     async def exec_sync(self, cid: str, cmd: list[str], *, timeout: float | None = None) -> tuple[int, bytes, bytes]:
         """Run cmd to completion (exec probes): (exit code, stdout, stderr)."""

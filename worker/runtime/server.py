@@ -116,6 +116,21 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
                 proc.kill()
                 await proc.wait()
 
+    async def Attach(self, requests, ctx):
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("msg") != "start":
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "attach: the first message must be start")
+        proc = await _guard(ctx, self.rt.attach(first.start.id, stdin=first.start.stdin))
+        try:  # the client leaving (the stream cancelled) detaches; the container runs on
+            yield pb.ExecResponse(started=True)
+            async for msg in relay(proc, requests, message=lambda kind, data: pb.ExecResponse(**{kind: data}),
+                                   close_field="stdin_close"):
+                yield msg
+            yield pb.ExecResponse(exit_code=await proc.wait())
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+
     async def ContainerLogs(self, req, ctx):
         tail = req.tail if req.HasField("tail") else None
         try:

@@ -10,9 +10,10 @@ are the ones `kubelab logs` and `kubelab exec` use:
   the WebSocket upgrade (remotecommand.py's protocol) happens on it and refusals before it
   are Statuses kubectl prints as `Error from server (...)`. SPDY is not served: kubectl falls
   back to it only when the upgrade fails, which then fails too.
-- attach: the container's output from now on (PodLogs following with no history), on the
-  stdout channel; the containers here have no stdin of their own to attach to, so stdin and
-  tty are refused with a clear Status.
+- attach: PodAttach, the container's own stdio (conmon's attach socket on the node): its
+  output from now on, and its stdin when the container was created with `stdin: true` (the
+  v5 close of stdin closes it for a stdinOnce container; kubectl run -i --rm); asking for
+  stdin of a container without it is refused (BadRequest) before the upgrade.
 - binding: Create of a Binding (the scheduler's verb); eviction: the pod's Delete with the
   Eviction's deleteOptions (no PodDisruptionBudgets here, so an eviction is never refused
   for budget reasons). Both answer a Success Status with code 201, as Kubernetes does.
@@ -222,43 +223,37 @@ async def _relay(ws: web.WebSocketResponse, out, first: bytes | None, opts) -> b
 async def pod_attach(request: web.Request) -> web.StreamResponse:
     api = request.app["api"]
     opts = rc.parse_options(request.query, attach=True)
-    if opts.stdin or opts.tty:
-        # checked before the protocol: kubectl retries a refused WebSocket upgrade over SPDY
-        # and prints that second answer, so both must say why
-        raise BadRequest("attach: stdin and tty are not supported here (containers have no attachable "
-                         "stdin); attach with stdout/stderr only, or use exec")
-    protocol = _protocol(request)
-    req = api_pb2.LogsRequest(namespace=request.match_info["namespace"], name=request.match_info["name"],
-                              container=opts.container, follow=True, tailLines=0)
-    chunks = api.svc.PodLogs(req, api.context(request))
+    start = api_pb2.ExecStart(namespace=request.match_info["namespace"], name=request.match_info["name"],
+                              container=opts.container, stdin=opts.stdin, tty=opts.tty)
+    stdin: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        yield api_pb2.ExecRequest(start=start)
+        while (r := await stdin.get()) is not None:
+            yield r
+    out = api.svc.PodAttach(requests(), api.context(request))
     try:
-        await _first(chunks)
+        # attached (or refused: no pod, stdin the container was not created with) before the
+        # protocol is checked: kubectl retries a refused WebSocket upgrade over SPDY and prints
+        # that second answer, so both must say why
+        first = await _first(out)
+        protocol = _protocol(request)
         ws = await _upgrade(request, protocol)
-        channel = rc.STDOUT if opts.stdout else rc.STDERR
-        await ws.send_bytes(rc.frame(channel, b""))
-        await _session(ws, _output(ws, chunks, channel), _drain(ws))
+        await ws.send_bytes(rc.frame(rc.STDOUT if opts.stdout else rc.STDERR if opts.stderr else rc.ERROR, b""))
+        await _session(ws, _attached(_relay(ws, out, first, opts)), _read_client(ws, protocol, stdin, opts))
         return ws
     finally:
-        await chunks.aclose()
+        await stdin.put(None)
+        await out.aclose()
 
 
-async def _output(ws: web.WebSocketResponse, chunks, channel: int) -> bytes:
-    """attach's pump: the container's log as it grows; Success when the container ends."""
-    try:
-        async for raw in chunks:
-            data = api_pb2.LogChunk.FromString(raw).data
-            if data:
-                await ws.send_bytes(rc.frame(channel, data))
-    except ApiError as e:
-        return rc.error_status(e.reason, e.message, http_code(e))
-    except ConnectionResetError:
-        return b""
-    return rc.exit_status(0, ())
-
-
-async def _drain(ws: web.WebSocketResponse) -> None:
-    async for _ in ws:
-        pass
+async def _attached(pump) -> bytes:
+    """attach's outcome: Success when the container ends, whatever its exit code (that is the
+    pod's status to tell, as kubectl run -i reads it), or why the stream broke."""
+    status = await pump
+    if status and json.loads(status).get("reason") == "NonZeroExitCode":
+        return rc.exit_status(0, ())
+    return status
 
 
 def _created() -> web.Response:
