@@ -300,7 +300,7 @@ class PodSyncer:
             cpu_millis=quantity.milli(limits["cpu"]) if "cpu" in limits else None,
             memory_bytes=quantity.value(limits["memory"]) if "memory" in limits else None,
             log_path=str(log_path), pod_ip=state.pod_ip or None, privileged=c.securityContext.privileged,
-            resolv_conf=state.resolv_conf,
+            resolv_conf=state.resolv_conf, stdin=c.stdin, stdin_once=c.stdinOnce, tty=c.tty,
             labels={LABEL_UID: pod.metadata.uid, LABEL_NAME: pod.metadata.name, LABEL_NS: pod.metadata.namespace,
                     LABEL_CONTAINER: c.name, LABEL_ATTEMPT: str(attempt)})
 
