@@ -319,6 +319,14 @@ def test_kubectl_attach_and_run_i(k):
     assert "container b in pod two was not created with stdin" in r.stderr, (r.stdout, r.stderr)
 
 
+def test_attach_is_admitted_as_create_pods_attach(k, cluster, tmp_path):
+    # the scheduler's identity may read pods (kubectl's GET before attaching) but not attach
+    sched = k.as_user("system:kube-scheduler", [], cluster.data_dir / "pki", tmp_path / "sched")
+    r = sched("attach", "two", "-c", "a", ok=False)
+    assert 'User "system:kube-scheduler" cannot create resource "pods/attach" in API group "" in the ' \
+           'namespace "default"' in r.stderr, (r.stdout, r.stderr)
+
+
 def test_kubectl_run_i_feeds_stdin_and_removes_the_pod(k):
     # kubectl run -i makes the container with stdin and stdinOnce, attaches with stdin, sends
     # its own stdin, then closes it: the container reads the line (it waits for it, so nothing
