@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import os
+import pty
+import select
 import ssl
 import subprocess
 import time
@@ -23,7 +26,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
-from .conftest import launch_control_plane, stop_control_plane
+from .conftest import launch_control_plane, stop_control_plane, stop_group
 from .test_kubectl import KUBECTL, Kubectl, Lines, RealNode, until
 
 CLUSTER_CIDR = "10.206.0.0/16"  # apart from test_kubectl's 10.204/16 and test_k8s_client's 10.205/16
@@ -369,6 +372,40 @@ def test_kubectl_attach_i_to_cat(k):
         _attach_and_echo(k, "second")
     finally:
         k("delete", "pod", "catter", "--grace-period=0", "--force", ok=None)
+
+
+def test_kubectl_run_it_on_a_terminal(k):
+    # kubectl run -it needs a terminal of its own: a pty. The container gets stdin, stdinOnce
+    # and tty; what is typed reaches its shell through the terminal, and --rm deletes the pod
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([KUBECTL, "run", "-it", "--rm", "--restart=Never", "term", "--image=busybox",
+                             "--image-pull-policy=Never", "--overrides", json.dumps({"spec": {"nodeName": NODE}}),
+                             "--", "sh", "-c", "read l; echo got-$l-on-$(tty)"],
+                            env=k.env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    got = b""
+    try:
+        end = time.monotonic() + 90
+        while b"got-typed-on-/dev/pts/0" not in got and time.monotonic() < end and proc.poll() is None:
+            # typed until the shell answers: a line typed before the attach is up is lost
+            os.write(master, b"typed\r")
+            while select.select([master], [], [], 1)[0]:
+                try:
+                    got += os.read(master, 4096)
+                except OSError:  # EIO: kubectl has closed the terminal
+                    break
+        assert b"got-typed-on-/dev/pts/0" in got, got
+        while proc.poll() is None and time.monotonic() < end + 60:  # --rm, then kubectl exits
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    os.read(master, 4096)
+                except OSError:
+                    pass
+        assert proc.returncode == 0, got
+    finally:
+        stop_group(proc, timeout=10)
+        os.close(master)
+    until(lambda: "NotFound" in k("get", "pod", "term", ok=None).stderr, what="--rm deleting the pod")
 
 
 def test_attach_to_a_tty_container(core, k):
