@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 # kube-apiserver, etcd client and peer, the kubelet's API
-PORTS = (6443, 2379, 2380, 10250)
+PORTS = (6443, 6444, 2379, 2380, 10250)  # gRPC and HTTP API, etcd client and peer, kubelet
 BR_NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
 

@@ -625,7 +625,9 @@ def test_master_and_worker_scripts_make_a_cluster(bare_lab):
     assert master.returncode == 0, master.stdout + master.stderr
     handover = sync / ".kubelab"
     admin = handover / "admin.conf"
-    assert "server: https://192.168.67.10:6443" in admin.read_text()
+    # kubectl's server is the HTTP face; kubelab's own clients find gRPC in the extension
+    assert "server: https://192.168.67.10:6444\n" in admin.read_text()
+    assert "- name: kubelab.dev/grpc\n      extension:\n        server: 192.168.67.10:6443\n" in admin.read_text()
     join = (handover / "join.sh").read_text()
 
     worker = lab("shell", WORKER, "--", "bash", str(DEPLOY / "vagrant/worker.sh"), "192.168.67.11")

@@ -56,15 +56,19 @@ def overlay_entries(vm: str) -> dict[str, list]:
     }
 
 
-def expected_entries(lab, vm: str) -> dict[str, list]:
-    """What the overlay should hold on vm: one route, neighbour and FDB entry per other node."""
+def expected_entries(lab, vm: str) -> dict[str, list] | None:
+    """What the overlay should hold on vm: one route, neighbour and FDB entry per other node;
+    None while a node's overlay agent has not annotated it yet (a joined node turns Ready
+    before its agent has written its VTEP)."""
     want: dict[str, list] = {"routes": [], "neigh": [], "fdb": []}
     for n in lab.json("get", "nodes")["items"]:
         if n["metadata"]["name"] == vm:
             continue
-        cidr = n["spec"]["podCIDR"]
+        cidr = n["spec"].get("podCIDR")
+        ann = n["metadata"].get("annotations") or {}
+        if not cidr or "flannel.alpha.coreos.com/backend-data" not in ann:
+            return None
         vtep = cidr.split("/")[0]
-        ann = n["metadata"]["annotations"]
         mac = json.loads(ann["flannel.alpha.coreos.com/backend-data"])["VtepMAC"]
         want["routes"].append(f"{cidr} via {vtep}")
         want["neigh"].append(f"{vtep} {mac}")
@@ -188,7 +192,7 @@ spec:
 
 
 def test_overlay_agent_restart_leaves_no_duplicates_or_leftovers(lab):
-    want = expected_entries(lab, W1)
+    want = wait_for("every node's VTEP annotated", lambda: expected_entries(lab, W1), 30)
     assert len(want["routes"]) == 2
     wait_for(f"{W1}'s overlay entries", lambda: overlay_entries(W1) == want, 30)
     pod = f"kube-overlay-{W1}"
