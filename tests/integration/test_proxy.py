@@ -391,13 +391,19 @@ def _flows(n: Net, cluster_ip: str) -> str:
 
 @pytest.mark.skipif(not shutil.which("conntrack"), reason="needs conntrack (conntrack-tools)")
 async def test_udp_flow_to_a_removed_endpoint_is_flushed(control_plane, net):
-    async with proxier(control_plane, net):
+    async with proxier(control_plane, net) as p:
         c = control_plane.client()
         try:
             svc = await _create(c, _service("flow", 88, proto="UDP"), _slice("flow", ["pa"], proto="UDP"))
             sp = _sp(svc)
             await _rules_show(net, rl.svc_chain(sp))
             ip = svc.spec.clusterIP
+            # the sync that brought pa also clears the service's flows (its first endpoint) right
+            # after its restore: let that finish first, or it may take the flow sent below
+            await wait_for(lambda: p.state is not None and p.state.endpoints.get(sp.key), what="pa synced")
+            before = p.syncs
+            p.runner.run()
+            await wait_for(lambda: p.syncs > before, what="pa's sync done, conntrack cleanup included")
 
             def send():
                 out = sh(sys.executable, "-c", FIXED_CLIENT, ip, "88", "2", ns=net.ns("pc"))
