@@ -100,36 +100,18 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):
         return pb.ExecSyncResponse(exit_code=rc, stdout=out, stderr=err)
 
     async def Exec(self, requests, ctx):
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("msg") != "start":
-            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "exec: the first message must be start")
-        s = first.start
+        s = await _start(requests, ctx, "exec")
         proc = await _guard(ctx, self.rt.exec(s.id, list(s.cmd), tty=s.tty, stdin=s.stdin))
-        try:  # leaving early (the client cancels the stream) is how a client kills the process
-            yield pb.ExecResponse(started=True)
-            async for msg in relay(proc, requests, message=lambda kind, data: pb.ExecResponse(**{kind: data}),
-                                   close_field="stdin_close"):
-                yield msg
-            yield pb.ExecResponse(exit_code=await proc.wait())
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        # leaving early (the client cancels the stream) is how a client kills the process
+        async for msg in _session(proc, requests, reap=True):
+            yield msg
 
     async def Attach(self, requests, ctx):
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("msg") != "start":
-            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "attach: the first message must be start")
-        proc = await _guard(ctx, self.rt.attach(first.start.id, stdin=first.start.stdin))
-        try:  # the client leaving (the stream cancelled) detaches; the container runs on
-            yield pb.ExecResponse(started=True)
-            async for msg in relay(proc, requests, message=lambda kind, data: pb.ExecResponse(**{kind: data}),
-                                   close_field="stdin_close"):
-                yield msg
-            yield pb.ExecResponse(exit_code=await proc.wait())
-        finally:
-            if proc.returncode is None:
-                proc.kill()
+        s = await _start(requests, ctx, "attach")
+        proc = await _guard(ctx, self.rt.attach(s.id, stdin=s.stdin))
+        # the client leaving (the stream cancelled) detaches; the container runs on
+        async for msg in _session(proc, requests, reap=False):
+            yield msg
 
     async def ContainerLogs(self, req, ctx):
         tail = req.tail if req.HasField("tail") else None
@@ -167,6 +149,30 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def RemoveImage(self, req, ctx):
         infos = await _guard(ctx, self.images.remove(req.ref))
         return pb.RemoveImageResponse(images=[remote.image_to_pb(i) for i in infos])
+
+
+async def _start(requests, ctx, verb: str):
+    """The start message that opens an exec or attach stream."""
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("msg") != "start":
+        await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{verb}: the first message must be start")
+    return first.start
+
+
+async def _session(proc, requests, *, reap: bool):
+    """An exec or attach stream: started, the relayed stdio, the exit code; a process still
+    running when the stream ends is killed (reap: and waited for; attach's kill only detaches)."""
+    try:
+        yield pb.ExecResponse(started=True)
+        async for msg in relay(proc, requests, message=lambda kind, data: pb.ExecResponse(**{kind: data}),
+                               close_field="stdin_close"):
+            yield msg
+        yield pb.ExecResponse(exit_code=await proc.wait())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            if reap:
+                await proc.wait()
 
 
 def socket_path(listen: str) -> Path:
